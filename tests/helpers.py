@@ -1,0 +1,83 @@
+"""Shared test helpers: tiny run configs and a multi-process launcher (gloo on CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+from make_demo_data import make_demo_data  # noqa: E402
+
+from titan_jepa.config import load_config  # noqa: E402
+
+TOKENIZER = ROOT / "assets" / "tokenizer" / "tokenizer.model"
+
+
+def demo_data(folder: Path) -> Path:
+    """Small deterministic demo data (corpus.jsonl, regex_train.jsonl, regex_test.jsonl)."""
+    if not (folder / "corpus.jsonl").exists():
+        make_demo_data(folder, seed=0, n_train=400, n_test=40, n_docs=400)
+    return folder
+
+
+def tiny_config(run_dir: Path, data_dir: Path, **sections) -> dict:
+    """A config dict for a few-step CPU run of the debug model; ``sections`` override it."""
+    cfg = {
+        "job": {"name": "t", "dump_folder": str(run_dir), "seed": 0},
+        "model": {"flavor": "debug"},
+        "tokenizer": {"kind": "tiktoken", "path": str(TOKENIZER)},
+        "data": {"kind": "text", "path": str(data_dir / "corpus.jsonl")},
+        "training": {"steps": 5, "global_batch_size": 8, "local_batch_size": 4, "seq_len": 64,
+                     "device": "cpu"},
+        "optimizer": {"lr": 3e-3},
+        "lr_scheduler": {"warmup_steps": 2},
+        "metrics": {"log_freq": 1, "enable_tensorboard": False},
+    }
+    for section, values in sections.items():
+        cfg.setdefault(section, {}).update(values)
+    return cfg
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, fn, cfg_dict: dict, out: str):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    result = fn(cfg_dict)
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    if rank == 0:
+        Path(out).write_text(json.dumps(result))
+
+
+def run_train(cfg_dict: dict) -> list[float]:
+    from titan_jepa.train import train
+
+    return train(load_config(extra=cfg_dict))
+
+
+def launch(world: int, cfg_dict: dict, tmp: Path, fn=run_train):
+    """Run ``fn(cfg_dict)`` on ``world`` gloo processes; returns rank 0's (JSON) result."""
+    out = tmp / f"result_{world}_{os.getpid()}_{free_port()}.json"
+    if world == 1:
+        os.environ.pop("RANK", None)
+        os.environ.pop("WORLD_SIZE", None)
+        return fn(cfg_dict)
+    mp.start_processes(_worker, args=(world, free_port(), fn, cfg_dict, str(out)), nprocs=world,
+                       start_method="spawn")
+    return json.loads(out.read_text())

@@ -1,0 +1,378 @@
+"""Data pipeline: demo data, packing invariants, loss masks, DP sharding, bad input, resume."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from titan_jepa.config import JobConfig
+from titan_jepa.data.batch import IGNORE_INDEX
+from titan_jepa.data.chat import SAMPLE_COLUMNS
+from titan_jepa.data.loader import build_dataloader
+from titan_jepa.data.sources import DataError
+from titan_jepa.data.tokenizer import TikTokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "llm_jepa"
+sys.path.insert(0, str(ROOT / "tools"))
+from make_demo_data import make_demo_data  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tok() -> TikTokenizer:
+    return TikTokenizer(ROOT / "assets/tokenizer/tokenizer.model")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    return make_demo_data(tmp_path_factory.mktemp("demo"), seed=0, n_train=300, n_test=20, n_docs=300)
+
+
+def make_cfg(path, kind="text", seq_len=64, bs=2, **data) -> JobConfig:
+    cfg = JobConfig()
+    cfg.data.path, cfg.data.kind = str(path), kind
+    cfg.training.seq_len, cfg.training.local_batch_size = seq_len, bs
+    for k, v in data.items():
+        setattr(cfg.data, k, v)
+    return cfg
+
+
+def take(loader, n):
+    out = []
+    for _ in range(n):
+        try:
+            out.append(next(loader))
+        except StopIteration:
+            break
+    return out
+
+
+def rows_of(batches):
+    for b in batches:
+        for r in range(b.tokens.shape[0]):
+            yield b, r
+
+
+def check_row_invariants(b, r, seq_len):
+    tok, lab, pos, seg = b.tokens[r], b.labels[r], b.positions[r], b.segment_ids[r]
+    assert tok.shape == (seq_len,) and b.tokens.dtype == torch.int64 and seg.dtype == torch.int32
+    starts = torch.ones(seq_len, dtype=torch.bool)
+    starts[1:] = seg[1:] != seg[:-1]
+    assert (seg[starts] == torch.arange(int(starts.sum()), dtype=torch.int32)).all()  # 0, 1, 2, ...
+    for i in range(seq_len):  # positions restart at each segment start
+        assert pos[i] == (0 if starts[i] else pos[i - 1] + 1)
+    for i in range(seq_len - 1):
+        if lab[i] == IGNORE_INDEX:
+            continue
+        assert seg[i] == seg[i + 1], "a label crosses a segment boundary"
+        assert lab[i] == tok[i + 1]
+
+
+# ---------------------------------------------------------------- demo data
+def test_demo_data_deterministic(tmp_path):
+    a = make_demo_data(tmp_path / "a", seed=0, n_docs=200)
+    b = make_demo_data(tmp_path / "b", seed=0, n_docs=200)
+    c = make_demo_data(tmp_path / "c", seed=1, n_docs=200)
+    names = ["corpus.jsonl", "regex_train.jsonl", "regex_test.jsonl"]
+    assert all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
+    assert (a / "corpus.jsonl").read_bytes() != (c / "corpus.jsonl").read_bytes()
+    line = json.loads((a / "regex_train.jsonl").read_text().splitlines()[0])
+    assert [m["role"] for m in line["messages"]] == ["system", "user", "assistant"]
+    assert sum(1 for _ in open(a / "regex_train.jsonl")) == 2000
+
+
+# ---------------------------------------------------------------- text
+def test_text_packing_reconstructs_documents(demo, tok):
+    cfg = make_cfg(demo / "corpus.jsonl", seq_len=96, bs=3, num_epochs=1)
+    batches = list(build_dataloader(cfg, tok, 0, 1))
+    stream = []
+    for b, r in rows_of(batches):
+        check_row_invariants(b, r, 96)
+        keep = b.tokens[r] != tok.pad_id
+        stream += b.tokens[r][keep].tolist()
+        # a row's last token is labelled with the next row's first token when its document continues
+    docs = [json.loads(x)["text"] for x in (demo / "corpus.jsonl").read_text().splitlines()]
+    expect = [t for d in docs for t in tok.encode(d, bos=True, eos=True)]
+    assert stream == expect
+    # eos is each document's last token and has no target; labels never cross documents
+    flat_tok = torch.cat([b.tokens.flatten() for b in batches])
+    flat_lab = torch.cat([b.labels.flatten() for b in batches])
+    assert (flat_lab[flat_tok == tok.eos_id] == IGNORE_INDEX).all()
+    assert not (flat_lab == tok.bos_id).any()
+
+
+def test_text_row_continuation_labels(demo, tok):
+    batches = take(build_dataloader(make_cfg(demo / "corpus.jsonl", seq_len=32, bs=4), tok), 3)
+    rows = [(b.tokens[r], b.labels[r]) for b, r in rows_of(batches)]
+    for (t0, l0), (t1, _) in zip(rows, rows[1:]):
+        if l0[-1] != IGNORE_INDEX:
+            assert l0[-1] == t1[0]
+
+
+def test_txt_and_parquet_and_folder(tmp_path, tok):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "a.txt").write_text("first doc line one\nline two\n\n\nsecond doc\n\nthird doc")
+    pq.write_table(pa.table({"text": ["parquet one", "parquet two"]}), tmp_path / "b.parquet", row_group_size=1)
+    cfg = make_cfg(tmp_path, seq_len=16, bs=2, num_epochs=1)
+    stream = []
+    for b, r in rows_of(list(build_dataloader(cfg, tok))):
+        stream += [t for t in b.tokens[r].tolist() if t != tok.pad_id]
+    docs = ["first doc line one\nline two", "second doc", "third doc", "parquet one", "parquet two"]
+    assert stream == [t for d in docs for t in tok.encode(d, bos=True, eos=True)]
+    cfg.data.num_epochs = -1  # resume inside .txt paragraphs and parquet row groups
+    full = take(build_dataloader(cfg, tok), 12)
+    for n in range(1, 6):
+        a = build_dataloader(cfg, tok)
+        take(a, n)
+        b = build_dataloader(cfg, tok)
+        b.load_state_dict(a.state_dict())
+        for x, y in zip(full[n:], take(b, 6)):
+            _equal(x, y)
+    cfg.data.num_epochs = 1
+    cfg.data.path = str(tmp_path / "*.parquet")  # a glob
+    assert sum(b.num_targets for b in build_dataloader(cfg, tok)) == sum(
+        len(tok.encode(d)) + 1 for d in docs[3:])
+
+
+def test_dp_sharding_disjoint_and_complete(demo, tok):
+    docs = [json.loads(x)["text"] for x in (demo / "corpus.jsonl").read_text().splitlines()]
+    world = 3
+    seen = []
+    for rank in range(world):
+        loader = build_dataloader(make_cfg(demo / "corpus.jsonl", seq_len=128, bs=2, num_epochs=1), tok, rank, world)
+        stream = [t for b, r in rows_of(list(loader)) for t in b.tokens[r].tolist() if t != tok.pad_id]
+        text = tok.decode(stream)
+        mine = [d for d in text.split("<|end_of_text|>") if d]
+        seen.append([d.removeprefix("<|begin_of_text|>") for d in mine])
+        assert seen[-1] == docs[rank::world]
+    assert sorted(sum(seen, [])) == sorted(docs)
+
+
+def test_num_epochs_and_padding(tmp_path, tok):
+    p = tmp_path / "c.jsonl"
+    p.write_text("".join(json.dumps({"text": f"document number {i}"}) + "\n" for i in range(5)))
+    batches = list(build_dataloader(make_cfg(p, seq_len=16, bs=4, num_epochs=2), tok))
+    n_tokens = 2 * sum(len(tok.encode(f"document number {i}")) + 2 for i in range(5))
+    assert sum(int((b.tokens != tok.pad_id).sum()) for b in batches) == n_tokens
+    assert all(b.tokens.shape == (4, 16) for b in batches)
+    pad = batches[-1].tokens == tok.pad_id
+    assert (batches[-1].labels[pad] == IGNORE_INDEX).all()
+
+
+def test_hf_source_mocked(monkeypatch, tok):
+    import datasets
+
+    rows = [{"text": f"hf doc {i}"} for i in range(7)]
+    calls = {}
+
+    def fake_load(name, config=None, split=None, streaming=False):
+        calls.update(name=name, split=split, streaming=streaming)
+        return datasets.Dataset.from_list(rows).to_iterable_dataset()
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    cfg = make_cfg("hf:someone/corpus", seq_len=16, bs=1, num_epochs=1, hf_split="validation")
+    got = []
+    for rank in range(2):
+        stream = [t for b in build_dataloader(cfg, tok, rank, 2) for t in b.tokens[0].tolist() if t != tok.pad_id]
+        got += [d for d in tok.decode(stream).replace("<|begin_of_text|>", "").split("<|end_of_text|>") if d]
+    assert calls == {"name": "someone/corpus", "split": "validation", "streaming": True}
+    assert sorted(got) == sorted(r["text"] for r in rows)
+    # resume inside an HF stream
+    cfg.data.num_epochs = -1
+    full = take(build_dataloader(cfg, tok), 6)
+    a = build_dataloader(cfg, tok)
+    take(a, 2)
+    b = build_dataloader(cfg, tok)
+    b.load_state_dict(a.state_dict())
+    assert all(torch.equal(x.tokens, y.tokens) for x, y in zip(full[2:], take(b, 4)))
+
+
+# ---------------------------------------------------------------- chat
+def test_chat_packing_and_masks(demo, tok):
+    lines = [json.loads(x) for x in (demo / "regex_train.jsonl").read_text().splitlines()]
+    for loss_on in ("assistant", "all"):
+        cfg = make_cfg(demo / "regex_train.jsonl", "chat", seq_len=128, bs=2, num_epochs=1, loss_on=loss_on)
+        batches = list(build_dataloader(cfg, tok))
+        k = 0
+        for b in batches:
+            for r in range(2):
+                check_row_invariants(b, r, 128)
+            cols = {c: i for i, c in enumerate(SAMPLE_COLUMNS)}
+            for j, s in enumerate(b.extras["samples"].tolist()):
+                row, seg, start, length = s[cols["row"]], s[cols["segment"]], s[cols["start"]], s[cols["length"]]
+                enc = tok.encode_chat(lines[k]["messages"])
+                ids = b.tokens[row, start:start + length].tolist()
+                assert ids == enc.ids  # whole sample, never split
+                assert (b.segment_ids[row, start:start + length] == seg).all()
+                assert b.positions[row, start] == 0
+                lab = b.labels[row, start:start + length].tolist()
+                us, ue, as_, ae = (s[cols[c]] for c in ("user_start", "user_end", "assistant_start", "assistant_end"))
+                assert tok.decode(b.tokens[row, us:ue].tolist()) == lines[k]["messages"][1]["content"]
+                assert tok.decode(b.tokens[row, as_:ae].tolist()) == lines[k]["messages"][2]["content"]
+                assert b.extras["text_ids"][j] == b.tokens[row, us:ue].tolist()
+                assert b.extras["code_ids"][j] == b.tokens[row, as_:ae].tolist()
+                targets = [i for i, t in enumerate(lab) if t != IGNORE_INDEX]
+                if loss_on == "assistant":  # targets = assistant content + its <|eot_id|>
+                    assert [start + i + 1 for i in targets] == list(range(as_, ae + 1))
+                else:
+                    assert targets == list(range(length - 1))
+                assert lab[-1] == IGNORE_INDEX
+                k += 1
+        assert k == len(lines)
+
+
+def test_sample_packer_multi_segment_samples(tok):
+    from titan_jepa.data.packing import SamplePacker
+
+    samples = iter([{"segments": [[[1, 2, 3], [2, 3, -100]], [[7, 8], [8, -100]]]},
+                    {"ids": [4, 5], "labels": [5, -100]}, {"ids": [6] * 6, "labels": [-100] * 6}])
+    packer = SamplePacker(8, 0, lambda: next(samples, None))
+    r0, r1 = packer.next_row(), packer.next_row()
+    assert r0.tokens == [1, 2, 3, 7, 8, 4, 5, 0] and r0.segment_ids == [0, 0, 0, 1, 1, 2, 2, 3]
+    assert r0.positions == [0, 1, 2, 0, 1, 0, 1, 0] and [(a, b) for a, b, _ in r0.samples] == [(0, 0), (2, 5)]
+    assert r1.tokens == [6] * 6 + [0, 0] and r1.labels[-2:] == [IGNORE_INDEX] * 2
+    assert packer.next_row() is None
+
+
+def test_chat_view_override(tmp_path, tok):
+    p = tmp_path / "h.jsonl"
+    line = {"messages": [{"role": "user", "content": "ctx\nA) x\nB) y"}, {"role": "assistant", "content": "A"}],
+            "text": [{"role": "user", "content": "ctx"}], "code": [{"role": "assistant", "content": "x"}]}
+    p.write_text(json.dumps(line) + "\n")
+    b = next(build_dataloader(make_cfg(p, "chat", seq_len=64, bs=1), tok))
+    assert b.extras["text_ids"][0] == tok.encode("ctx") and b.extras["code_ids"][0] == tok.encode("x")
+
+
+# ---------------------------------------------------------------- bad input
+BAD_TEXT = ['{"text": "good one"}', '{"text": "good two"', '{"body": "x"}', '{"text": "   "}', '[1, 2]',
+            '', '{"text": 5}', '{"text": "good three"}']
+
+
+def test_bad_lines_skip_text(tmp_path, tok, caplog):
+    p = tmp_path / "t.jsonl"
+    p.write_text("\n".join(BAD_TEXT) + "\n")
+    loader = build_dataloader(make_cfg(p, seq_len=8, bs=2, num_epochs=1), tok)
+    with caplog.at_level(logging.WARNING, logger="titan_jepa.data"):
+        batches = list(loader)
+    stream = [t for b, r in rows_of(batches) for t in b.tokens[r].tolist() if t != tok.pad_id]
+    assert tok.decode(stream).count("<|end_of_text|>") == 2
+    assert loader.stats()["bad_lines"] == {"malformed JSON": 1, "no text field 'text'": 1, "empty text": 1,
+                                           "not a JSON object": 1, "text field 'text' is not a string": 1}
+    msgs = [r.getMessage() for r in caplog.records]
+    assert sum(m.startswith("skipping bad input") for m in msgs) == 5  # once per reason
+    assert "t.jsonl:2: malformed JSON" in msgs[0] and "malformed JSON: 1" in msgs[-1]  # + end summary
+
+
+@pytest.mark.parametrize("line_no,reason", [(2, "malformed JSON"), (3, "no text field"), (4, "empty text")])
+def test_bad_lines_fail_text(tmp_path, tok, line_no, reason):
+    p = tmp_path / "t.jsonl"
+    lines = [BAD_TEXT[0]] * 4
+    lines[line_no - 1] = BAD_TEXT[line_no - 1]
+    p.write_text("\n".join(lines) + "\n")
+    loader = build_dataloader(make_cfg(p, seq_len=8, bs=1, bad_lines="fail"), tok)
+    with pytest.raises(DataError, match=rf"t\.jsonl:{line_no}: {reason}"):
+        take(loader, 50)
+
+
+def _chat(user="u", assistant="a", system=None):
+    msgs = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    return json.dumps({"messages": msgs})
+
+
+BAD_CHAT = [_chat(), '{"messages": [', '{"text": "no messages"}',
+            json.dumps({"messages": [{"role": "assistant", "content": "a"}]}),
+            json.dumps({"messages": [{"role": "user", "content": "u"}]}),
+            _chat(user="  "), _chat(assistant="word " * 200), _chat(system="s")]
+
+
+def test_bad_lines_chat(tmp_path, tok):
+    p = tmp_path / "c.jsonl"
+    p.write_text("\n".join(BAD_CHAT) + "\n")
+    loader = build_dataloader(make_cfg(p, "chat", seq_len=64, bs=2, num_epochs=1), tok)
+    batches = list(loader)
+    assert sum(len(b.extras["samples"]) for b in batches) == 2
+    assert loader.stats()["bad_lines"] == {
+        "malformed JSON": 1, "no messages": 1, "no user message before the assistant message": 1,
+        "no assistant message": 1, "empty user message": 1, "sample longer than max_sample_len (64 tokens)": 1}
+    for i in range(1, 7):
+        p.write_text("\n".join([BAD_CHAT[0], BAD_CHAT[i]]) + "\n")
+        with pytest.raises(DataError, match=rf"c\.jsonl:2: "):
+            take(build_dataloader(make_cfg(p, "chat", seq_len=64, bs=1, bad_lines="fail"), tok), 5)
+    with pytest.raises(DataError, match="max_sample_len"):
+        build_dataloader(make_cfg(p, "chat", seq_len=64, max_sample_len=65), tok)
+
+
+def test_missing_path_and_all_bad(tmp_path, tok):
+    with pytest.raises(DataError, match=r"nowhere\.jsonl.*make_demo_data\.py"):
+        build_dataloader(make_cfg(tmp_path / "nowhere.jsonl"), tok)
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"x": 1}\n{"y": 2}\n')
+    with pytest.raises(DataError, match="whole epoch"):
+        take(build_dataloader(make_cfg(p), tok), 2)
+
+
+# ---------------------------------------------------------------- resume
+def _equal(a, b):
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.labels, b.labels)
+    assert torch.equal(a.positions, b.positions) and torch.equal(a.segment_ids, b.segment_ids)
+    if a.extras is not None:
+        assert torch.equal(a.extras["samples"], b.extras["samples"])
+        assert a.extras["text_ids"] == b.extras["text_ids"] and a.extras["code_ids"] == b.extras["code_ids"]
+
+
+@pytest.mark.parametrize("kind,shuffle", [("text", 0), ("text", 16), ("chat", 0), ("chat", 8)])
+def test_resume_equality(demo, tok, kind, shuffle):
+    path = demo / ("corpus.jsonl" if kind == "text" else "regex_test.jsonl")  # small: crosses epochs
+    cfg = make_cfg(path, kind, seq_len=48 if kind == "text" else 128, bs=3, shuffle_buffer=shuffle)
+    n, m = 7, 12
+    full = take(build_dataloader(cfg, tok, 1, 2), n + m)
+    first = build_dataloader(cfg, tok, 1, 2)
+    take(first, n)
+    buf = io.BytesIO()
+    torch.save(first.state_dict(), buf)
+    buf.seek(0)
+    resumed = build_dataloader(cfg, tok, 1, 2)
+    resumed.load_state_dict(torch.load(buf, weights_only=True))
+    rest = take(resumed, m)
+    assert len(rest) == m
+    for a, b in zip(full[n:], rest):
+        _equal(a, b)
+    if shuffle:
+        plain = take(build_dataloader(make_cfg(path, kind, seq_len=cfg.training.seq_len, bs=3), tok, 1, 2), n)
+        assert any(not torch.equal(a.tokens, b.tokens) for a, b in zip(full, plain))
+
+
+def test_resume_across_epochs_and_rank_mismatch(tmp_path, tok):
+    p = tmp_path / "c.jsonl"
+    p.write_text("".join(json.dumps({"text": f"doc {i} " * (i + 1)}) + "\n" for i in range(6)))
+    cfg = make_cfg(p, seq_len=16, bs=2)
+    full = take(build_dataloader(cfg, tok), 30)
+    for n in (1, 5, 13):
+        a = build_dataloader(cfg, tok)
+        take(a, n)
+        b = build_dataloader(cfg, tok)
+        b.load_state_dict(a.state_dict())
+        for x, y in zip(full[n:], take(b, 10)):
+            _equal(x, y)
+    with pytest.raises(DataError, match="dp_rank_1"):
+        build_dataloader(cfg, tok, 1, 2).load_state_dict(a.state_dict())
+
+
+# ---------------------------------------------------------------- shared LLM-JEPA data (optional)
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/llm_jepa not present")
+def test_shared_llm_jepa_files(tok):
+    for name in ("synth_train.jsonl", "hellaswag_test.jsonl", "gsm8k_test.jsonl"):
+        cfg = make_cfg(SHARED / name, "chat", seq_len=512, bs=4, loss_on="assistant")
+        loader = build_dataloader(cfg, tok)
+        for b in take(loader, 5):
+            assert b.tokens.shape == (4, 512) and b.num_targets > 0
+            assert len(b.extras["text_ids"]) == b.extras["samples"].shape[0] > 0

@@ -1,0 +1,377 @@
+"""Typed configuration: one dataclass per TOML section, loading, CLI overrides, checks.
+
+A run is described by a TOML file whose sections map one-to-one onto the dataclasses
+below. ``--section.key value`` (or ``--section.key=value``) on the command line overrides
+a value. Unknown sections or keys and wrong types are rejected with one line naming the
+closest valid name, before any heavy work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import sys
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration error: one line that names the fix."""
+
+
+@dataclass
+class Job:
+    name: str = "run"
+    dump_folder: str = "./outputs"  # the run folder is dump_folder/name
+    seed: int = 0
+    deterministic: bool = False  # torch.use_deterministic_algorithms on top of seeding
+
+
+@dataclass
+class Model:
+    name: str = "llama3"
+    flavor: str = "debug"  # see titan_jepa.models.llama.FLAVORS
+    attn_backend: str = "sdpa"  # "sdpa" (any device) or "flex" (FlexAttention, CUDA fast path)
+    vocab_size: int = -1  # -1: the flavor's (or the tokenizer's, when it is smaller) size
+    max_seq_len: int = -1  # -1: the flavor's; RoPE tables are built for this length
+    norm_eps: float = -1.0  # -1: the flavor's
+
+
+@dataclass
+class Training:
+    steps: int = 50
+    global_batch_size: int = 8  # sequences per optimizer step, summed over data-parallel ranks
+    local_batch_size: int = 4  # sequences per micro-batch on one rank
+    seq_len: int = 128
+    max_norm: float = 1.0  # gradient clipping; <= 0 disables it
+    mixed_precision_param: str = "float32"  # "bfloat16" or "float32" (FSDP param dtype)
+    mixed_precision_reduce: str = "float32"
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+
+
+@dataclass
+class Optimizer:
+    name: str = "AdamW"
+    lr: float = 3e-4
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    implementation: str = "auto"  # "auto", "foreach", "fused" or "for-loop"
+
+
+@dataclass
+class LRScheduler:
+    warmup_steps: int = 10
+    decay_type: str = "cosine"  # "linear", "cosine", "wsd" or "constant"
+    decay_ratio: float = 0.2  # wsd only: the fraction of steps spent decaying at the end
+    min_lr_ratio: float = 0.1  # the final lr as a fraction of optimizer.lr
+
+
+@dataclass
+class Parallelism:
+    dp_replicate: int = 1  # HSDP replica groups (usually nodes)
+    dp_shard: int = -1  # FSDP shard group size; -1: what remains of the world size
+    tp: int = 1  # tensor (and sequence) parallel degree
+    fsdp_reshard_after_forward: str = "default"  # "default", "always" or "never"
+    comm_timeout_s: int = 600
+
+
+@dataclass
+class ActivationCheckpoint:
+    mode: str = "none"  # "none", "full" or "selective"
+    selective_every: int = 2  # selective: checkpoint every Nth block
+
+
+@dataclass
+class Compile:
+    enable: bool = False  # torch.compile each transformer block
+
+
+@dataclass
+class Metrics:
+    log_freq: int = 1
+    enable_tensorboard: bool = True
+    enable_jsonl: bool = True
+    gpu_peak_flops: float = -1.0  # -1: look the device up in the peak-FLOPs table
+
+
+@dataclass
+class Tokenizer:
+    kind: str = "tiktoken"  # "tiktoken" (Llama-3 tokenizer.model) or "hf" (tokenizer.json)
+    path: str = "assets/tokenizer/tokenizer.model"
+
+
+@dataclass
+class Data:
+    kind: str = "text"  # "text" (pretraining documents) or "chat" ({"messages": [...]} lines)
+    path: str = "demo_data/corpus.jsonl"  # a local file, folder or glob; or hf:NAME for datasets
+    hf_split: str = "train"
+    text_field: str = "text"
+    loss_on: str = "assistant"  # chat: "assistant" or "all" tokens
+    bad_lines: str = "skip"  # "skip" (counted warning) or "fail" (file:line)
+    max_sample_len: int = -1  # chat: longer samples are bad input; -1: training.seq_len
+    shuffle_buffer: int = 0  # 0: files are read in order
+    num_epochs: int = -1  # -1: loop forever
+
+
+@dataclass
+class Checkpoint:
+    enable: bool = False
+    folder: str = "checkpoint"  # inside the run folder, unless absolute
+    interval: int = 500
+    keep_latest_k: int = 3  # 0 keeps all
+    async_mode: bool = False
+    load_step: int = -1  # -1: the latest, when one exists
+    initial_load_path: str = ""  # a DCP folder or Hugging Face safetensors to start from
+    initial_load_format: str = "dcp"  # "dcp" or "hf"
+    model_only_export: bool = False  # write the final model weights alone
+    export_dtype: str = "float32"
+
+
+@dataclass
+class JobConfig:
+    job: Job = field(default_factory=Job)
+    model: Model = field(default_factory=Model)
+    training: Training = field(default_factory=Training)
+    optimizer: Optimizer = field(default_factory=Optimizer)
+    lr_scheduler: LRScheduler = field(default_factory=LRScheduler)
+    parallelism: Parallelism = field(default_factory=Parallelism)
+    activation_checkpoint: ActivationCheckpoint = field(default_factory=ActivationCheckpoint)
+    compile: Compile = field(default_factory=Compile)
+    metrics: Metrics = field(default_factory=Metrics)
+    tokenizer: Tokenizer = field(default_factory=Tokenizer)
+    data: Data = field(default_factory=Data)
+    checkpoint: Checkpoint = field(default_factory=Checkpoint)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def run_folder(self) -> Path:
+        return Path(self.job.dump_folder) / self.job.name
+
+
+# Values a string field may take; checked after loading.
+CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("model", "attn_backend"): ("sdpa", "flex"),
+    ("training", "mixed_precision_param"): ("float32", "bfloat16"),
+    ("training", "mixed_precision_reduce"): ("float32",),
+    ("training", "device"): ("auto", "cpu", "cuda"),
+    ("optimizer", "name"): ("AdamW",),
+    ("optimizer", "implementation"): ("auto", "foreach", "fused", "for-loop"),
+    ("lr_scheduler", "decay_type"): ("linear", "cosine", "wsd", "constant"),
+    ("parallelism", "fsdp_reshard_after_forward"): ("default", "always", "never"),
+    ("activation_checkpoint", "mode"): ("none", "full", "selective"),
+    ("tokenizer", "kind"): ("tiktoken", "hf"),
+    ("data", "kind"): ("text", "chat"),
+    ("data", "loss_on"): ("assistant", "all"),
+    ("data", "bad_lines"): ("skip", "fail"),
+    ("checkpoint", "initial_load_format"): ("dcp", "hf"),
+    ("checkpoint", "export_dtype"): ("float32", "bfloat16"),
+}
+
+
+def _closest(name: str, options: list[str]) -> str:
+    match = difflib.get_close_matches(name, options, n=1, cutoff=0.0)
+    return f"; did you mean '{match[0]}'?" if match else ""
+
+
+def _section_types() -> dict[str, type]:
+    hints = typing.get_type_hints(JobConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(JobConfig)}
+
+
+def _field_types(section_cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(section_cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
+
+
+def _coerce(value: Any, typ: Any, where: str, from_cli: bool) -> Any:
+    """Convert ``value`` to ``typ``; CLI strings are parsed, TOML values are checked."""
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):
+        last_err = None
+        for arg in typing.get_args(typ):
+            try:
+                return _coerce(value, arg, where, from_cli)
+            except ConfigError as e:
+                last_err = e
+        raise last_err  # type: ignore[misc]
+    if typ is type(None):
+        if value is None or (from_cli and str(value).lower() in ("none", "null")):
+            return None
+        raise ConfigError(f"{where}: expected none, got {value!r}")
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if from_cli and str(value).lower() in ("true", "1", "yes", "false", "0", "no"):
+            return str(value).lower() in ("true", "1", "yes")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if from_cli:
+            try:
+                return int(str(value))
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if from_cli:
+            try:
+                return float(str(value))
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if typ is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r} (quote it in TOML)")
+    if typing.get_origin(typ) is list:
+        (inner,) = typing.get_args(typ)
+        if from_cli and isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, inner, where, from_cli) for v in value]
+    raise ConfigError(f"{where}: unsupported type {typ}")
+
+
+def _apply(cfg: JobConfig, section: str, key: str, value: Any, from_cli: bool, origin: str):
+    sections = _section_types()
+    if section not in sections:
+        raise ConfigError(
+            f"{origin}: unknown section [{section}]{_closest(section, list(sections))}"
+        )
+    fields = _field_types(sections[section])
+    if key not in fields:
+        raise ConfigError(
+            f"{origin}: unknown key '{key}' in [{section}]{_closest(key, list(fields))}"
+        )
+    where = f"{origin}: {section}.{key}"
+    setattr(getattr(cfg, section), key, _coerce(value, fields[key], where, from_cli))
+
+
+def parse_cli_overrides(argv: list[str]) -> tuple[str | None, list[tuple[str, str, str]]]:
+    """Split argv into the --config path and (section, key, value) overrides."""
+    config_path = None
+    overrides = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"command line: unexpected argument '{arg}'; use --section.key value")
+        name, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(argv) or (argv[i + 1].startswith("--") and not _is_number(argv[i + 1])):
+                if name != "config" and "." in name:
+                    # a bare flag: --compile.enable means true
+                    overrides.append((*name.split(".", 1), "true"))
+                    i += 1
+                    continue
+                raise ConfigError(f"command line: --{name} needs a value")
+            value = argv[i + 1]
+            i += 1
+        i += 1
+        if name in ("config", "job.config_file"):
+            config_path = value
+        elif "." in name:
+            section, key = name.split(".", 1)
+            overrides.append((section, key, value))
+        else:
+            raise ConfigError(
+                f"command line: '--{name}' is not --config or --section.key (e.g. --training.steps 10)"
+            )
+    return config_path, overrides
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def load_config(path: str | Path | None = None, overrides: list[tuple[str, str, str]] | None = None,
+                extra: dict[str, dict[str, Any]] | None = None) -> JobConfig:
+    """Build a JobConfig from a TOML file, then ``extra`` (a dict), then CLI overrides; check it."""
+    cfg = JobConfig()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist; pass --config train_configs/<name>.toml")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML ({e})") from None
+        for section, values in data.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"{path}: top-level key '{section}' must be a [section]")
+            for key, value in values.items():
+                _apply(cfg, section, key, value, from_cli=False, origin=str(path))
+    for section, values in (extra or {}).items():
+        for key, value in values.items():
+            _apply(cfg, section, key, value, from_cli=False, origin="config")
+    for section, key, value in overrides or []:
+        _apply(cfg, section, key, value, from_cli=True, origin="command line")
+    validate(cfg)
+    return cfg
+
+
+def config_from_argv(argv: list[str] | None = None) -> JobConfig:
+    path, overrides = parse_cli_overrides(sys.argv[1:] if argv is None else argv)
+    return load_config(path, overrides)
+
+
+def validate(cfg: JobConfig) -> None:
+    """Checks that need no model or process group; parallel degrees are checked in parallel/mesh."""
+    for (section, key), options in CHOICES.items():
+        value = getattr(getattr(cfg, section), key)
+        if value not in options:
+            raise ConfigError(
+                f"{section}.{key} = '{value}' is not one of {', '.join(options)}{_closest(value, list(options))}"
+            )
+    t = cfg.training
+    for name in ("steps", "global_batch_size", "local_batch_size", "seq_len"):
+        if getattr(t, name) <= 0:
+            raise ConfigError(f"training.{name} must be positive, got {getattr(t, name)}")
+    if cfg.metrics.log_freq <= 0:
+        raise ConfigError("metrics.log_freq must be positive")
+    if cfg.lr_scheduler.warmup_steps < 0:
+        raise ConfigError("lr_scheduler.warmup_steps must be >= 0")
+    if not 0.0 <= cfg.lr_scheduler.min_lr_ratio <= 1.0:
+        raise ConfigError("lr_scheduler.min_lr_ratio must be in [0, 1]")
+    if not 0.0 <= cfg.lr_scheduler.decay_ratio <= 1.0:
+        raise ConfigError("lr_scheduler.decay_ratio must be in [0, 1]")
+    if cfg.activation_checkpoint.selective_every <= 0:
+        raise ConfigError("activation_checkpoint.selective_every must be positive")
+    p = cfg.parallelism
+    if p.dp_replicate < 1 or p.tp < 1 or (p.dp_shard < 1 and p.dp_shard != -1):
+        raise ConfigError("parallelism degrees must be >= 1 (dp_shard may be -1: the rest of the world size)")
+    if cfg.checkpoint.interval <= 0:
+        raise ConfigError("checkpoint.interval must be positive")
+    if cfg.checkpoint.keep_latest_k < 0:
+        raise ConfigError("checkpoint.keep_latest_k must be >= 0 (0 keeps all)")
+
+
+def write_config(cfg: JobConfig, folder: Path) -> Path:
+    """Write the resolved config (JSON and TOML) to the run folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    lines = []
+    for section, values in cfg.to_dict().items():
+        lines.append(f"[{section}]")
+        for k, v in values.items():
+            lines.append(f"{k} = {json.dumps(v)}")
+        lines.append("")
+    out = folder / "config.toml"
+    out.write_text("\n".join(lines))
+    return out

@@ -1,0 +1,110 @@
+"""Chat / paired data (``data.kind = "chat"``): {"messages": [...]} records -> packed samples.
+
+A record: ``{"messages": [{"role": "system", "content": ...}, {"role": "user", ...},
+{"role": "assistant", ...}]}`` (system optional, more turns allowed). One sample is the
+Llama-3 templated conversation (``chat_template.encode_chat``). Labels (already shifted):
+
+- ``loss_on = "assistant"``: targets are every assistant message's content and its
+  <|eot_id|>; everything else is IGNORE_INDEX.
+- ``loss_on = "all"``: every next token of the sample (system, headers, user, assistant).
+  The LLM-JEPA reference code in effect trained on this (its collator overwrote the
+  assistant-only labels), so "all" matches the paper's numbers.
+
+JEPA views: Text = the last user message before the last assistant message, Code = that
+assistant message. A record may carry its own views as ``"text"`` / ``"code"`` message
+lists (hellaswag does): then ``text_ids`` / ``code_ids`` are those messages' contents
+(joined by a blank line), while the spans still point at the user/assistant content of
+the full sequence.
+
+Bad input: no/ill-formed ``messages``, no user or no assistant message, an empty user or
+assistant message, or a sample longer than ``max_len`` tokens.
+
+``Batch.extras`` for chat batches (``chat_extras``):
+  "samples":  int64 tensor (N, 8), one row per sample in the batch, columns SAMPLE_COLUMNS:
+              row, segment (its segment id in the row), start (offset in the row), length,
+              user_start, user_end, assistant_start, assistant_end (content spans, end
+              exclusive, as offsets in the row: tokens[row, user_start:user_end] is the
+              user content; its last content token is user_end - 1, the <|eot_id|> follows).
+  "text_ids", "code_ids": list (N) of lists of token ids of the Text and Code views.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from titan_jepa.data.batch import IGNORE_INDEX
+from titan_jepa.data.sources import BadLines
+
+SAMPLE_COLUMNS = ("row", "segment", "start", "length", "user_start", "user_end",
+                  "assistant_start", "assistant_end")
+
+
+def check_messages(obj: dict) -> str | None:
+    """The reason a record is not a usable conversation, or None."""
+    msgs = obj.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        return "no messages"
+    for m in msgs:
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            return "a message without a string role and content"
+    roles = [m["role"] for m in msgs]
+    if "assistant" not in roles:
+        return "no assistant message"
+    last_a = len(roles) - 1 - roles[::-1].index("assistant")
+    if "user" not in roles[:last_a]:
+        return "no user message before the assistant message"
+    last_u = last_a - 1 - roles[:last_a][::-1].index("user")
+    if not msgs[last_u]["content"].strip():
+        return "empty user message"
+    if not msgs[last_a]["content"].strip():
+        return "empty assistant message"
+    return None
+
+
+def _view_text(view) -> str | None:
+    if isinstance(view, str):
+        return view
+    if isinstance(view, list) and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in view):
+        return "\n\n".join(m["content"].strip() for m in view)
+    return None
+
+
+class ChatSamples:
+    def __init__(self, tokenizer, loss_on: str, max_len: int, bad: BadLines):
+        self.tok, self.loss_on, self.max_len, self.bad = tokenizer, loss_on, max_len, bad
+
+    def __call__(self, obj, where: str) -> dict | None:
+        """One packed-ready sample (a JSON-able dict), or None (reported as bad input)."""
+        reason = check_messages(obj) if isinstance(obj, dict) else "not a JSON object"
+        if reason:
+            self.bad.report(where, reason)
+            return None
+        enc = self.tok.encode_chat(obj["messages"])
+        ids = enc.ids
+        if len(ids) > self.max_len:
+            self.bad.report(where, f"sample longer than max_sample_len ({self.max_len} tokens)")
+            return None
+        if self.loss_on == "all":
+            labels = ids[1:] + [IGNORE_INDEX]
+        else:
+            m = enc.loss_mask
+            labels = [t if k else IGNORE_INDEX for t, k in zip(ids[1:], m[1:])] + [IGNORE_INDEX]
+        text_ids, code_ids = enc.text_ids, enc.code_ids
+        tv, cv = _view_text(obj.get("text")), _view_text(obj.get("code"))
+        if tv is not None and cv is not None:
+            text_ids, code_ids = self.tok.encode(tv.strip()), self.tok.encode(cv.strip())
+        return {"ids": ids, "labels": labels, "user": list(enc.user_span),
+                "assistant": list(enc.assistant_span), "text_ids": text_ids, "code_ids": code_ids}
+
+
+def chat_extras(rows) -> dict:
+    """Per-sample metadata of packed rows (see the module docstring)."""
+    table, text_ids, code_ids = [], [], []
+    for r, row in enumerate(rows):
+        for seg, start, s in row.samples:
+            (us, ue), (as_, ae) = s["user"], s["assistant"]
+            table.append([r, seg, start, len(s["ids"]), start + us, start + ue, start + as_, start + ae])
+            text_ids.append(s["text_ids"])
+            code_ids.append(s["code_ids"])
+    samples = torch.tensor(table, dtype=torch.int64).reshape(-1, len(SAMPLE_COLUMNS))
+    return {"samples": samples, "text_ids": text_ids, "code_ids": code_ids}

@@ -1,0 +1,139 @@
+"""Packing token sequences into rows of exactly seq_len tokens, and rows into a ``Batch``.
+
+Row layout (both kinds): segments follow each other; each segment's positions restart at
+0, segment_ids count the segments of the row from 0, labels are the next token of the
+same segment (never of another), padding at a row's end is one more segment of ``pad_id``
+with IGNORE_INDEX labels.
+
+- ``DocPacker`` (pretraining text): documents are concatenated and cut at row ends. A
+  document that does not fit continues at the start of the next row as a new segment whose
+  positions restart at 0 (so positions never exceed seq_len and RoPE tables of seq_len
+  suffice). Its last token in a row is labelled with its next token (which opens the next
+  row), so no target is lost; the document's own last token (eos) has IGNORE_INDEX.
+- ``SamplePacker`` (chat): whole samples, greedily in stream order; a sample that does not
+  fit in the rest of a row starts the next row, and the rest is padding. A sample is never
+  split (every sample has length <= seq_len, checked before packing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from titan_jepa.data.batch import IGNORE_INDEX, Batch
+
+
+@dataclass
+class Row:
+    tokens: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    segment_ids: list[int] = field(default_factory=list)
+    samples: list[tuple[int, int, dict]] = field(default_factory=list)  # (segment, start, sample)
+    num_segments: int = 0
+
+    def add(self, tokens: list[int], labels: list[int]) -> int:
+        """Append one segment; returns its start offset."""
+        start = len(self.tokens)
+        n = len(tokens)
+        self.tokens += tokens
+        self.labels += labels
+        self.positions += range(n)
+        self.segment_ids += [self.num_segments] * n
+        self.num_segments += 1
+        return start
+
+    def pad_to(self, seq_len: int, pad_id: int) -> "Row":
+        n = seq_len - len(self.tokens)
+        if n > 0:
+            self.add([pad_id] * n, [IGNORE_INDEX] * n)
+        return self
+
+
+class DocPacker:
+    """Token stream of documents -> rows; the unfinished document is its state."""
+
+    def __init__(self, seq_len: int, pad_id: int, next_doc: Callable[[], list[int] | None]):
+        self.seq_len, self.pad_id, self.next_doc = seq_len, pad_id, next_doc
+        self.doc: list[int] = []  # the current document; self.off: its first unpacked token
+        self.off = 0
+
+    def next_row(self) -> Row | None:
+        row = Row()
+        while len(row.tokens) < self.seq_len:
+            if self.off >= len(self.doc):
+                doc = self.next_doc()
+                if doc is None:
+                    break
+                self.doc, self.off = doc, 0
+            d, o = self.doc, self.off
+            n = min(self.seq_len - len(row.tokens), len(d) - o)
+            labels = d[o + 1:o + n + 1]
+            if o + n == len(d):
+                labels.append(IGNORE_INDEX)
+            row.add(d[o:o + n], labels)
+            self.off = o + n
+        if not row.tokens:
+            return None
+        return row.pad_to(self.seq_len, self.pad_id)
+
+    def state_dict(self) -> dict:
+        return {"doc": self.doc[self.off:]}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.doc, self.off = list(sd["doc"]), 0
+
+
+class SamplePacker:
+    """Whole samples -> rows, greedily; the sample that did not fit is its state.
+
+    A sample is a JSON-able dict with "ids" and "labels" (one segment), or with "segments":
+    [[ids, labels], ...] placed contiguously in one row as consecutive segments (room for
+    extra JEPA view segments). ``Row.samples`` records (first segment id, start, sample).
+    """
+
+    def __init__(self, seq_len: int, pad_id: int, next_sample: Callable[[], dict | None]):
+        self.seq_len, self.pad_id, self.next_sample = seq_len, pad_id, next_sample
+        self.pending: dict | None = None
+
+    def next_row(self) -> Row | None:
+        row = Row()
+        while True:
+            if self.pending is None:
+                self.pending = self.next_sample()
+                if self.pending is None:
+                    break
+            s = self.pending
+            segments = s.get("segments") or [(s["ids"], s["labels"])]
+            total = sum(len(ids) for ids, _ in segments)
+            if total > self.seq_len:
+                raise ValueError(f"a sample of {total} tokens does not fit in seq_len {self.seq_len}")
+            if len(row.tokens) + total > self.seq_len:
+                break
+            first, start = row.num_segments, len(row.tokens)
+            for ids, labels in segments:
+                row.add(ids, labels)
+            row.samples.append((first, start, s))
+            self.pending = None
+        if not row.tokens:
+            return None
+        return row.pad_to(self.seq_len, self.pad_id)
+
+    def state_dict(self) -> dict:
+        return {"pending": self.pending}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.pending = sd["pending"]
+
+
+def collate(rows: list[Row], batch_size: int, seq_len: int, pad_id: int) -> Batch:
+    """Stack rows (adding all-padding rows up to batch_size) into CPU tensors."""
+    rows = rows + [Row().pad_to(seq_len, pad_id) for _ in range(batch_size - len(rows))]
+    return Batch(
+        tokens=torch.tensor([r.tokens for r in rows], dtype=torch.int64),
+        labels=torch.tensor([r.labels for r in rows], dtype=torch.int64),
+        positions=torch.tensor([r.positions for r in rows], dtype=torch.int64),
+        segment_ids=torch.tensor([r.segment_ids for r in rows], dtype=torch.int32),
+    )

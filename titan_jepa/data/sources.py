@@ -1,0 +1,274 @@
+"""Reading records: local files (.jsonl, .txt, .parquet; a file, folder or glob) or ``hf:NAME``.
+
+A record is one JSON object (a .jsonl line, a parquet row, a Hugging Face row) or, for .txt
+files, one paragraph: documents are separated by one or more blank lines.
+
+Data-parallel sharding: records are numbered in file order within an epoch (blank lines do
+not count) and rank r keeps records i with i % dp_world == r, so the ranks read disjoint
+parts and together read everything. Other ranks' jsonl lines are skipped without parsing.
+``hf:NAME`` (or ``hf:NAME:CONFIG``) streams ``datasets.load_dataset(NAME, CONFIG,
+split=data.hf_split, streaming=True)`` split per rank by ``split_dataset_by_node``.
+
+Every source keeps an exact position (file, byte offset or row, line, epoch) as a plain
+dict, so a restored source yields exactly the records an uninterrupted one would.
+
+Bad input (``data.bad_lines``): ``BadLines.report`` either raises ``DataError('file:line:
+reason')`` ("fail") or counts the reason, logging a warning the first time each reason
+occurs ("skip"); the counts travel in the loader state.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import random
+from pathlib import Path
+
+logger = logging.getLogger("titan_jepa.data")
+
+SUFFIXES = (".jsonl", ".json", ".txt", ".parquet")
+DEMO_HINT = "create demo data with: python tools/make_demo_data.py --out demo_data --seed 0"
+
+
+class DataError(ValueError):
+    """Bad data or a bad data path; the message is one line naming the place and the fix."""
+
+
+class BadLines:
+    """The bad-input policy and its per-reason counters."""
+
+    def __init__(self, policy: str):
+        if policy not in ("skip", "fail"):
+            raise DataError(f"data.bad_lines = '{policy}' is not one of skip, fail")
+        self.policy = policy
+        self.counts: dict[str, int] = {}
+
+    def report(self, where: str, reason: str) -> None:
+        if self.policy == "fail":
+            raise DataError(f"{where}: {reason} (set data.bad_lines = 'skip' to skip such input)")
+        first = reason not in self.counts
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        if first:
+            logger.warning("skipping bad input %s: %s (further cases are counted, see loader.stats())",
+                           where, reason)
+
+    def summary(self) -> str:
+        return ", ".join(f"{r}: {n}" for r, n in sorted(self.counts.items())) or "none"
+
+
+def resolve_files(path: str) -> list[Path]:
+    """A file, a folder (every data file under it) or a glob -> sorted files; clear error if none."""
+    p = Path(path)
+    if p.is_file():
+        files = [p]
+    elif p.is_dir():
+        files = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix in SUFFIXES)
+    else:
+        files = sorted(Path(q) for q in glob.glob(path, recursive=True) if Path(q).is_file())
+    if not files:
+        what = "has no .jsonl/.txt/.parquet files" if p.is_dir() else "does not exist"
+        raise DataError(f"data.path '{path}' {what}; {DEMO_HINT}")
+    for f in files:
+        if f.suffix not in SUFFIXES:
+            raise DataError(f"data.path: '{f}' is not one of {', '.join(SUFFIXES)}")
+    return files
+
+
+# ---- per-format readers: yield (payload, where_line, next_offset, next_line);
+# payload None: a blank line (not a record). Offsets are bytes (text files) or rows (parquet).
+def _read_jsonl(path: Path, offset: int, line: int):
+    with open(path, "rb") as f:
+        f.seek(offset)
+        for raw in f:
+            offset += len(raw)
+            line += 1
+            yield (raw if raw.strip() else None), line, offset, line
+
+
+def _read_txt(path: Path, offset: int, line: int):
+    with open(path, "rb") as f:
+        f.seek(offset)
+        para: list[bytes] = []
+        start = line + 1
+        for raw in f:
+            offset += len(raw)
+            line += 1
+            if raw.strip():
+                if not para:
+                    start = line
+                para.append(raw)
+            elif para:
+                yield b"".join(para).decode("utf-8", "replace").strip("\n"), start, offset, line
+                para = []
+        if para:
+            yield b"".join(para).decode("utf-8", "replace").strip("\n"), start, offset, line
+
+
+def _read_parquet(path: Path, offset: int, line: int):
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    row = 0
+    for g in range(pf.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        if row + n <= offset:
+            row += n
+            continue
+        for obj in pf.read_row_group(g).to_pylist():
+            if row >= offset:
+                yield obj, row + 1, row + 1, row + 1
+            row += 1
+
+
+READERS = {".jsonl": _read_jsonl, ".json": _read_jsonl, ".txt": _read_txt, ".parquet": _read_parquet}
+
+
+class FileSource:
+    """This rank's records from local files, looping over ``num_epochs`` epochs (-1: forever)."""
+
+    def __init__(self, files: list[Path], dp_rank: int, dp_world: int, num_epochs: int, bad: BadLines):
+        self.files, self.rank, self.world = files, dp_rank, dp_world
+        self.num_epochs, self.bad = num_epochs, bad
+        self.state = {"epoch": 0, "file": 0, "offset": 0, "line": 0, "record": 0}
+        self._it = None
+
+    def state_dict(self) -> dict:
+        return dict(self.state)
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.state = dict(sd)
+        self._it = None
+
+    def next(self):
+        """The next (obj, where) of this rank, or None when the last epoch is done."""
+        s = self.state
+        while True:
+            if self.num_epochs != -1 and s["epoch"] >= self.num_epochs:
+                return None
+            path = self.files[s["file"]]
+            if self._it is None:
+                self._it = READERS[path.suffix](path, s["offset"], s["line"])
+            item = next(self._it, None)
+            if item is None:  # end of this file
+                self._it = None
+                s.update(file=s["file"] + 1, offset=0, line=0)
+                if s["file"] == len(self.files):
+                    if s["record"] <= self.rank:
+                        raise DataError(f"data.path: no records for data-parallel rank {self.rank} of "
+                                        f"{self.world} in {len(self.files)} file(s); add data or use fewer ranks")
+                    s.update(epoch=s["epoch"] + 1, file=0, record=0)
+                continue
+            payload, where_line, s["offset"], s["line"] = item
+            if payload is None:
+                continue
+            mine = s["record"] % self.world == self.rank
+            s["record"] += 1
+            if not mine:
+                continue
+            where = f"{path}:{where_line}"
+            if isinstance(payload, bytes):
+                try:
+                    obj = json.loads(payload)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    self.bad.report(where, "malformed JSON")
+                    continue
+                if not isinstance(obj, dict):
+                    self.bad.report(where, "not a JSON object")
+                    continue
+                payload = obj
+            return payload, where
+
+
+class HFSource:
+    """``datasets.load_dataset(name, config, split=split, streaming=True)``, split per rank."""
+
+    def __init__(self, spec: str, split: str, dp_rank: int, dp_world: int, num_epochs: int):
+        import datasets
+        from datasets.distributed import split_dataset_by_node
+
+        name, _, config = spec[len("hf:"):].partition(":")
+        self.label = f"hf:{name}[{split}]"
+        try:
+            ds = datasets.load_dataset(name, config or None, split=split, streaming=True)
+        except Exception as e:  # network, unknown name, ...: one clear line
+            raise DataError(f"data.path '{spec}': could not open the Hugging Face dataset ({e})") from None
+        self.ds = split_dataset_by_node(ds, rank=dp_rank, world_size=dp_world)
+        self.num_epochs = num_epochs
+        self.state = {"epoch": 0, "record": 0}
+        self._it = None
+
+    def state_dict(self) -> dict:
+        return dict(self.state)
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.state = dict(sd)
+        self._it = None
+
+    def next(self):
+        s = self.state
+        while True:
+            if self.num_epochs != -1 and s["epoch"] >= self.num_epochs:
+                return None
+            if self._it is None:
+                ds = self.ds.skip(s["record"]) if s["record"] else self.ds
+                self._it = iter(ds)
+            obj = next(self._it, None)
+            if obj is None:
+                self._it = None
+                if s["record"] == 0:
+                    raise DataError(f"{self.label}: no records for this data-parallel rank")
+                s.update(epoch=s["epoch"] + 1, record=0)
+                continue
+            s["record"] += 1
+            return dict(obj), f"{self.label}#{s['record']}"
+
+
+class ShuffleBuffer:
+    """Keeps ``size`` records and hands out a random one; its contents and RNG are its state."""
+
+    def __init__(self, source, size: int, seed: int):
+        self.source, self.size = source, size
+        self.rng = random.Random(seed)
+        self.items: list = []
+        self.exhausted = False
+
+    def next(self):
+        if self.size <= 0:
+            return self.source.next()
+        while not self.exhausted and len(self.items) < self.size:
+            item = self.source.next()
+            if item is None:
+                self.exhausted = True
+            else:
+                self.items.append(item)
+        if not self.items:
+            return None
+        i = self.rng.randrange(len(self.items))
+        self.items[i], self.items[-1] = self.items[-1], self.items[i]
+        return self.items.pop()
+
+    def state_dict(self) -> dict:
+        sd = {"source": self.source.state_dict(), "items": [list(x) for x in self.items],
+              "exhausted": self.exhausted, "rng": None}
+        if self.size > 0:
+            version, internal, gauss = self.rng.getstate()
+            sd["rng"] = [version, list(internal), gauss]
+        return sd
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.source.load_state_dict(sd["source"])
+        self.items = [tuple(x) for x in sd["items"]]
+        if sd["rng"] is not None:
+            version, internal, gauss = sd["rng"]
+            self.rng.setstate((version, tuple(internal), gauss))
+        self.exhausted = sd["exhausted"]
+
+
+def build_source(data_cfg, dp_rank: int, dp_world: int, bad: BadLines, seed: int) -> ShuffleBuffer:
+    """The record stream of one rank (with the optional shuffle buffer in front)."""
+    if data_cfg.path.startswith("hf:"):
+        src = HFSource(data_cfg.path, data_cfg.hf_split, dp_rank, dp_world, data_cfg.num_epochs)
+    else:
+        src = FileSource(resolve_files(data_cfg.path), dp_rank, dp_world, data_cfg.num_epochs, bad)
+    return ShuffleBuffer(src, data_cfg.shuffle_buffer, seed * 1000003 + dp_rank)

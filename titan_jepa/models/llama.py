@@ -1,0 +1,285 @@
+"""The Llama-3 family in plain PyTorch (no torch.distributed here).
+
+State-dict names follow torchtitan's llama3: tok_embeddings, layers.N.attention.{wq,wk,wv,wo},
+layers.N.feed_forward.{w1,w2,w3}, layers.N.{attention_norm,ffn_norm}, norm, output.
+RoPE uses Meta's interleaved-pair convention (so Hugging Face q/k weights are permuted on
+conversion, see titan_jepa/hf_convert.py).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from titan_jepa.models.attention import MaskMeta, build_attention_backend
+
+
+@dataclass
+class RopeScaling:
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
+@dataclass
+class ModelArgs:
+    dim: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: int = 8
+    vocab_size: int = 128256
+    multiple_of: int = 1024
+    ffn_dim_multiplier: float | None = 1.3
+    norm_eps: float = 1e-5
+    rope_theta: float = 500000.0
+    rope_scaling: RopeScaling | None = None
+    max_seq_len: int = 8192
+    tie_embeddings: bool = False
+    attn_backend: str = "sdpa"
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def ffn_hidden_dim(self) -> int:
+        hidden = int(2 * (4 * self.dim) / 3)
+        if self.ffn_dim_multiplier is not None:
+            hidden = int(self.ffn_dim_multiplier * hidden)
+        return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+
+    def num_params(self, include_embedding: bool = True) -> int:
+        d, h, kv, hd, f = self.dim, self.n_heads, self.n_kv_heads, self.head_dim, self.ffn_hidden_dim
+        per_layer = d * h * hd * 2 + d * kv * hd * 2 + 3 * d * f + 2 * d
+        emb = self.vocab_size * d
+        out = 0 if self.tie_embeddings else self.vocab_size * d
+        return self.n_layers * per_layer + d + out + (emb if include_embedding else 0)
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token: 6 * (non-embedding params) + attention (12 * L * d * S)."""
+        return 6 * self.num_params(include_embedding=False) + 12 * self.n_layers * self.dim * seq_len
+
+
+# Meta's published shapes (Llama 3.1 for 8B/70B, Llama 3.2 for 1B/3B).
+FLAVORS: dict[str, ModelArgs] = {
+    "debug": ModelArgs(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=2304,
+                       multiple_of=64, ffn_dim_multiplier=None, rope_theta=500000.0,
+                       rope_scaling=RopeScaling(factor=8.0, original_max_position_embeddings=256),
+                       max_seq_len=1024),
+    "small": ModelArgs(dim=256, n_layers=6, n_heads=8, n_kv_heads=4, vocab_size=2304,
+                       multiple_of=64, ffn_dim_multiplier=None, rope_theta=500000.0,
+                       max_seq_len=2048, tie_embeddings=True),
+    "1B": ModelArgs(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, multiple_of=256,
+                    ffn_dim_multiplier=1.5, rope_scaling=RopeScaling(factor=32.0),
+                    max_seq_len=131072, tie_embeddings=True),
+    "3B": ModelArgs(dim=3072, n_layers=28, n_heads=24, n_kv_heads=8, multiple_of=256,
+                    ffn_dim_multiplier=1.0, rope_scaling=RopeScaling(factor=32.0),
+                    max_seq_len=131072, tie_embeddings=True),
+    "8B": ModelArgs(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, multiple_of=1024,
+                    ffn_dim_multiplier=1.3, rope_scaling=RopeScaling(factor=8.0),
+                    max_seq_len=131072),
+    "70B": ModelArgs(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, multiple_of=4096,
+                     ffn_dim_multiplier=1.3, rope_scaling=RopeScaling(factor=8.0),
+                     max_seq_len=131072),
+}
+
+
+def model_args_for(flavor: str, **overrides) -> ModelArgs:
+    if flavor not in FLAVORS:
+        raise ValueError(f"unknown model flavor '{flavor}'; choose one of {', '.join(FLAVORS)}")
+    return replace(FLAVORS[flavor], **{k: v for k, v in overrides.items() if v is not None})
+
+
+def rope_frequencies(args: ModelArgs, device=None) -> torch.Tensor:
+    """Inverse frequencies (head_dim/2,) with Llama-3.1 scaling when configured."""
+    hd = args.head_dim
+    freqs = 1.0 / (args.rope_theta ** (torch.arange(0, hd, 2, device=device, dtype=torch.float64) / hd))
+    s = args.rope_scaling
+    if s is not None:
+        low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+        high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+        wavelen = 2 * math.pi / freqs
+        smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+            s.high_freq_factor - s.low_freq_factor)
+        mid = (1 - smooth) * freqs / s.factor + smooth * freqs
+        freqs = torch.where(wavelen < high_wavelen, freqs,
+                            torch.where(wavelen > low_wavelen, freqs / s.factor, mid))
+    return freqs.float()
+
+
+def rope_tables(args: ModelArgs, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    freqs = rope_frequencies(args, device)
+    t = torch.arange(args.max_seq_len, device=device, dtype=torch.float32)
+    angles = torch.outer(t, freqs)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, S, H, D) with interleaved pairs; cos/sin: (B or 1, S, D/2)."""
+    xf = x.float().unflatten(-1, (-1, 2))
+    x0, x1 = xf[..., 0], xf[..., 1]
+    c, s = cos[:, :, None, :], sin[:, :, None, :]
+    out = torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).flatten(-2)
+    return out.type_as(x)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return out.type_as(x) * self.weight
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs, backend):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        self.wq = nn.Linear(args.dim, args.n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
+        self.backend = backend
+
+    def forward(self, x, cos, sin, mask, kv_cache=None):
+        bsz, seqlen, _ = x.shape
+        # -1 heads: under tensor parallelism each rank holds a slice of the heads
+        q = self.wq(x).view(bsz, seqlen, -1, self.head_dim)
+        k = self.wk(x).view(bsz, seqlen, -1, self.head_dim)
+        v = self.wv(x).view(bsz, seqlen, -1, self.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        if kv_cache is not None:
+            k, v, mask = kv_cache.update(k, v)
+        out = self.backend.attend(q, k, v, mask)
+        return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, layer_id: int, args: ModelArgs, backend):
+        super().__init__()
+        self.layer_id = layer_id
+        self.attention = Attention(args, backend)
+        self.feed_forward = FeedForward(args.dim, args.ffn_hidden_dim)
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+
+    def forward(self, x, cos, sin, mask, kv_cache=None):
+        h = x + self.attention(self.attention_norm(x), cos, sin, mask, kv_cache)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+def default_write(param: torch.Tensor, full: torch.Tensor) -> None:
+    param.copy_(full)
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.backend = build_attention_backend(args.attn_backend)
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        # a ModuleDict keyed by layer index, as torchtitan does, so names survive pruning
+        self.layers = nn.ModuleDict(
+            {str(i): TransformerBlock(i, args, self.backend) for i in range(args.n_layers)})
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if args.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        cos, sin = rope_tables(args, device=self.tok_embeddings.weight.device)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    # ---- initialisation -------------------------------------------------------------
+    def init_buffers(self, device=None) -> None:
+        device = device or self.rope_cos.device
+        self.rope_cos, self.rope_sin = rope_tables(self.args, device=device)
+
+    def _init_std(self, name: str) -> tuple[str, float]:
+        """(kind, std) for a parameter: torchtitan-style depth-scaled init."""
+        name = name.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", "")
+        if name.endswith("norm.weight"):
+            return "ones", 0.0
+        if name == "tok_embeddings.weight":
+            return ("normal", 0.02) if self.args.tie_embeddings else ("normal", 1.0)
+        if name == "output.weight":
+            return "trunc_normal", self.args.dim ** -0.5
+        if any(name.endswith(s) for s in ("wq.weight", "wk.weight", "wv.weight", "w1.weight")):
+            return "trunc_normal", 0.02
+        layer_id = int(name.split(".")[1])
+        return "trunc_normal", 0.02 / (2 * (layer_id + 1)) ** 0.5
+
+    @torch.no_grad()
+    def init_weights(self, seed: int = 0, buffer_device=None,
+                     write: Callable[[torch.Tensor, torch.Tensor], None] = default_write) -> None:
+        """Initialise every parameter from a generator seeded by (seed, name).
+
+        Each parameter is drawn whole (its global shape) and handed to ``write``, so the
+        result does not depend on how the parameters are later sharded: parallel code
+        passes a ``write`` that keeps only the local shard.
+        """
+        self.init_buffers(buffer_device)
+        for name, param in self.named_parameters():
+            kind, std = self._init_std(name)
+            full = torch.empty(param.shape, dtype=torch.float32, device=param.device)
+            gen = torch.Generator(device=param.device)
+            gen.manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63))
+            if kind == "ones":
+                full.fill_(1.0)
+            elif kind == "normal":
+                nn.init.normal_(full, 0.0, std, generator=gen)
+            else:
+                nn.init.trunc_normal_(full, 0.0, std, -3 * std, 3 * std, generator=gen)
+            write(param, full.to(param.dtype))
+
+    # ---- forward --------------------------------------------------------------------
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
+                segment_ids: torch.Tensor | None = None,
+                context_segment: torch.Tensor | None = None,
+                context_len: torch.Tensor | None = None,
+                return_hidden: bool = False, kv_caches=None):
+        """tokens (B, S) -> logits (B, S, V); with return_hidden also the final normed
+        hidden states (B, S, D). Mask metadata (see models/attention.py) is optional."""
+        bsz, seqlen = tokens.shape
+        if positions is None:
+            cos, sin = self.rope_cos[None, :seqlen], self.rope_sin[None, :seqlen]
+        else:
+            cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        if kv_caches is None:
+            meta = MaskMeta(segment_ids, positions, context_segment, context_len)
+            mask = self.backend.build_mask(meta, bsz, seqlen, tokens.device)
+        else:
+            mask = None
+        h = self.tok_embeddings(tokens)
+        for i, layer in enumerate(self.layers.values()):
+            h = layer(h, cos, sin, mask, None if kv_caches is None else kv_caches[i])
+        h = self.norm(h)
+        logits = self.output(h)
+        return (logits, h) if return_hidden else logits
+
+
+def build_model(args: ModelArgs, device: str | torch.device = "meta") -> Transformer:
+    with torch.device(device):
+        return Transformer(args)

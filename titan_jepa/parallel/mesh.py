@@ -1,0 +1,130 @@
+"""Parallel degrees, their checks, and the DeviceMesh built from them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+from titan_jepa.config import ConfigError, JobConfig
+from titan_jepa.models.llama import ModelArgs
+
+
+@dataclass
+class ParallelDims:
+    dp_replicate: int
+    dp_shard: int
+    tp: int
+    world_size: int
+
+    @classmethod
+    def from_config(cls, cfg: JobConfig, world_size: int) -> "ParallelDims":
+        p = cfg.parallelism
+        dp_shard = p.dp_shard
+        if dp_shard == -1:
+            rest = p.dp_replicate * p.tp
+            if world_size % rest:
+                raise ConfigError(
+                    f"world size {world_size} is not divisible by parallelism.dp_replicate * "
+                    f"parallelism.tp = {rest}; change the degrees or the number of processes")
+            dp_shard = world_size // rest
+        dims = cls(p.dp_replicate, dp_shard, p.tp, world_size)
+        if dims.dp_replicate * dims.dp_shard * dims.tp != world_size:
+            raise ConfigError(
+                f"parallelism degrees dp_replicate={dims.dp_replicate} x dp_shard={dims.dp_shard} x "
+                f"tp={dims.tp} = {dims.dp_replicate * dims.dp_shard * dims.tp} but the world size is "
+                f"{world_size}; set parallelism.dp_shard = -1 to use the rest of the world")
+        return dims
+
+    @property
+    def dp(self) -> int:
+        return self.dp_replicate * self.dp_shard
+
+    @property
+    def fsdp_enabled(self) -> bool:
+        return self.dp > 1
+
+    def check(self, cfg: JobConfig, args: ModelArgs) -> int:
+        """Check the degrees against the model and batch; returns gradient-accumulation steps."""
+        tp = self.tp
+        for what, n in (("model n_heads", args.n_heads), ("model n_kv_heads", args.n_kv_heads),
+                        ("model ffn hidden dim", args.ffn_hidden_dim), ("model dim", args.dim)):
+            if n % tp:
+                raise ConfigError(f"parallelism.tp={tp} does not divide the {what} ({n}); "
+                                  f"choose a tp that divides it")
+        if cfg.training.seq_len % tp:
+            raise ConfigError(f"training.seq_len={cfg.training.seq_len} must be divisible by "
+                              f"parallelism.tp={tp} (sequence parallelism splits the sequence)")
+        t = cfg.training
+        per_step = t.local_batch_size * self.dp
+        if t.global_batch_size % per_step:
+            raise ConfigError(
+                f"training.global_batch_size={t.global_batch_size} is not a multiple of "
+                f"local_batch_size x data-parallel degree = {t.local_batch_size} x {self.dp} = "
+                f"{per_step}; change one of them")
+        if cfg.training.seq_len > args.max_seq_len:
+            raise ConfigError(f"training.seq_len={cfg.training.seq_len} exceeds the model's "
+                              f"max_seq_len={args.max_seq_len}; raise model.max_seq_len")
+        return t.global_batch_size // per_step
+
+
+def device_type_for(cfg: JobConfig) -> str:
+    want = cfg.training.device
+    if want == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if want == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("training.device = 'cuda' but no CUDA device is visible; use 'cpu' or 'auto'")
+    return want
+
+
+def init_distributed(cfg: JobConfig) -> tuple[int, int, torch.device]:
+    """Start the process group when launched by torchrun; returns (rank, world, device)."""
+    device_type = device_type_for(cfg)
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=timedelta(seconds=cfg.parallelism.comm_timeout_s),
+                                device_id=device if device_type == "cuda" else None)
+    return rank, world, device
+
+
+def build_mesh(dims: ParallelDims, device_type: str) -> DeviceMesh | None:
+    """A 3-D mesh (dp_replicate, dp_shard, tp) with a flattened "dp" dimension; None alone."""
+    if dims.world_size == 1:
+        return None
+    mesh = init_device_mesh(device_type, (dims.dp_replicate, dims.dp_shard, dims.tp),
+                            mesh_dim_names=("dp_replicate", "dp_shard", "tp"))
+    mesh["dp_replicate", "dp_shard"]._flatten("dp")
+    return mesh
+
+
+@dataclass
+class DPInfo:
+    """Where this rank sits in the data-parallel group, and the group to reduce over."""
+
+    rank: int = 0
+    size: int = 1
+    group: object = None
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.size > 1:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
+        return t
+
+
+def dp_info(mesh: DeviceMesh | None) -> DPInfo:
+    if mesh is None:
+        return DPInfo()
+    dp = mesh["dp"]
+    return DPInfo(dp.get_local_rank(), dp.size(), dp.get_group())

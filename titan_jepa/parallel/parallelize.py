@@ -1,0 +1,119 @@
+"""Apply tensor/sequence parallelism, activation checkpointing, compile and FSDP2 to a
+plain Transformer from outside, in that order (as torchtitan's parallelize does)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor, Replicate, Shard
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    PrepareModuleInput,
+    PrepareModuleOutput,
+    RowwiseParallel,
+    SequenceParallel,
+    parallelize_module,
+)
+
+from titan_jepa.config import JobConfig
+from titan_jepa.parallel.mesh import ParallelDims
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
+    """Megatron-style TP with sequence parallelism: the residual stream is sharded on the
+    sequence dimension between blocks; attention and MLP gather it and shard their heads
+    (colwise wq/wk/wv/w1/w3, rowwise wo/w2)."""
+    parallelize_module(model, tp_mesh, {
+        "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
+        # the final norm runs sequence-parallel; its output is gathered so the hidden
+        # states the objectives read are whole on every rank
+        "norm": SequenceParallel(),
+        "output": ColwiseParallel(input_layouts=Replicate(), output_layouts=Replicate()),
+    })
+    parallelize_module(model.norm, tp_mesh, PrepareModuleOutput(
+        output_layouts=Shard(1), desired_output_layouts=Replicate(), use_local_output=True))
+    for block in model.layers.values():
+        parallelize_module(block, tp_mesh, {
+            "attention_norm": SequenceParallel(),
+            "attention": PrepareModuleInput(
+                input_layouts=(Shard(1), None, None, None, None),
+                desired_input_layouts=(Replicate(), None, None, None, None)),
+            "attention.wq": ColwiseParallel(),
+            "attention.wk": ColwiseParallel(),
+            "attention.wv": ColwiseParallel(),
+            "attention.wo": RowwiseParallel(output_layouts=Shard(1)),
+            "ffn_norm": SequenceParallel(),
+            "feed_forward": PrepareModuleInput(input_layouts=(Shard(1),),
+                                               desired_input_layouts=(Replicate(),)),
+            "feed_forward.w1": ColwiseParallel(),
+            "feed_forward.w2": RowwiseParallel(output_layouts=Shard(1)),
+            "feed_forward.w3": ColwiseParallel(),
+        })
+    if model.args.tie_embeddings:
+        # both are vocab-sharded (Shard(0)) on the tp mesh, so they can share one DTensor
+        model.output.weight = model.tok_embeddings.weight
+
+
+def apply_ac(model: nn.Module, mode: str, every: int) -> None:
+    for layer_id, block in list(model.layers.items()):
+        if mode == "full" or (mode == "selective" and int(layer_id) % every == 0):
+            model.layers[layer_id] = checkpoint_wrapper(block, preserve_rng_state=False)
+
+
+def apply_compile(model: nn.Module) -> None:
+    for block in model.layers.values():
+        block.compile(fullgraph=False)
+
+
+def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, param_dtype: torch.dtype,
+               reduce_dtype: torch.dtype, reshard: str) -> None:
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+    reshard_after_forward = {"always": True, "never": False, "default": True}[reshard]
+    blocks = list(model.layers.values())
+    for i, block in enumerate(blocks):
+        # the last block is needed again at once by backward: keep it gathered
+        last = i == len(blocks) - 1 and reshard == "default"
+        fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=not last and reshard_after_forward)
+    fully_shard(model, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+
+
+def parallelize(model: nn.Module, dims: ParallelDims, mesh: DeviceMesh | None, cfg: JobConfig) -> nn.Module:
+    if dims.tp > 1:
+        apply_tp(model, mesh["tp"])
+    if cfg.activation_checkpoint.mode != "none":
+        apply_ac(model, cfg.activation_checkpoint.mode, cfg.activation_checkpoint.selective_every)
+    if cfg.compile.enable:
+        apply_compile(model)
+    if dims.fsdp_enabled:
+        dp_mesh = mesh["dp_replicate", "dp_shard"] if dims.dp_replicate > 1 else mesh["dp_shard"]
+        apply_fsdp(model, dp_mesh, DTYPES[cfg.training.mixed_precision_param],
+                   DTYPES[cfg.training.mixed_precision_reduce],
+                   cfg.parallelism.fsdp_reshard_after_forward)
+    return model
+
+
+def write_sharded(param: torch.Tensor, full: torch.Tensor) -> None:
+    """Keep this rank's part of a whole tensor (identical on every rank) in ``param``."""
+    if isinstance(param, DTensor):
+        whole = DTensor.from_local(full, param.device_mesh, [Replicate()] * param.device_mesh.ndim,
+                                   run_check=False)
+        param.to_local().copy_(whole.redistribute(param.device_mesh, param.placements).to_local())
+    else:
+        param.copy_(full)
+
+
+@torch.no_grad()
+def clip_grad_norm_(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Global gradient norm over (possibly sharded DTensor) parameters, then clip."""
+    grads = [p.grad for p in params if p.grad is not None]
+    total = torch.nn.utils.get_total_norm(grads, norm_type=2.0, error_if_nonfinite=False)
+    if isinstance(total, DTensor):
+        total = total.full_tensor()  # sums the partial squares over every mesh dimension
+    if max_norm > 0:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return total

@@ -1,0 +1,154 @@
+"""The training loop, readable top to bottom.
+
+    torchrun --nproc_per_node=N -m titan_jepa.train --config train_configs/debug_cpu.toml
+    python -m titan_jepa.train --config train_configs/debug_cpu.toml --training.steps 10
+
+One optimizer step: every rank takes its micro-batches (one per gradient-accumulation
+slot), the number of target tokens is summed over the data-parallel group, each
+micro-batch's loss is its sum over targets divided by that global count, gradients are
+clipped over the sharded parameters, and the optimizer and schedule step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+from titan_jepa.config import ConfigError, JobConfig, config_from_argv, write_config
+from titan_jepa.data.loader import build_dataloader
+from titan_jepa.data.tokenizer import build_tokenizer
+from titan_jepa.metrics import MetricsLogger
+from titan_jepa.models.llama import ModelArgs, build_model, model_args_for
+from titan_jepa.objectives.next_token import next_token_loss_sum
+from titan_jepa.optim import build_lr_scheduler, build_optimizer
+from titan_jepa.parallel.mesh import ParallelDims, build_mesh, dp_info, init_distributed
+from titan_jepa.parallel.parallelize import clip_grad_norm_, parallelize, write_sharded
+
+logger = logging.getLogger("titan_jepa")
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (a NaN loss, for example); the message says what to change."""
+
+
+def model_args_from_config(cfg: JobConfig, vocab_size: int) -> ModelArgs:
+    m = cfg.model
+    try:
+        args = model_args_for(m.flavor, attn_backend=m.attn_backend,
+                              vocab_size=m.vocab_size if m.vocab_size > 0 else None,
+                              max_seq_len=m.max_seq_len if m.max_seq_len > 0 else None,
+                              norm_eps=m.norm_eps if m.norm_eps > 0 else None)
+    except ValueError as e:
+        raise ConfigError(f"model.flavor: {e}") from None
+    if vocab_size > args.vocab_size:
+        raise ConfigError(f"the tokenizer has {vocab_size} tokens but the model's vocab_size is "
+                          f"{args.vocab_size}; set model.vocab_size >= {vocab_size}")
+    return args
+
+
+def setup_logging(rank: int) -> None:
+    level = logging.INFO if rank == 0 else logging.WARNING
+    logging.basicConfig(level=level, format="[titan_jepa %(asctime)s] %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stdout, force=True)
+
+
+def train(cfg: JobConfig) -> list[float]:
+    """Run the job described by ``cfg``; returns the global loss of every step."""
+    # ---- processes, mesh and every check that needs no heavy work ----------------------
+    rank, world, device = init_distributed(cfg)
+    setup_logging(rank)
+    dims = ParallelDims.from_config(cfg, world)
+    tokenizer = build_tokenizer(cfg.tokenizer)
+    model_args = model_args_from_config(cfg, tokenizer.vocab_size)
+    grad_accum = dims.check(cfg, model_args)
+    if model_args.attn_backend == "flex" and device.type != "cuda":
+        raise ConfigError("model.attn_backend = 'flex' trains on CUDA only (FlexAttention has no "
+                          "CPU backward); use 'sdpa' on CPU, it computes the same attention")
+    mesh = build_mesh(dims, device.type)
+    dp = dp_info(mesh)
+    torch.manual_seed(cfg.job.seed)
+    if cfg.job.deterministic:
+        torch.use_deterministic_algorithms(True)
+    if rank == 0:
+        write_config(cfg, cfg.run_folder)
+    logger.info(f"world {world} on {device.type}: dp_replicate {dims.dp_replicate} x dp_shard "
+                f"{dims.dp_shard} x tp {dims.tp}; gradient accumulation {grad_accum}")
+
+    # ---- data: one loader per batch slot, so data order ignores the layout ------------
+    # The global batch is cut into slots of local_batch_size rows; this rank owns slots
+    # dp.rank, dp.rank + dp.size, ... (one per micro-batch).
+    num_slots = dp.size * grad_accum
+    loaders = [build_dataloader(cfg, tokenizer, dp_rank=slot, dp_world=num_slots)
+               for slot in range(dp.rank, num_slots, dp.size)]
+
+    # ---- model: built on the meta device, parallelised, then materialised ------------
+    model = build_model(model_args, device="meta")
+    logger.info(f"model {cfg.model.flavor}: {model_args.num_params() / 1e6:,.1f}M parameters")
+    parallelize(model, dims, mesh, cfg)
+    model.to_empty(device=device)
+    model.init_weights(seed=cfg.job.seed, buffer_device=device, write=write_sharded)
+    model.train()
+
+    optimizer = build_optimizer(model, cfg, device.type)
+    scheduler = build_lr_scheduler(optimizer, cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    metrics = MetricsLogger(cfg.run_folder, rank, cfg.metrics.enable_tensorboard,
+                            cfg.metrics.enable_jsonl, model_args.flops_per_token(cfg.training.seq_len),
+                            device, cfg.metrics.gpu_peak_flops)
+
+    # ---- the loop ----------------------------------------------------------------------
+    losses = []
+    for step in range(1, cfg.training.steps + 1):
+        micro_batches = [next(loader).to(device) for loader in loaders]
+        # the loss is a sum over targets divided by the global number of targets
+        num_targets = dp.all_reduce_sum(
+            torch.tensor(float(sum(mb.num_targets for mb in micro_batches)), device=device))
+        loss_sum = torch.zeros((), device=device)
+        for mb in micro_batches:
+            logits = model(mb.tokens, positions=mb.positions, segment_ids=mb.segment_ids,
+                           context_segment=mb.context_segment, context_len=mb.context_len)
+            mb_loss = next_token_loss_sum(logits, mb.labels)
+            # FSDP averages gradients over the dp ranks; scaling by dp.size makes the result
+            # the gradient of (global sum / global count)
+            (mb_loss / num_targets * dp.size).backward()
+            loss_sum += mb_loss.detach()
+            metrics.count_tokens(mb.tokens.numel())
+        loss = dp.all_reduce_sum(loss_sum) / num_targets
+        if not torch.isfinite(loss):
+            raise TrainingError(f"step {step}: loss is {loss.item()}; lower optimizer.lr, check "
+                                f"the data, or keep training.max_norm > 0")
+        grad_norm = clip_grad_norm_(params, cfg.training.max_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        losses.append(loss.item())
+        if step % cfg.metrics.log_freq == 0 or step == cfg.training.steps:
+            metrics.log(step, {"loss": losses[-1], "grad_norm": grad_norm.item(),
+                               "lr": scheduler.get_last_lr()[0]})
+
+    metrics.close()
+    logger.info(f"done: {cfg.training.steps} steps, final loss {losses[-1]:.4f}")
+    return losses
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cfg = config_from_argv(argv)
+        train(cfg)
+    except (ConfigError, TrainingError) as e:
+        # one clear line, not a traceback, for mistakes a user can fix
+        print(f"error: {e}", file=sys.stderr)
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        sys.exit(2)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Convert model weights between titan_jepa and Hugging Face Llama checkpoints.
+
+Ours -> Hugging Face (a folder LlamaForCausalLM.from_pretrained can read):
+    python tools/convert_hf.py --to-hf --src outputs/run/checkpoint/step-1000 --dst hf_out --flavor 1B
+    python tools/convert_hf.py --to-hf --src model.pt --dst hf_out --flavor debug --dtype bfloat16
+
+  --src is a torch.save'd model state dict (.pt), or a torch.distributed.checkpoint (DCP)
+  folder; model weights are taken from keys prefixed ``model.`` or from a top-level ``model``
+  dict. The vocabulary size is read from the weights when it differs from the flavor's.
+
+Hugging Face -> ours (a torch.save'd state dict with our names):
+    python tools/convert_hf.py --from-hf --src hf_folder --dst model.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from titan_jepa import hf_convert  # noqa: E402
+from titan_jepa.models.llama import FLAVORS, model_args_for  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# wrapper prefixes that torch.compile / activation checkpointing / DDP put in parameter names
+_WRAPPERS = ("_orig_mod.", "_checkpoint_wrapped_module.", "module.")
+
+
+def fail(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def log(msg: str) -> None:
+    print(f"[convert_hf] {msg}", flush=True)
+
+
+def _clean(name: str) -> str:
+    for w in _WRAPPERS:
+        name = name.replace(w, "")
+    return name
+
+
+def extract_model_state(obj) -> dict[str, torch.Tensor]:
+    """Model weights from a loaded checkpoint object (see the module docstring)."""
+    if not isinstance(obj, dict):
+        fail(f"expected a dict in the checkpoint, found {type(obj).__name__}")
+    if isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    elif any(k.startswith("model.") for k in obj) and not any(k.startswith("layers.") for k in obj):
+        obj = {k[len("model."):]: v for k, v in obj.items() if k.startswith("model.")}
+    sd = {_clean(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not sd:
+        fail("found no model tensors in the checkpoint")
+    if "tok_embeddings.weight" not in sd:
+        fail("the checkpoint has no tok_embeddings.weight; is it a titan_jepa model checkpoint?")
+    return sd
+
+
+def load_ours(src: str) -> dict[str, torch.Tensor]:
+    if os.path.isdir(src):
+        if not os.path.exists(os.path.join(src, ".metadata")):
+            fail(f"'{src}' is a folder but not a DCP checkpoint (no .metadata file)")
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        log(f"reading DCP checkpoint {src}")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "full.pt")
+            dcp_to_torch_save(src, path)
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+    else:
+        log(f"reading {src}")
+        obj = torch.load(src, map_location="cpu", weights_only=False)
+    return extract_model_state(obj)
+
+
+def to_hf(a) -> None:
+    if a.flavor is None:
+        fail(f"--to-hf needs --flavor (one of {', '.join(FLAVORS)})")
+    if a.flavor not in FLAVORS:
+        fail(f"unknown flavor '{a.flavor}'; choose one of {', '.join(FLAVORS)}")
+    sd = load_ours(a.src)
+    overrides = {"max_seq_len": a.max_seq_len, "norm_eps": a.norm_eps}
+    vocab = a.vocab_size or int(sd["tok_embeddings.weight"].shape[0])
+    args = model_args_for(a.flavor, vocab_size=vocab, **overrides)
+    if vocab != FLAVORS[a.flavor].vocab_size:
+        log(f"vocab_size {vocab} (flavor default {FLAVORS[a.flavor].vocab_size})")
+    if args.tie_embeddings and "output.weight" in sd and not torch.equal(
+            sd["output.weight"], sd["tok_embeddings.weight"]):
+        fail(f"flavor '{a.flavor}' ties embeddings but output.weight differs from tok_embeddings")
+    n_params = sum(t.numel() for k, t in sd.items() if not (args.tie_embeddings and k == "output.weight"))
+    log(f"{len(sd)} tensors, {n_params:,} parameters; writing {a.dst} ({a.dtype})")
+    try:
+        names = hf_convert.save_hf_checkpoint(
+            sd, args, a.dst, dtype=DTYPES[a.dtype], max_shard_bytes=int(a.max_shard_gb * 2**30),
+            bos_token_id=a.bos_id, eos_token_id=a.eos_id)
+    except (KeyError, ValueError) as e:
+        fail(str(e).strip("'\""))
+    log(f"wrote config.json and {len(names)} safetensors file(s) to {a.dst}")
+
+
+def from_hf(a) -> None:
+    if not os.path.isdir(a.src):
+        fail(f"--src '{a.src}' is not a Hugging Face checkpoint folder")
+    try:
+        cfg = hf_convert.load_hf_config(a.src)
+        args = hf_convert.model_args_from_hf_config(cfg)
+        log(f"reading weights from {a.src}")
+        sd = hf_convert.from_hf_state_dict(hf_convert.load_hf_safetensors(a.src), args)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        fail(str(e).strip("'\""))
+    match = [n for n, f in FLAVORS.items() if f == args]
+    log(f"model args: {args}" + (f" (flavor '{match[0]}')" if match else ""))
+    os.makedirs(os.path.dirname(os.path.abspath(a.dst)), exist_ok=True)
+    torch.save({k: v.contiguous() for k, v in sd.items()}, a.dst)
+    log(f"wrote {len(sd)} tensors to {a.dst}")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    way = p.add_mutually_exclusive_group(required=True)
+    way.add_argument("--to-hf", action="store_true", help="ours (.pt or DCP folder) -> HF folder")
+    way.add_argument("--from-hf", action="store_true", help="HF folder -> ours (.pt)")
+    p.add_argument("--src", required=True)
+    p.add_argument("--dst", required=True)
+    p.add_argument("--flavor", help="model flavor of --src (--to-hf)")
+    p.add_argument("--vocab-size", type=int, help="default: rows of tok_embeddings.weight")
+    p.add_argument("--max-seq-len", type=int, help="max_position_embeddings (default: the flavor's)")
+    p.add_argument("--norm-eps", type=float, help="default: the flavor's")
+    p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="HF weight dtype")
+    p.add_argument("--max-shard-gb", type=float, default=5.0, help="safetensors shard size")
+    p.add_argument("--bos-id", type=int, help="bos_token_id written to config.json")
+    p.add_argument("--eos-id", type=int, help="eos_token_id written to config.json")
+    a = p.parse_args(argv)
+    if not os.path.exists(a.src):
+        fail(f"--src '{a.src}' does not exist")
+    t0 = time.time()
+    to_hf(a) if a.to_hf else from_hf(a)
+    log(f"done in {time.time() - t0:.1f}s")
+
+
+if __name__ == "__main__":
+    main()
