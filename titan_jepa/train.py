@@ -68,8 +68,8 @@ def train(cfg: JobConfig) -> list[float]:
     if model_args.attn_backend == "flex" and device.type != "cuda":
         raise ConfigError("model.attn_backend = 'flex' trains on CUDA only (FlexAttention has no "
                           "CPU backward); use 'sdpa' on CPU, it computes the same attention")
-    mesh = build_mesh(dims, device.type)
-    dp = dp_info(mesh)
+    mesh, dp_mesh = build_mesh(dims, device.type)
+    dp = dp_info(dp_mesh)
     torch.manual_seed(cfg.job.seed)
     if cfg.job.deterministic:
         torch.use_deterministic_algorithms(True)

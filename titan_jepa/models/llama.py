@@ -219,7 +219,6 @@ class Transformer(nn.Module):
 
     def _init_std(self, name: str) -> tuple[str, float]:
         """(kind, std) for a parameter: torchtitan-style depth-scaled init."""
-        name = name.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", "")
         if name.endswith("norm.weight"):
             return "ones", 0.0
         if name == "tok_embeddings.weight":
@@ -242,6 +241,8 @@ class Transformer(nn.Module):
         """
         self.init_buffers(buffer_device)
         for name, param in self.named_parameters():
+            # wrappers (activation checkpointing, compile) must not change the draw
+            name = name.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", "")
             kind, std = self._init_std(name)
             full = torch.empty(param.shape, dtype=torch.float32, device=param.device)
             gen = torch.Generator(device=param.device)

@@ -99,14 +99,14 @@ def init_distributed(cfg: JobConfig) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-def build_mesh(dims: ParallelDims, device_type: str) -> DeviceMesh | None:
-    """A 3-D mesh (dp_replicate, dp_shard, tp) with a flattened "dp" dimension; None alone."""
+def build_mesh(dims: ParallelDims, device_type: str) -> tuple[DeviceMesh | None, DeviceMesh | None]:
+    """The 3-D mesh (dp_replicate, dp_shard, tp) and its flattened data-parallel mesh "dp";
+    (None, None) for a single process."""
     if dims.world_size == 1:
-        return None
+        return None, None
     mesh = init_device_mesh(device_type, (dims.dp_replicate, dims.dp_shard, dims.tp),
                             mesh_dim_names=("dp_replicate", "dp_shard", "tp"))
-    mesh["dp_replicate", "dp_shard"]._flatten("dp")
-    return mesh
+    return mesh, mesh["dp_replicate", "dp_shard"]._flatten("dp")
 
 
 @dataclass
@@ -123,8 +123,7 @@ class DPInfo:
         return t
 
 
-def dp_info(mesh: DeviceMesh | None) -> DPInfo:
-    if mesh is None:
+def dp_info(dp_mesh: DeviceMesh | None) -> DPInfo:
+    if dp_mesh is None:
         return DPInfo()
-    dp = mesh["dp"]
-    return DPInfo(dp.get_local_rank(), dp.size(), dp.get_group())
+    return DPInfo(dp_mesh.get_local_rank(), dp_mesh.size(), dp_mesh.get_group())
