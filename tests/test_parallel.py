@@ -36,3 +36,13 @@ def test_hsdp_2x2_equals_one(single_losses, demo_dir, tmp_path):
     losses = launch(4, cfg, tmp_path)
     assert losses == pytest.approx(single_losses, rel=1e-4)
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("parallelism", [{"dp_shard": 2}, {"tp": 2}], ids=["fsdp", "tp"])
+def test_tied_embeddings_stay_tied(demo_dir, tmp_path, parallelism):
+    """Llama-3.2-style tied embeddings: 2 ranks equal 1 rank, and the weights stay shared."""
+    cfg = tiny_config(tmp_path, demo_dir, training={"local_batch_size": 2, "steps": 3},
+                      model={"flavor": "small", "vocab_size": 2304})
+    single = launch(1, cfg, tmp_path)
+    losses = launch(2, dict(cfg, parallelism=parallelism), tmp_path)
+    assert losses == pytest.approx(single, rel=1e-4)

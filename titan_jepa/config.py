@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import keyword
 import sys
 import tomllib
 import types
@@ -135,6 +136,26 @@ class Checkpoint:
 
 
 @dataclass
+class Jepa:
+    """LLM-JEPA: loss = gamma * next-token + lambda * d(Pred(Enc(Text)), Enc(Code))."""
+
+    enable: bool = False
+    lambda_: float = 1.0  # TOML key: lambda
+    gamma: float = 1.0
+    k: int = 1  # predictor tokens <|predictor_1|>..<|predictor_k|>; 0: Pred is identity
+    distance: str = "cosine"  # "cosine", "l2", "mse" or "infonce"
+    infonce_temperature: float = 0.07
+    jepa_ratio: float = 1.0  # probability that a sample carries its views (loss dropout)
+    views: str = "separate"  # "separate" (the reference) or "shared_prefix"
+    view_template: str = "chat"  # "chat": each view is a templated message; "plain": raw tokens
+    front_pred: bool = False  # predictor tokens before the Text content instead of after
+    reverse_pred: bool = False  # predict Text from Code instead
+    last_token: int = 0  # 0: Enc index computed from the view; < 0: offset from the view's end (reference)
+    same_flop: bool = False  # checkpoints at the steps whose FLOPs match a next-token run's
+    flop_counter_steps: int = 1  # count FLOPs with torch.utils.flop_counter for the first N steps
+
+
+@dataclass
 class JobConfig:
     job: Job = field(default_factory=Job)
     model: Model = field(default_factory=Model)
@@ -148,6 +169,7 @@ class JobConfig:
     tokenizer: Tokenizer = field(default_factory=Tokenizer)
     data: Data = field(default_factory=Data)
     checkpoint: Checkpoint = field(default_factory=Checkpoint)
+    jepa: Jepa = field(default_factory=Jepa)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -174,6 +196,9 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("data", "bad_lines"): ("skip", "fail"),
     ("checkpoint", "initial_load_format"): ("dcp", "hf"),
     ("checkpoint", "export_dtype"): ("float32", "bfloat16"),
+    ("jepa", "distance"): ("cosine", "l2", "mse", "infonce"),
+    ("jepa", "views"): ("separate", "shared_prefix"),
+    ("jepa", "view_template"): ("chat", "plain"),
 }
 
 
@@ -244,7 +269,17 @@ def _coerce(value: Any, typ: Any, where: str, from_cli: bool) -> Any:
     raise ConfigError(f"{where}: unsupported type {typ}")
 
 
+def _field_name(key: str) -> str:
+    """TOML keys that are Python keywords ("lambda") live in fields with a trailing "_"."""
+    return key + "_" if keyword.iskeyword(key) else key
+
+
+def _toml_key(name: str) -> str:
+    return name[:-1] if name.endswith("_") and keyword.iskeyword(name[:-1]) else name
+
+
 def _apply(cfg: JobConfig, section: str, key: str, value: Any, from_cli: bool, origin: str):
+    key = _field_name(key)
     sections = _section_types()
     if section not in sections:
         raise ConfigError(
@@ -252,8 +287,9 @@ def _apply(cfg: JobConfig, section: str, key: str, value: Any, from_cli: bool, o
         )
     fields = _field_types(sections[section])
     if key not in fields:
+        names = [_toml_key(f) for f in fields]
         raise ConfigError(
-            f"{origin}: unknown key '{key}' in [{section}]{_closest(key, list(fields))}"
+            f"{origin}: unknown key '{key}' in [{section}]{_closest(key, names)}"
         )
     where = f"{origin}: {section}.{key}"
     setattr(getattr(cfg, section), key, _coerce(value, fields[key], where, from_cli))
@@ -358,6 +394,21 @@ def validate(cfg: JobConfig) -> None:
         raise ConfigError("parallelism degrees must be >= 1 (dp_shard may be -1: the rest of the world size)")
     if cfg.checkpoint.interval <= 0:
         raise ConfigError("checkpoint.interval must be positive")
+    j = cfg.jepa
+    if j.enable:
+        if cfg.data.kind != "chat":
+            raise ConfigError("jepa.enable needs paired data: set data.kind = 'chat' ({\"messages\": [...]} lines)")
+        if not 0 <= j.k <= 16:
+            raise ConfigError(f"jepa.k = {j.k} must be in [0, 16] (predictor tokens)")
+        if not 0.0 <= j.jepa_ratio <= 1.0:
+            raise ConfigError(f"jepa.jepa_ratio = {j.jepa_ratio} must be in [0, 1]")
+        if j.views == "shared_prefix" and (j.front_pred or j.reverse_pred):
+            raise ConfigError("jepa.views = 'shared_prefix' reads Text inside the full sequence; "
+                              "front_pred and reverse_pred need views = 'separate'")
+        if j.last_token > 0:
+            raise ConfigError("jepa.last_token must be 0 (computed index) or negative (offset from a view's end)")
+        if j.infonce_temperature <= 0:
+            raise ConfigError("jepa.infonce_temperature must be positive")
     if cfg.checkpoint.keep_latest_k < 0:
         raise ConfigError("checkpoint.keep_latest_k must be >= 0 (0 keeps all)")
 
@@ -370,7 +421,7 @@ def write_config(cfg: JobConfig, folder: Path) -> Path:
     for section, values in cfg.to_dict().items():
         lines.append(f"[{section}]")
         for k, v in values.items():
-            lines.append(f"{k} = {json.dumps(v)}")
+            lines.append(f"{_toml_key(k)} = {json.dumps(v)}")
         lines.append("")
     out = folder / "config.toml"
     out.write_text("\n".join(lines))

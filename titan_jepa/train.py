@@ -12,19 +12,22 @@ clipped over the sharded parameters, and the optimizer and schedule step.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 
 import torch
 import torch.distributed as dist
 
+from titan_jepa.checkpoint import Checkpointer
 from titan_jepa.config import ConfigError, JobConfig, config_from_argv, write_config
 from titan_jepa.data.loader import build_dataloader
 from titan_jepa.data.tokenizer import build_tokenizer
 from titan_jepa.metrics import MetricsLogger
 from titan_jepa.models.llama import ModelArgs, build_model, model_args_for
-from titan_jepa.objectives.next_token import next_token_loss_sum
+from titan_jepa.objectives.combined import SUMS, Objective
 from titan_jepa.optim import build_lr_scheduler, build_optimizer
+from titan_jepa.parallel.collectives import make_all_gather
 from titan_jepa.parallel.mesh import ParallelDims, build_mesh, dp_info, init_distributed
 from titan_jepa.parallel.parallelize import clip_grad_norm_, parallelize, write_sharded
 
@@ -96,43 +99,50 @@ def train(cfg: JobConfig) -> list[float]:
     optimizer = build_optimizer(model, cfg, device.type)
     scheduler = build_lr_scheduler(optimizer, cfg)
     params = [p for p in model.parameters() if p.requires_grad]
+    objective = Objective(cfg, gather=make_all_gather(dp.group) if dp.size > 1 else None, rank=dp.rank)
     metrics = MetricsLogger(cfg.run_folder, rank, cfg.metrics.enable_tensorboard,
                             cfg.metrics.enable_jsonl, model_args.flops_per_token(cfg.training.seq_len),
                             device, cfg.metrics.gpu_peak_flops)
 
+    # ---- checkpoint: resume (model, optimizer, schedule, loaders, RNG) or initial load --
+    checkpointer = Checkpointer(cfg, model, optimizer, scheduler, loaders)
+    done_steps = checkpointer.load()  # the step of the checkpoint resumed from, else 0
+
     # ---- the loop ----------------------------------------------------------------------
     losses = []
-    for step in range(1, cfg.training.steps + 1):
+    for step in range(done_steps + 1, cfg.training.steps + 1):
         micro_batches = [next(loader).to(device) for loader in loaders]
-        # the loss is a sum over targets divided by the global number of targets
-        num_targets = dp.all_reduce_sum(
-            torch.tensor(float(sum(mb.num_targets for mb in micro_batches)), device=device))
-        loss_sum = torch.zeros((), device=device)
+        # each loss term is a sum over its items (target tokens, JEPA samples) divided by
+        # the number of items summed over the micro-batches and the data-parallel group
+        counts = dp.all_reduce_sum(torch.stack([objective.counts(mb) for mb in micro_batches]).sum(0))
+        sums = torch.zeros(len(SUMS), dtype=torch.float64, device=device)
         for mb in micro_batches:
-            logits = model(mb.tokens, positions=mb.positions, segment_ids=mb.segment_ids,
-                           context_segment=mb.context_segment, context_len=mb.context_len)
-            mb_loss = next_token_loss_sum(logits, mb.labels)
+            mb_loss, mb_sums = objective(model, mb, counts)
             # FSDP averages gradients over the dp ranks; scaling by dp.size makes the result
-            # the gradient of (global sum / global count)
-            (mb_loss / num_targets * dp.size).backward()
-            loss_sum += mb_loss.detach()
+            # the gradient of the global loss
+            (mb_loss * dp.size).backward()
+            sums += mb_sums
             metrics.count_tokens(mb.tokens.numel())
-        loss = dp.all_reduce_sum(loss_sum) / num_targets
-        if not torch.isfinite(loss):
-            raise TrainingError(f"step {step}: loss is {loss.item()}; lower optimizer.lr, check "
+        step_metrics = objective.metrics(dp.all_reduce_sum(sums), counts)
+        loss = step_metrics["loss"]
+        if not math.isfinite(loss):
+            raise TrainingError(f"step {step}: loss is {loss}; lower optimizer.lr, check "
                                 f"the data, or keep training.max_norm > 0")
         grad_norm = clip_grad_norm_(params, cfg.training.max_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
-        losses.append(loss.item())
+        losses.append(loss)
         if step % cfg.metrics.log_freq == 0 or step == cfg.training.steps:
-            metrics.log(step, {"loss": losses[-1], "grad_norm": grad_norm.item(),
+            metrics.log(step, {**step_metrics, "grad_norm": grad_norm.item(),
                                "lr": scheduler.get_last_lr()[0]})
+        checkpointer.maybe_save(step)  # every checkpoint.interval steps and at the last one
 
+    checkpointer.finish(cfg.training.steps)  # waits for async saves; model-only export
     metrics.close()
-    logger.info(f"done: {cfg.training.steps} steps, final loss {losses[-1]:.4f}")
+    final = f", final loss {losses[-1]:.4f}" if losses else " (nothing left to train)"
+    logger.info(f"done: {cfg.training.steps} steps{final}")
     return losses
 
 

@@ -26,6 +26,9 @@ assistant message, or a sample longer than ``max_len`` tokens.
               exclusive, as offsets in the row: tokens[row, user_start:user_end] is the
               user content; its last content token is user_end - 1, the <|eot_id|> follows).
   "text_ids", "code_ids": list (N) of lists of token ids of the Text and Code views.
+  "jepa_pred", "jepa_target": int64 tensors (M, 2) of (row, column) of the Pred(Enc(Text))
+              and Enc(Code) tokens of the M samples that carry JEPA views (data/views.py).
+  "token_kinds": int64 tensor (3,): tokens of full sequences, of view segments, of padding.
 """
 
 from __future__ import annotations
@@ -97,14 +100,24 @@ class ChatSamples:
                 "assistant": list(enc.assistant_span), "text_ids": text_ids, "code_ids": code_ids}
 
 
-def chat_extras(rows) -> dict:
+def chat_extras(rows, seq_len: int) -> dict:
     """Per-sample metadata of packed rows (see the module docstring)."""
-    table, text_ids, code_ids = [], [], []
+    table, text_ids, code_ids, pred, target = [], [], [], [], []
+    full_tokens = view_tokens = 0
     for r, row in enumerate(rows):
         for seg, start, s in row.samples:
             (us, ue), (as_, ae) = s["user"], s["assistant"]
             table.append([r, seg, start, len(s["ids"]), start + us, start + ue, start + as_, start + ae])
             text_ids.append(s["text_ids"])
             code_ids.append(s["code_ids"])
+            full_tokens += len(s["ids"])
+            view_tokens += sum(len(seg_[0]) for seg_ in s.get("segments", [])[1:])
+            if "jepa" in s:
+                pred.append([r, start + s["jepa"][0]])
+                target.append([r, start + s["jepa"][1]])
     samples = torch.tensor(table, dtype=torch.int64).reshape(-1, len(SAMPLE_COLUMNS))
-    return {"samples": samples, "text_ids": text_ids, "code_ids": code_ids}
+    padding = len(rows) * seq_len - full_tokens - view_tokens
+    return {"samples": samples, "text_ids": text_ids, "code_ids": code_ids,
+            "jepa_pred": torch.tensor(pred, dtype=torch.int64).reshape(-1, 2),
+            "jepa_target": torch.tensor(target, dtype=torch.int64).reshape(-1, 2),
+            "token_kinds": torch.tensor([full_tokens, view_tokens, padding], dtype=torch.int64)}

@@ -30,6 +30,7 @@ from titan_jepa.data.chat import ChatSamples, chat_extras
 from titan_jepa.data.packing import DocPacker, SamplePacker, collate
 from titan_jepa.data.sources import BadLines, DataError, build_source
 from titan_jepa.data.text import TextDocs
+from titan_jepa.data.views import JepaViews
 
 STATE_VERSION = 1
 logger = logging.getLogger("titan_jepa.data")
@@ -53,6 +54,9 @@ class DataLoader:
                 raise DataError(f"data.max_sample_len = {d.max_sample_len} must be in [1, training.seq_len = "
                                 f"{t.seq_len}] (or -1: seq_len); a chat sample is never split across rows")
             self.encode = ChatSamples(tokenizer, d.loss_on, max_len, self.bad)
+            if cfg.jepa.enable:
+                self.encode = JepaViews(self.encode, cfg.jepa, tokenizer, t.seq_len, cfg.job.seed,
+                                        dp_rank, self.bad)
             self.packer = SamplePacker(t.seq_len, tokenizer.pad_id, self._next_item)
         else:
             raise DataError(f"data.kind = '{d.kind}' is not one of text, chat")
@@ -95,7 +99,9 @@ class DataLoader:
             raise StopIteration
         batch = collate(rows, self.batch_size, self.seq_len, self.pad_id)
         if self.kind == "chat":
-            batch.extras = chat_extras(rows)
+            # padding rows added by collate count as padding tokens
+            batch.extras = chat_extras(rows, self.seq_len)
+            batch.extras["token_kinds"][2] += (self.batch_size - len(rows)) * self.seq_len
         self.batches += 1
         return batch
 
@@ -107,7 +113,8 @@ class DataLoader:
         state = {"version": STATE_VERSION, "kind": self.kind, "dp_world": self.world,
                  "source": self.source.state_dict(), "packer": self.packer.state_dict(),
                  "bad_lines": dict(self.bad.counts), "batches": self.batches,
-                 "bad_since_epoch": self._bad_since_epoch}
+                 "bad_since_epoch": self._bad_since_epoch,
+                 "views": self.encode.state_dict() if isinstance(self.encode, JepaViews) else None}
         return {f"dp_rank_{self.rank}": json.dumps(state)}
 
     def load_state_dict(self, sd: dict) -> None:
@@ -124,6 +131,8 @@ class DataLoader:
         self.bad.counts = dict(state["bad_lines"])
         self.batches = state["batches"]
         self._bad_since_epoch = state["bad_since_epoch"]
+        if isinstance(self.encode, JepaViews):
+            self.encode.load_state_dict(state["views"])
 
 
 def build_dataloader(cfg, tokenizer, dp_rank: int = 0, dp_world: int = 1) -> DataLoader:

@@ -33,16 +33,26 @@ class Row:
     segment_ids: list[int] = field(default_factory=list)
     samples: list[tuple[int, int, dict]] = field(default_factory=list)  # (segment, start, sample)
     num_segments: int = 0
+    # the shared-prefix context (see Batch): filled only when a segment has one
+    context_segment: list[int] | None = None
+    context_len: list[int] | None = None
 
-    def add(self, tokens: list[int], labels: list[int]) -> int:
-        """Append one segment; returns its start offset."""
+    def add(self, tokens: list[int], labels: list[int], pos0: int = 0,
+            context_segment: int = -1, context_len: int = 0) -> int:
+        """Append one segment whose positions start at ``pos0``; it may also attend to the
+        tokens of ``context_segment`` with position < ``context_len``. Returns its start."""
         start = len(self.tokens)
         n = len(tokens)
         self.tokens += tokens
         self.labels += labels
-        self.positions += range(n)
+        self.positions += range(pos0, pos0 + n)
         self.segment_ids += [self.num_segments] * n
         self.num_segments += 1
+        if context_segment >= 0 and self.context_segment is None:
+            self.context_segment, self.context_len = [-1] * start, [0] * start
+        if self.context_segment is not None:
+            self.context_segment += [context_segment] * n
+            self.context_len += [context_len] * n
         return start
 
     def pad_to(self, seq_len: int, pad_id: int) -> "Row":
@@ -90,8 +100,11 @@ class SamplePacker:
     """Whole samples -> rows, greedily; the sample that did not fit is its state.
 
     A sample is a JSON-able dict with "ids" and "labels" (one segment), or with "segments":
-    [[ids, labels], ...] placed contiguously in one row as consecutive segments (room for
-    extra JEPA view segments). ``Row.samples`` records (first segment id, start, sample).
+    [[ids, labels], ...] placed contiguously in one row as consecutive segments (the JEPA
+    views, data/views.py). A segment may carry three more numbers, [ids, labels, pos0,
+    context, context_len]: its first position, and the index (within the sample) of a
+    segment it may also attend to, up to position context_len (shared-prefix views).
+    ``Row.samples`` records (first segment id, start, sample).
     """
 
     def __init__(self, seq_len: int, pad_id: int, next_sample: Callable[[], dict | None]):
@@ -113,8 +126,12 @@ class SamplePacker:
             if len(row.tokens) + total > self.seq_len:
                 break
             first, start = row.num_segments, len(row.tokens)
-            for ids, labels in segments:
-                row.add(ids, labels)
+            for ids, labels, *ctx in segments:
+                if ctx:
+                    pos0, rel, ctx_len = ctx
+                    row.add(ids, labels, pos0, first + rel, ctx_len)
+                else:
+                    row.add(ids, labels)
             row.samples.append((first, start, s))
             self.pending = None
         if not row.tokens:
@@ -131,9 +148,14 @@ class SamplePacker:
 def collate(rows: list[Row], batch_size: int, seq_len: int, pad_id: int) -> Batch:
     """Stack rows (adding all-padding rows up to batch_size) into CPU tensors."""
     rows = rows + [Row().pad_to(seq_len, pad_id) for _ in range(batch_size - len(rows))]
-    return Batch(
+    batch = Batch(
         tokens=torch.tensor([r.tokens for r in rows], dtype=torch.int64),
         labels=torch.tensor([r.labels for r in rows], dtype=torch.int64),
         positions=torch.tensor([r.positions for r in rows], dtype=torch.int64),
         segment_ids=torch.tensor([r.segment_ids for r in rows], dtype=torch.int32),
     )
+    if any(r.context_segment is not None for r in rows):
+        batch.context_segment = torch.tensor(
+            [r.context_segment or [-1] * seq_len for r in rows], dtype=torch.int32)
+        batch.context_len = torch.tensor([r.context_len or [0] * seq_len for r in rows], dtype=torch.int32)
+    return batch

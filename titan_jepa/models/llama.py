@@ -213,6 +213,13 @@ class Transformer(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
 
     # ---- initialisation -------------------------------------------------------------
+    def to_empty(self, *, device, recurse: bool = True):
+        super().to_empty(device=device, recurse=recurse)
+        if self.args.tie_embeddings:
+            # nn.Module.to_empty gives the shared parameter a separate copy per module
+            self.output.weight = self.tok_embeddings.weight
+        return self
+
     def init_buffers(self, device=None) -> None:
         device = device or self.rope_cos.device
         self.rope_cos, self.rope_sin = rope_tables(self.args, device=device)

@@ -1,0 +1,168 @@
+"""Checkpoints: a resumed run equals the uninterrupted one (one process, FSDP, and resharded
+onto other layouts); a save killed midway leaves the last good checkpoint; keep_latest_k,
+async saves, seed / DCP / Hugging Face initial loads; one-line errors."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.distributed.checkpoint import FileSystemReader
+
+from helpers import ROOT, launch, tiny_config
+from titan_jepa.checkpoint import STALL_ENV, CheckpointError, complete_checkpoints
+from titan_jepa.config import load_config, write_config
+
+STEPS = 10
+
+
+def config(tmp, demo, **sections):
+    training = {"steps": STEPS, **sections.pop("training", {})}
+    return tiny_config(tmp, demo, training=training, **sections)
+
+
+def toml_for(cfg_dict, folder):
+    """A TOML file of the config, for command-line entry points."""
+    return str(write_config(load_config(extra=cfg_dict), folder))
+
+
+def copy_step(src_run, dst_run, step):
+    shutil.copytree(src_run / "t" / "checkpoint" / f"step-{step}", dst_run / "t" / "checkpoint" / f"step-{step}")
+
+
+@pytest.fixture(scope="module")
+def baseline(demo_dir, tmp_path_factory):
+    """10 steps on one process, no checkpointing."""
+    tmp = tmp_path_factory.mktemp("baseline")
+    return launch(1, config(tmp, demo_dir), tmp)
+
+
+def test_single_process_async_resume_keep_latest_and_export(baseline, demo_dir, tmp_path):
+    ckpt = {"enable": True, "interval": 2, "keep_latest_k": 3, "async_mode": True,
+            "model_only_export": True, "export_dtype": "bfloat16"}
+    cfg = config(tmp_path, demo_dir, checkpoint=ckpt)
+    assert launch(1, cfg, tmp_path) == baseline  # saving does not disturb training
+    folder = tmp_path / "t" / "checkpoint"
+    assert list(complete_checkpoints(folder)) == [6, 8, 10]  # keep_latest_k = 3
+    assert sorted(os.listdir(folder)) == ["model-only", "step-10", "step-6", "step-8"]
+    md = FileSystemReader(str(folder / "model-only" / "step-10")).read_metadata().state_dict_metadata
+    assert all(k.startswith("model.") for k in md)
+    assert md["model.output.weight"].properties.dtype == torch.bfloat16
+
+    cfg["checkpoint"]["load_step"] = 6  # resume after step 6: steps 7..10 are bit-identical
+    assert launch(1, cfg, tmp_path) == baseline[6:]
+
+    cfg["checkpoint"]["load_step"] = 5
+    with pytest.raises(CheckpointError, match=r"load_step = 5 does not exist .*available steps: \[6, 8, 10\]"):
+        launch(1, cfg, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(baseline, demo_dir, tmp_path_factory):
+    """10 steps on 2 FSDP ranks with async checkpoints every 5 steps."""
+    tmp = tmp_path_factory.mktemp("fsdp")
+    cfg = config(tmp, demo_dir, checkpoint={"enable": True, "interval": 5, "keep_latest_k": 0,
+                                            "async_mode": True})
+    losses = launch(2, cfg, tmp)
+    assert losses == pytest.approx(baseline, rel=1e-4)
+    assert list(complete_checkpoints(tmp / "t" / "checkpoint")) == [5, 10]
+    return tmp, losses
+
+
+def test_fsdp_resume_is_exact(fsdp_run, demo_dir, tmp_path):
+    run, losses = fsdp_run
+    copy_step(run, tmp_path, 5)
+    cfg = config(tmp_path, demo_dir, checkpoint={"enable": True, "interval": 5})
+    assert launch(2, cfg, tmp_path) == losses[5:]
+    # the resumed run's (synchronous, 2-rank) save of the last step is complete
+    assert list(complete_checkpoints(tmp_path / "t" / "checkpoint")) == [5, 10]
+
+
+@pytest.mark.parametrize("world,parallelism", [(1, {}), (2, {"tp": 2})], ids=["one-rank", "tp2"])
+def test_resume_on_another_layout(fsdp_run, demo_dir, tmp_path, world, parallelism):
+    run, losses = fsdp_run
+    copy_step(run, tmp_path, 5)
+    cfg = config(tmp_path, demo_dir, checkpoint={"enable": True, "interval": 5}, parallelism=parallelism)
+    assert launch(world, cfg, tmp_path) == pytest.approx(losses[5:], rel=1e-4)
+
+
+def test_killed_save_leaves_last_checkpoint(baseline, demo_dir, tmp_path):
+    cfg = config(tmp_path, demo_dir, checkpoint={"enable": True, "interval": 2, "keep_latest_k": 1})
+    env = {**os.environ, STALL_ENV: "6"}
+    env.pop("RANK", None), env.pop("WORLD_SIZE", None)
+    proc = subprocess.Popen([sys.executable, "-m", "titan_jepa.train", "--config", toml_for(cfg, tmp_path)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out = []
+        for line in proc.stdout:  # wait until it is stalled inside the save of step 6
+            out.append(line)
+            if "stalled in save of step 6" in line:
+                break
+        else:
+            pytest.fail("the run ended without stalling:\n" + "".join(out[-20:]))
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    folder = tmp_path / "t" / "checkpoint"
+    assert (folder / "step-6.tmp" / ".metadata").is_file()  # every file written, not renamed
+    assert list(complete_checkpoints(folder)) == [4]  # step 2 pruned by keep_latest_k = 1
+
+    assert launch(1, cfg, tmp_path) == baseline[4:]  # resumes from step 4
+    assert sorted(os.listdir(folder)) == ["step-10"]  # the half-written step-6.tmp is gone
+
+
+def test_seed_dcp_and_hf_initial_loads(baseline, demo_dir, tmp_path):
+    from titan_jepa.checkpoint import main as checkpoint_main
+    from titan_jepa.hf_convert import save_hf_checkpoint
+    from titan_jepa.models.llama import build_model, model_args_for
+
+    one_step = {"steps": 1}
+    # the run every initial load should reproduce: weights initialised with seed 7
+    reference = launch(1, config(tmp_path / "ref", demo_dir, training=one_step, job={"seed": 7}), tmp_path)
+    assert reference[0] != baseline[0]
+
+    seed_folder = tmp_path / "seed"
+    seed_cfg = config(tmp_path / "s", demo_dir, job={"seed": 7}, checkpoint={"folder": str(seed_folder)})
+    checkpoint_main(["--config", toml_for(seed_cfg, tmp_path), "--create-seed-checkpoint"])
+    assert list(complete_checkpoints(seed_folder)) == [0]
+
+    # a run with checkpoint.enable starts from the seed checkpoint (step 0, model only)
+    from_seed = config(tmp_path / "a", demo_dir, training=one_step,
+                       checkpoint={"enable": True, "folder": str(seed_folder)})
+    assert launch(1, from_seed, tmp_path) == reference
+    # the same folder as checkpoint.initial_load_path (DCP)
+    from_dcp = config(tmp_path / "b", demo_dir, training=one_step,
+                      checkpoint={"initial_load_path": str(seed_folder / "step-0")})
+    assert launch(1, from_dcp, tmp_path) == reference
+
+    # Hugging Face safetensors of the same weights
+    args = model_args_for("debug")
+    model = build_model(args, device="cpu")
+    model.init_weights(seed=7)
+    save_hf_checkpoint(model.state_dict(), args, tmp_path / "hf")
+    from_hf = config(tmp_path / "c", demo_dir, training=one_step,
+                     checkpoint={"initial_load_path": str(tmp_path / "hf"), "initial_load_format": "hf"})
+    assert launch(1, from_hf, tmp_path) == pytest.approx(reference, rel=1e-6)
+
+    # a checkpoint of another model shape is one clear error
+    wider = config(tmp_path / "d", demo_dir, training=one_step, model={"vocab_size": 4096},
+                   checkpoint={"initial_load_path": str(seed_folder / "step-0")})
+    with pytest.raises(CheckpointError, match=r"different model .*tok_embeddings.weight \(2304, 128\) vs "
+                                              r"model \(4096, 128\)"):
+        launch(1, wider, tmp_path)
+
+
+def test_missing_initial_load_path_is_one_line(demo_dir, tmp_path, capsys):
+    from titan_jepa.train import main
+
+    cfg = config(tmp_path, demo_dir, training={"steps": 1})
+    with pytest.raises(SystemExit) as e:
+        main(["--config", toml_for(cfg, tmp_path), "--checkpoint.initial_load_path", str(tmp_path / "nope")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "initial_load_path" in err[0] and "does not exist" in err[0], err
