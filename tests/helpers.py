@@ -81,3 +81,17 @@ def launch(world: int, cfg_dict: dict, tmp: Path, fn=run_train):
     mp.start_processes(_worker, args=(world, free_port(), fn, cfg_dict, str(out)), nprocs=world,
                        start_method="spawn")
     return json.loads(out.read_text())
+
+
+def write_toml(cfg_dict: dict, path: Path) -> Path:
+    """Write a config dict ({section: {key: value}}) as a TOML file for CLI runs."""
+    lines = []
+    for section, values in cfg_dict.items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            lines.append(f"{key} = {json.dumps(value)}")  # JSON scalars and lists are TOML
+        lines.append("")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    return path

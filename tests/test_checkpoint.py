@@ -18,6 +18,8 @@ from titan_jepa.checkpoint import STALL_ENV, CheckpointError, complete_checkpoin
 from titan_jepa.config import load_config, write_config
 
 STEPS = 10
+# DCP warns on every single-process save and load
+pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 
 
 def config(tmp, demo, **sections):

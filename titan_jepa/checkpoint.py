@@ -135,9 +135,15 @@ def _remove_unfinished(folder: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def _check_model_matches(path: Path, model_sd: dict, what: str) -> str:
+def is_adapter(key: str) -> bool:
+    """LoRA adapter weights (titan_jepa/lora.py): absent from base-model checkpoints."""
+    return ".lora_a." in key or ".lora_b." in key
+
+
+def _check_model_matches(path: Path, model_sd: dict, what: str, base_only: bool = False) -> tuple[str, set]:
     """Compare the checkpoint's model entries with the model; returns their key prefix
-    ("model." for ours, "" for model-only DCP folders with top-level keys, as torchtitan's)."""
+    ("model." for ours, "" for model-only DCP folders with top-level keys, as torchtitan's)
+    and the model keys the checkpoint holds. ``base_only``: it may lack LoRA adapters."""
     md = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
     prefix = "model." if any(k.startswith("model.") for k in md) else ""
     saved = {k[len(prefix):]: tuple(v.size) for k, v in md.items()
@@ -145,7 +151,7 @@ def _check_model_matches(path: Path, model_sd: dict, what: str) -> str:
     if prefix == "":
         saved = {k: v for k, v in saved.items() if not k.startswith("optimizer.")}
     want = {k: tuple(v.shape) for k, v in model_sd.items()}
-    missing = [k for k in want if k not in saved]
+    missing = [k for k in want if k not in saved and not (base_only and is_adapter(k))]
     unexpected = [k for k in saved if k not in want]
     shapes = [f"{k} {saved[k]} vs model {want[k]}" for k in want if k in saved and saved[k] != want[k]]
     if missing or unexpected or shapes:
@@ -158,7 +164,7 @@ def _check_model_matches(path: Path, model_sd: dict, what: str) -> str:
             parts.append(f"shape {shapes[0]}{' (and more)' if len(shapes) > 1 else ''}")
         raise CheckpointError(f"{what} '{path}' was saved from a different model ({'; '.join(parts)}); "
                               f"use the model.flavor / model.* settings it was saved with")
-    return prefix
+    return prefix, set(saved) & set(want)
 
 
 class Checkpointer:
@@ -178,6 +184,7 @@ class Checkpointer:
         self._pending = None  # (future, step) of an async save in flight
         self._lock = threading.Lock()
         self._finalized: set[int] = set()
+        self._last_saved = -1
         if self.ckpt.load_step != -1 and not self.ckpt.enable:
             raise CheckpointError(f"checkpoint.load_step = {self.ckpt.load_step} needs checkpoint.enable = true")
         if self.ckpt.initial_load_path and not Path(self.ckpt.initial_load_path).exists():
@@ -221,7 +228,7 @@ class Checkpointer:
             logger.info(f"loaded the model-only checkpoint {path}; training starts at step {step + 1}")
             return step
         model_sd = get_model_state_dict(self.model)
-        _check_model_matches(path, model_sd, "checkpoint")
+        _check_model_matches(path, model_sd, "checkpoint")  # adapters included, when LoRA is on
         state = {"model": model_sd, "optimizer": get_optimizer_state_dict(self.model, self.optimizer)}
         dcp.load(state, checkpoint_id=str(path), no_dist=self.world == 1)
         set_model_state_dict(self.model, state["model"])
@@ -240,20 +247,22 @@ class Checkpointer:
             except ValueError as e:
                 raise CheckpointError(f"checkpoint '{path}': {e}") from None
         self._load_rng(path)
-        logger.info(f"resumed from {path} (saved on {train_state['world_size']} ranks); "
+        logger.info(f"resumed from {path} (saved with world size {train_state['world_size']}); "
                     f"training continues at step {step + 1}")
         return step
 
     def _load_model_only(self, path: Path, what: str) -> None:
+        """Weights alone; LoRA adapters missing from a base-model checkpoint keep their init."""
         model_sd = get_model_state_dict(self.model)
-        prefix = _check_model_matches(path, model_sd, what)
+        prefix, present = _check_model_matches(path, model_sd, what, base_only=True)
+        model_sd = {k: v for k, v in model_sd.items() if k in present}
         if prefix:
             state = {"model": model_sd}
             dcp.load(state, checkpoint_id=str(path), no_dist=self.world == 1)
             model_sd = state["model"]
         else:
             dcp.load(model_sd, checkpoint_id=str(path), no_dist=self.world == 1)
-        set_model_state_dict(self.model, model_sd)
+        set_model_state_dict(self.model, model_sd, options=StateDictOptions(strict=False))
 
     def _load_hf(self, path: Path) -> None:
         from titan_jepa.hf_convert import from_hf_state_dict, load_hf_safetensors
@@ -272,8 +281,10 @@ class Checkpointer:
             err = box[0]
         if err is not None:
             raise CheckpointError(f"checkpoint.initial_load_path '{path}' (hf): {err}")
+        # strict=False: LoRA adapters are not in a HF base model (from_hf_state_dict has
+        # checked that every base weight is there)
         set_model_state_dict(self.model, sd, options=StateDictOptions(
-            full_state_dict=True, broadcast_from_rank0=self.world > 1))
+            full_state_dict=True, broadcast_from_rank0=self.world > 1, strict=False))
 
     def _load_rng(self, path: Path) -> None:
         f = path / "rng" / f"rank_{self.rank}.pt"
@@ -292,6 +303,9 @@ class Checkpointer:
             self.save(step)
 
     def save(self, step: int) -> None:
+        if step == self._last_saved:  # already saved (e.g. an interval and a milestone save)
+            return
+        self._last_saved = step
         self.wait()  # at most one save in flight
         tmp = self.folder / f"step-{step}{TMP}"
         tmp.mkdir(parents=True, exist_ok=True)

@@ -100,6 +100,7 @@ class Metrics:
     enable_tensorboard: bool = True
     enable_jsonl: bool = True
     gpu_peak_flops: float = -1.0  # -1: look the device up in the peak-FLOPs table
+    flop_counter_steps: int = 1  # also measure FLOPs with torch.utils.flop_counter for the first N steps
 
 
 @dataclass
@@ -152,7 +153,40 @@ class Jepa:
     reverse_pred: bool = False  # predict Text from Code instead
     last_token: int = 0  # 0: Enc index computed from the view; < 0: offset from the view's end (reference)
     same_flop: bool = False  # checkpoints at the steps whose FLOPs match a next-token run's
-    flop_counter_steps: int = 1  # count FLOPs with torch.utils.flop_counter for the first N steps
+
+
+@dataclass
+class Profiling:
+    """torch.profiler traces (and CUDA memory snapshots) of chosen steps, in the run folder."""
+
+    enable_profiling: bool = False
+    profile_steps: list[int] = field(default_factory=list)  # steps to trace; empty: start_step..
+    start_step: int = 3  # used when profile_steps is empty: trace active_steps steps from here
+    active_steps: int = 1
+    save_traces_folder: str = "profile_traces"  # inside the run folder, unless absolute
+    enable_memory_snapshot: bool = False  # CUDA only: allocator history dumped at the traced steps
+    save_memory_snapshot_folder: str = "memory_snapshot"
+
+
+@dataclass
+class Float8:
+    """Float8 training of the transformer blocks' linear layers through torchao (CUDA, sm89+)."""
+
+    enable: bool = False
+    recipe: str = "tensorwise"  # "tensorwise", "rowwise" or "rowwise_with_gw_hp"
+
+
+@dataclass
+class Lora:
+    """LoRA adapters on the blocks' linear layers; everything else frozen (see titan_jepa/lora.py)."""
+
+    enable: bool = False
+    rank: int = 8
+    alpha: float = 16.0  # the adapter output is scaled by alpha / rank
+    dropout: float = 0.0  # on the adapter path only
+    target_modules: list[str] = field(default_factory=lambda: ["wq", "wk", "wv", "wo"])  # of wq wk wv wo w1 w2 w3
+    save_adapters_only: bool = True  # checkpoints hold the adapters (the base comes from initial_load_path)
+    merge_on_export: bool = True  # the model-only / HF export folds the adapters into the base weights
 
 
 @dataclass
@@ -170,6 +204,9 @@ class JobConfig:
     data: Data = field(default_factory=Data)
     checkpoint: Checkpoint = field(default_factory=Checkpoint)
     jepa: Jepa = field(default_factory=Jepa)
+    profiling: Profiling = field(default_factory=Profiling)
+    float8: Float8 = field(default_factory=Float8)
+    lora: Lora = field(default_factory=Lora)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -199,6 +236,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("jepa", "distance"): ("cosine", "l2", "mse", "infonce"),
     ("jepa", "views"): ("separate", "shared_prefix"),
     ("jepa", "view_template"): ("chat", "plain"),
+    ("float8", "recipe"): ("tensorwise", "rowwise", "rowwise_with_gw_hp"),
 }
 
 
@@ -411,6 +449,9 @@ def validate(cfg: JobConfig) -> None:
             raise ConfigError("jepa.infonce_temperature must be positive")
     if cfg.checkpoint.keep_latest_k < 0:
         raise ConfigError("checkpoint.keep_latest_k must be >= 0 (0 keeps all)")
+    pr = cfg.profiling
+    if pr.enable_profiling and (min(pr.profile_steps, default=1) < 1 or pr.start_step < 1 or pr.active_steps < 1):
+        raise ConfigError("profiling.profile_steps, start_step and active_steps must be >= 1 (steps count from 1)")
 
 
 def write_config(cfg: JobConfig, folder: Path) -> Path:

@@ -11,6 +11,7 @@ clipped over the sharded parameters, and the optimizer and schedule step.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -18,11 +19,14 @@ import sys
 
 import torch
 import torch.distributed as dist
+from torch.utils.flop_counter import FlopCounterMode
 
 from titan_jepa.checkpoint import Checkpointer
 from titan_jepa.config import ConfigError, JobConfig, config_from_argv, write_config
 from titan_jepa.data.loader import build_dataloader
 from titan_jepa.data.tokenizer import build_tokenizer
+from titan_jepa.flops import SameFlopTracker, flop_counts, training_flops
+from titan_jepa.lora import apply_lora
 from titan_jepa.metrics import MetricsLogger
 from titan_jepa.models.llama import ModelArgs, build_model, model_args_for
 from titan_jepa.objectives.combined import SUMS, Objective
@@ -30,6 +34,7 @@ from titan_jepa.optim import build_lr_scheduler, build_optimizer
 from titan_jepa.parallel.collectives import make_all_gather
 from titan_jepa.parallel.mesh import ParallelDims, build_mesh, dp_info, init_distributed
 from titan_jepa.parallel.parallelize import clip_grad_norm_, parallelize, write_sharded
+from titan_jepa.profiling import StepProfiler
 
 logger = logging.getLogger("titan_jepa")
 
@@ -90,6 +95,7 @@ def train(cfg: JobConfig) -> list[float]:
 
     # ---- model: built on the meta device, parallelised, then materialised ------------
     model = build_model(model_args, device="meta")
+    apply_lora(model, cfg.lora)  # [lora]: adapters on the meta model, the rest frozen
     logger.info(f"model {cfg.model.flavor}: {model_args.num_params() / 1e6:,.1f}M parameters")
     parallelize(model, dims, mesh, cfg)
     model.to_empty(device=device)
@@ -108,22 +114,33 @@ def train(cfg: JobConfig) -> list[float]:
     checkpointer = Checkpointer(cfg, model, optimizer, scheduler, loaders)
     done_steps = checkpointer.load()  # the step of the checkpoint resumed from, else 0
 
+    same_flop = SameFlopTracker(model_args, cfg.checkpoint.interval)
+
     # ---- the loop ----------------------------------------------------------------------
     losses = []
+    profiler = StepProfiler(cfg, rank, device, first_step=done_steps + 1)  # [profiling] steps
     for step in range(done_steps + 1, cfg.training.steps + 1):
         micro_batches = [next(loader).to(device) for loader in loaders]
         # each loss term is a sum over its items (target tokens, JEPA samples) divided by
         # the number of items summed over the micro-batches and the data-parallel group
         counts = dp.all_reduce_sum(torch.stack([objective.counts(mb) for mb in micro_batches]).sum(0))
         sums = torch.zeros(len(SUMS), dtype=torch.float64, device=device)
-        for mb in micro_batches:
-            mb_loss, mb_sums = objective(model, mb, counts)
-            # FSDP averages gradients over the dp ranks; scaling by dp.size makes the result
-            # the gradient of the global loss
-            (mb_loss * dp.size).backward()
-            sums += mb_sums
-            metrics.count_tokens(mb.tokens.numel())
+        flop_counter = FlopCounterMode(display=False) if step <= cfg.metrics.flop_counter_steps else None
+        with flop_counter or contextlib.nullcontext():
+            for mb in micro_batches:
+                mb_loss, mb_sums = objective(model, mb, counts)
+                # FSDP averages gradients over the dp ranks; scaling by dp.size makes the
+                # result the gradient of the global loss
+                (mb_loss * dp.size).backward()
+                sums += mb_sums
+                metrics.count_tokens(mb.tokens.numel())
         step_metrics = objective.metrics(dp.all_reduce_sum(sums), counts)
+        step_flops = dp.all_reduce_sum(torch.stack([flop_counts(mb) for mb in micro_batches]).sum(0).to(device))
+        same_flop_milestones = same_flop.update(step, step_flops.cpu())
+        step_metrics["flops_vs_ntp"] = same_flop.ratio
+        if flop_counter is not None:
+            step_metrics["flops_counted"] = float(flop_counter.get_total_flops()) * dp.size
+            step_metrics["flops_analytic"] = training_flops(model_args, *step_flops[:2].tolist())
         loss = step_metrics["loss"]
         if not math.isfinite(loss):
             raise TrainingError(f"step {step}: loss is {loss}; lower optimizer.lr, check "
@@ -132,13 +149,19 @@ def train(cfg: JobConfig) -> list[float]:
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        profiler.step(step)
 
         losses.append(loss)
         if step % cfg.metrics.log_freq == 0 or step == cfg.training.steps:
             metrics.log(step, {**step_metrics, "grad_norm": grad_norm.item(),
                                "lr": scheduler.get_last_lr()[0]})
         checkpointer.maybe_save(step)  # every checkpoint.interval steps and at the last one
+        if cfg.jepa.same_flop and same_flop_milestones:
+            # FLOPs now equal those of a next-token run at these steps
+            logger.info(f"step {step}: same FLOPs as next-token step(s) {same_flop_milestones}")
+            checkpointer.save(step)
 
+    profiler.close()
     checkpointer.finish(cfg.training.steps)  # waits for async saves; model-only export
     metrics.close()
     final = f", final loss {losses[-1]:.4f}" if losses else " (nothing left to train)"

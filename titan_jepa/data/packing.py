@@ -120,7 +120,7 @@ class SamplePacker:
                     break
             s = self.pending
             segments = s.get("segments") or [(s["ids"], s["labels"])]
-            total = sum(len(ids) for ids, _ in segments)
+            total = sum(len(seg[0]) for seg in segments)
             if total > self.seq_len:
                 raise ValueError(f"a sample of {total} tokens does not fit in seq_len {self.seq_len}")
             if len(row.tokens) + total > self.seq_len:

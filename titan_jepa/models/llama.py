@@ -160,9 +160,11 @@ class Attention(nn.Module):
         v = self.wv(x).view(bsz, seqlen, -1, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        if kv_cache is not None:
+        if kv_cache is not None:  # decoding: the cache supplies past keys and the mask
             k, v, mask = kv_cache.update(k, v)
-        out = self.backend.attend(q, k, v, mask)
+            out = kv_cache.attend(q, k, v, mask)
+        else:
+            out = self.backend.attend(q, k, v, mask)
         return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))
 
 
@@ -228,6 +230,10 @@ class Transformer(nn.Module):
         """(kind, std) for a parameter: torchtitan-style depth-scaled init."""
         if name.endswith("norm.weight"):
             return "ones", 0.0
+        if name.endswith("lora_b.weight"):  # LoRA adapters (titan_jepa/lora.py): B = 0
+            return "zeros", 0.0
+        if name.endswith("lora_a.weight"):
+            return "kaiming_uniform", 0.0
         if name == "tok_embeddings.weight":
             return ("normal", 0.02) if self.args.tie_embeddings else ("normal", 1.0)
         if name == "output.weight":
@@ -256,6 +262,10 @@ class Transformer(nn.Module):
             gen.manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63))
             if kind == "ones":
                 full.fill_(1.0)
+            elif kind == "zeros":
+                full.zero_()
+            elif kind == "kaiming_uniform":
+                nn.init.kaiming_uniform_(full, a=math.sqrt(5), generator=gen)
             elif kind == "normal":
                 nn.init.normal_(full, 0.0, std, generator=gen)
             else:
@@ -267,9 +277,11 @@ class Transformer(nn.Module):
                 segment_ids: torch.Tensor | None = None,
                 context_segment: torch.Tensor | None = None,
                 context_len: torch.Tensor | None = None,
-                return_hidden: bool = False, kv_caches=None):
+                return_hidden: bool = False, kv_caches=None, last_logits_only: bool = False):
         """tokens (B, S) -> logits (B, S, V); with return_hidden also the final normed
-        hidden states (B, S, D). Mask metadata (see models/attention.py) is optional."""
+        hidden states (B, S, D). Mask metadata (see models/attention.py) is optional.
+        Decoding (models/kv_cache.py) passes explicit positions and one KVCache per layer;
+        last_logits_only computes the logits of the last position alone (B, 1, V)."""
         bsz, seqlen = tokens.shape
         if positions is None:
             cos, sin = self.rope_cos[None, :seqlen], self.rope_sin[None, :seqlen]
@@ -284,6 +296,8 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.layers.values()):
             h = layer(h, cos, sin, mask, None if kv_caches is None else kv_caches[i])
         h = self.norm(h)
+        if last_logits_only:
+            h = h[:, -1:]
         logits = self.output(h)
         return (logits, h) if return_hidden else logits
 

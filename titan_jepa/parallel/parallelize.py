@@ -8,7 +8,7 @@ from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor, Replicate, Shard
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     PrepareModuleInput,
@@ -19,7 +19,9 @@ from torch.distributed.tensor.parallel import (
 )
 
 from titan_jepa.config import JobConfig
-from titan_jepa.parallel.mesh import ParallelDims
+from titan_jepa.lora import LoRALinear, is_lora_name, lora_modules
+from titan_jepa.parallel.float8 import apply_float8
+from titan_jepa.parallel.mesh import ParallelDims, device_type_for
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -38,7 +40,7 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
     parallelize_module(model.norm, tp_mesh, PrepareModuleOutput(
         output_layouts=Shard(1), desired_output_layouts=Replicate(), use_local_output=True))
     for block in model.layers.values():
-        parallelize_module(block, tp_mesh, {
+        parallelize_module(block, tp_mesh, lora_tp_plan(block, {
             "attention_norm": SequenceParallel(),
             "attention": PrepareModuleInput(
                 input_layouts=(Shard(1), None, None, None, None),
@@ -53,10 +55,56 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
             "feed_forward.w1": ColwiseParallel(),
             "feed_forward.w2": RowwiseParallel(output_layouts=Shard(1)),
             "feed_forward.w3": ColwiseParallel(),
-        })
+        }))
+    if lora_modules(model):
+        # SequenceParallel re-creates the norm weights as trainable: freeze them again
+        for name, param in model.named_parameters():
+            param.requires_grad_(is_lora_name(name))
     if model.args.tie_embeddings:
         # both are vocab-sharded (Shard(0)) on the tp mesh, so they can share one DTensor
         model.output.weight = model.tok_embeddings.weight
+
+
+class _LoRAColwise(ColwiseParallel):
+    """ColwiseParallel for a LoRALinear (titan_jepa/lora.py): the base weight and lora_b
+    are sharded on their output rows, lora_a is replicated, so the adapter's output is
+    sharded on the last dimension like the base output."""
+
+    def _partition_linear_fn(self, name, module, device_mesh):
+        if name in ("", "lora_b"):
+            for p_name, param in list(module._parameters.items()):
+                if param is not None:
+                    module.register_parameter(p_name, nn.Parameter(
+                        distribute_tensor(param, device_mesh, [Shard(0)], src_data_rank=self.src_data_rank),
+                        requires_grad=param.requires_grad))
+        # lora_a (and anything else) is replicated by distribute_module
+
+
+class _LoRARowwise(RowwiseParallel):
+    """RowwiseParallel for a LoRALinear: the base weight and lora_a are sharded on their
+    input columns, lora_b is replicated; both paths give partial sums reduced together."""
+
+    def _partition_linear_fn(self, name, module, device_mesh):
+        if name in ("", "lora_a"):
+            super()._partition_linear_fn(name, module, device_mesh)
+
+
+def lora_tp_plan(block: nn.Module, plan: dict) -> dict:
+    """``plan`` with the colwise / rowwise entries of LoRA layers swapped for the LoRA-aware
+    styles (the same layouts for the base weight; the adapters follow it)."""
+    out = {}
+    for fqn, style in plan.items():
+        if isinstance(block.get_submodule(fqn), LoRALinear):
+            if isinstance(style, ColwiseParallel):
+                style = _LoRAColwise(input_layouts=style.input_layouts[0],
+                                     output_layouts=style.output_layouts[0],
+                                     use_local_output=style.use_local_output)
+            elif isinstance(style, RowwiseParallel):
+                style = _LoRARowwise(input_layouts=style.input_layouts[0],
+                                     output_layouts=style.output_layouts[0],
+                                     use_local_output=style.use_local_output)
+        out[fqn] = style
+    return out
 
 
 def apply_ac(model: nn.Module, mode: str, every: int) -> None:
@@ -83,6 +131,8 @@ def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, param_dtype: torch.dtype,
 
 
 def parallelize(model: nn.Module, dims: ParallelDims, mesh: DeviceMesh | None, cfg: JobConfig) -> nn.Module:
+    if cfg.float8.enable:  # torchao Float8Linear in the blocks; refused off CUDA sm89+
+        apply_float8(model, cfg, device_type_for(cfg))
     if dims.tp > 1:
         apply_tp(model, mesh["tp"])
     if cfg.activation_checkpoint.mode != "none":

@@ -1,0 +1,123 @@
+"""LoRA: only adapters train, merging is exact, and FSDP / TP runs equal one process."""
+
+import pytest
+import torch
+
+from helpers import launch, tiny_config
+from titan_jepa.config import ConfigError, Lora, load_config
+from titan_jepa.lora import (
+    LoRALinear,
+    apply_lora,
+    lora_state_dict,
+    merge_lora,
+    merge_lora_state_dict,
+)
+from titan_jepa.models.llama import build_model, model_args_for
+from titan_jepa.optim import build_optimizer
+
+ALL = ["wq", "wk", "wv", "wo", "w1", "w2", "w3"]
+
+
+def _lora_model(targets=ALL, device="meta", seed=0):
+    model = build_model(model_args_for("debug", n_layers=2, max_seq_len=64), device=device)
+    apply_lora(model, Lora(enable=True, rank=4, alpha=8.0, target_modules=list(targets)))
+    if device == "meta":
+        model.to_empty(device="cpu")
+        model.init_weights(seed=seed)
+    return model
+
+
+def test_apply_lora_names_init_and_freezing():
+    model = _lora_model(["wq", "wo", "w2"])
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert names and all(".lora_a." in n or ".lora_b." in n for n in names)
+    assert "layers.0.attention.wq.weight" in dict(model.named_parameters())  # base name kept
+    assert isinstance(model.layers["1"].feed_forward.w2, LoRALinear)
+    assert type(model.layers["1"].feed_forward.w1) is torch.nn.Linear
+    for n, p in model.named_parameters():
+        if n.endswith("lora_b.weight"):
+            assert torch.count_nonzero(p) == 0
+        if n.endswith("lora_a.weight"):
+            assert p.std() > 0
+    assert set(lora_state_dict(model)) == {n for n in names}
+    # B = 0: the model starts as the base model
+    base = build_model(model.args, device="meta")
+    base.to_empty(device="cpu")
+    base.init_weights(seed=0)
+    tokens = torch.randint(0, 2000, (2, 16))
+    torch.testing.assert_close(model(tokens), base(tokens))
+
+
+def test_base_frozen_only_adapters_train():
+    model = _lora_model()
+    cfg = load_config(extra={"optimizer": {"lr": 1e-2}})
+    opt = build_optimizer(model, cfg, "cpu")
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(lora_state_dict(model))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    tokens = torch.randint(0, 2000, (2, 17))
+    losses = []
+    for _ in range(3):
+        logits = model(tokens[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+        loss.backward()
+        for n, p in model.named_parameters():
+            assert (p.grad is not None) == (".lora_" in n), n
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    for n, p in model.named_parameters():
+        if ".lora_" in n:
+            assert not torch.equal(p, before[n]) or n.endswith("lora_a.weight"), n
+        else:
+            assert torch.equal(p, before[n]), n
+
+
+def test_merged_equals_adapters():
+    model = _lora_model()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("lora_b.weight"):
+                p.normal_(0, 0.05)
+    tokens = torch.randint(0, 2000, (2, 16))
+    with torch.no_grad():
+        out = model(tokens)
+        sd = {k: v.clone() for k, v in model.state_dict().items()}
+        merged_sd = merge_lora_state_dict(sd, alpha=8.0)
+        merge_lora(model)
+        assert not any(isinstance(m, LoRALinear) for m in model.modules())
+        assert set(model.state_dict()) == set(merged_sd)
+        torch.testing.assert_close(model(tokens), out, rtol=1e-5, atol=1e-5)
+        plain = build_model(model.args, device="cpu")
+        plain.load_state_dict(merged_sd)
+        torch.testing.assert_close(plain(tokens), out, rtol=1e-5, atol=1e-5)
+
+
+def test_apply_lora_on_materialised_model_and_errors():
+    model = build_model(model_args_for("debug", n_layers=1, max_seq_len=64), device="cpu")
+    w = model.layers["0"].attention.wq.weight
+    apply_lora(model, Lora(enable=True))
+    assert model.layers["0"].attention.wq.weight is w  # the base parameter is reused
+    assert torch.count_nonzero(model.layers["0"].attention.wq.lora_b.weight) == 0
+    with pytest.raises(ConfigError, match="target_modules"):
+        apply_lora(build_model(model.args, device="meta"), Lora(enable=True, target_modules=["wx"]))
+    with pytest.raises(ConfigError, match="rank"):
+        apply_lora(build_model(model.args, device="meta"), Lora(enable=True, rank=0))
+
+
+def _cfg(tmp, demo_dir, **extra):
+    return tiny_config(tmp, demo_dir, training={"local_batch_size": 2, "steps": 3},
+                       optimizer={"lr": 1e-2}, lora={"enable": True, "rank": 4, "alpha": 8.0,
+                                                     "target_modules": ALL}, **extra)
+
+
+@pytest.fixture(scope="module")
+def single_lora_losses(demo_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("lora1")
+    return launch(1, _cfg(tmp, demo_dir), tmp)
+
+
+@pytest.mark.parametrize("parallelism", [{"dp_shard": 2}, {"tp": 2}], ids=["fsdp", "tp"])
+def test_lora_two_ranks_equal_one(single_lora_losses, demo_dir, tmp_path, parallelism):
+    losses = launch(2, _cfg(tmp_path, demo_dir, parallelism=parallelism), tmp_path)
+    assert losses == pytest.approx(single_lora_losses, rel=1e-4)

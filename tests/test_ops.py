@@ -1,0 +1,269 @@
+"""Operations: the Docker image and SLURM script match the package, the dry-run memory
+planner (8B at 8 and 64 ranks; its bytes equal a real 2-rank run's), float8 refused off
+CUDA, profiler traces of chosen steps, and metric plots."""
+
+import fnmatch
+import importlib
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from helpers import ROOT, launch, tiny_config
+
+PLAN_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+# ---- Docker and SLURM -------------------------------------------------------------------
+
+def _dockerfile_instructions():
+    text = (ROOT / "docker" / "Dockerfile").read_text()
+    text = re.sub(r"\\\n", " ", text)  # join continued lines
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatch(path, p) or fnmatch.fnmatch(path.split("/")[0], p) for p in patterns)
+
+
+def test_dockerfile_install_steps_and_entrypoint_match_the_package():
+    ins = _dockerfile_instructions()
+    ignore = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines()
+              if p.strip() and not p.startswith("#")]
+    copies = [shlex.split(rest) for word, rest in ins if word == "COPY"]
+    assert copies
+    dests = {}
+    for args in copies:
+        *srcs, dest = [a for a in args if not a.startswith("--")]
+        for src in srcs:
+            assert (ROOT / src).exists(), f"Dockerfile copies {src}, which is not in the repository"
+            assert not _ignored(src, ignore), f".dockerignore drops {src}, which the Dockerfile copies"
+            dests[src] = dest
+    # what the package needs to install and run is copied
+    for needed in ("pyproject.toml", "titan_jepa", "train_configs", "assets", "docker/entrypoint.sh"):
+        assert needed in dests, f"the Dockerfile does not copy {needed}"
+    runs = " ".join(rest for word, rest in ins if word == "RUN")
+    assert "pip install --no-deps ." in runs
+    for module in re.findall(r"import ([\w., ]+)\"", runs)[0].split(","):
+        importlib.import_module(module.strip())
+    # the entrypoint is the copied script, and the module it launches imports
+    (entry,) = [json.loads(rest) for word, rest in ins if word == "ENTRYPOINT"]
+    assert entry[0] == dests["docker/entrypoint.sh"]
+    script = ROOT / "docker" / "entrypoint.sh"
+    assert os.access(script, os.X_OK)
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    env = {**os.environ, "DRY_RUN": "1", "NNODES": "2", "NODE_RANK": "1", "NPROC_PER_NODE": "8",
+           "RDZV_ENDPOINT": "head:29500", "RDZV_ID": "job7"}
+    cmd = subprocess.run([str(script), "--training.steps", "3"], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert cmd[0] == "torchrun"
+    for flag in ("--nnodes=2", "--nproc_per_node=8", "--node_rank=1", "--rdzv_backend=c10d",
+                 "--rdzv_endpoint=head:29500", "--rdzv_id=job7"):
+        assert flag in cmd
+    module = cmd[cmd.index("-m") + 1]
+    assert module == "titan_jepa.train"
+    assert callable(importlib.import_module(module).main)
+    assert (ROOT / cmd[cmd.index("--config") + 1]).is_file()  # the default config ships
+    assert cmd[-2:] == ["--training.steps", "3"]
+    single = subprocess.run([str(script)], env={**os.environ, "DRY_RUN": "1", "NPROC_PER_NODE": "1"},
+                            capture_output=True, text=True, check=True).stdout
+    assert "--standalone" in single
+    bad = subprocess.run([str(script)], env={**os.environ, "DRY_RUN": "1", "NNODES": "2"},
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "RDZV_ENDPOINT" in bad.stderr
+
+
+def test_slurm_script_launches_the_package():
+    script = ROOT / "tools" / "slurm" / "train.sbatch"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    for part in ("srun", "torchrun", "--rdzv_backend=c10d", "--rdzv_endpoint=", "-m titan_jepa.train"):
+        assert part in text
+    default = re.search(r"CONFIG_FILE=\$\{1:-([^}]+)\}", text).group(1)
+    assert (ROOT / default).is_file()
+
+
+# ---- the dry-run planner --------------------------------------------------------------
+
+def _plan_cli(*args):
+    out = subprocess.run([sys.executable, "-m", "titan_jepa.plan", *args], cwd=ROOT, env=PLAN_ENV,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_plan_8b_at_64_and_8_ranks(tmp_path):
+    n = 8_030_261_248  # Llama-3.1-8B
+    report = _plan_cli("--config", "train_configs/llama3_8b_multinode.toml", "--world-size", "64",
+                       "--gpu", "H200", "--json", str(tmp_path / "p64.json"))
+    p64 = json.loads((tmp_path / "p64.json").read_text())
+    assert "dp_replicate 8 x dp_shard 8 x tp 1" in report and "FITS" in report
+    assert (p64["dp_replicate"], p64["dp_shard"]) == (8, 8)
+    assert p64["num_params"] == n
+    # fp32 shards over the 8 ranks of a node; gradients alike; AdamW 2 x fp32
+    assert p64["param_bytes"] == pytest.approx(n * 4 / 8, rel=1e-3)
+    assert p64["grad_bytes"] == p64["param_bytes"]
+    assert p64["optimizer_bytes"] == pytest.approx(2 * p64["param_bytes"], rel=1e-3)
+    assert 10 * 2**30 < p64["activation_bytes"] < p64["usable_bytes"]
+    assert p64["fits"] and p64["total_bytes"] < p64["usable_bytes"]
+
+    # one node of 8: FSDP over 8 (the H200 config) fits an H200, not an H100 ...
+    report = _plan_cli("--config", "train_configs/llama3_8b_h200.toml", "--world-size", "8",
+                       "--gpu", "H100", "--json", str(tmp_path / "p8.json"))
+    p8 = json.loads((tmp_path / "p8.json").read_text())
+    assert "DOES NOT FIT" in report and not p8["fits"]
+    assert p8["param_bytes"] == p64["param_bytes"] and p8["total_bytes"] == p64["total_bytes"]
+    assert p8["total_bytes"] < 0.9 * 143771 * 2**20  # would fit the H200
+    # ... and the multinode layout on 8 ranks (8 replicas x 1 shard) keeps whole fp32 copies;
+    # tp=2 with full checkpointing halves the state and shrinks the activations
+    _plan_cli("--config", "train_configs/llama3_8b_multinode.toml", "--world-size", "8",
+              "--json", str(tmp_path / "rep.json"))
+    rep = json.loads((tmp_path / "rep.json").read_text())
+    assert rep["param_bytes"] == n * 4 and not rep["fits"]
+    _plan_cli("--config", "train_configs/llama3_8b_h200.toml", "--world-size", "8",
+              "--parallelism.tp", "2", "--parallelism.dp_shard", "4",
+              "--activation_checkpoint.mode", "full", "--json", str(tmp_path / "tp.json"))
+    tp = json.loads((tmp_path / "tp.json").read_text())
+    assert tp["param_bytes"] == pytest.approx(p8["param_bytes"], rel=1e-3)  # 8 shards either way
+    assert tp["activation_bytes"] < p8["activation_bytes"]
+
+
+def test_plan_rejects_a_world_size_that_does_not_fit_the_degrees():
+    out = subprocess.run([sys.executable, "-m", "titan_jepa.plan", "--config",
+                          "train_configs/llama3_8b_multinode.toml", "--world-size", "12"],
+                         cwd=ROOT, env=PLAN_ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and out.stderr.startswith("error: ") and "dp_replicate" in out.stderr
+
+
+def measure_worker(cfg_dict):
+    """One real training step on this rank; every rank's measured state bytes."""
+    import torch.distributed as dist
+
+    from titan_jepa.config import load_config
+    from titan_jepa.models.llama import build_model
+    from titan_jepa.optim import build_optimizer
+    from titan_jepa.parallel.mesh import ParallelDims, build_mesh, init_distributed
+    from titan_jepa.parallel.parallelize import parallelize, write_sharded
+    from titan_jepa.plan import measured_state_bytes
+    from titan_jepa.train import model_args_from_config
+
+    cfg = load_config(extra=cfg_dict)
+    _, world, device = init_distributed(cfg)
+    dims = ParallelDims.from_config(cfg, world)
+    args = model_args_from_config(cfg, 0)
+    mesh, _ = build_mesh(dims, "cpu")
+    model = build_model(args, device="meta")
+    parallelize(model, dims, mesh, cfg)
+    model.to_empty(device=device)
+    model.init_weights(seed=0, buffer_device=device, write=write_sharded)
+    optimizer = build_optimizer(model, cfg, "cpu")
+    tokens = torch.randint(0, args.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    model(tokens).float().square().mean().backward()
+    optimizer.step()
+    measured = measured_state_bytes(model, optimizer)
+    everyone = [None] * world
+    dist.all_gather_object(everyone, measured)
+    return everyone
+
+
+PLAN_RANKS = """
+import json, sys
+from titan_jepa.config import load_config
+from titan_jepa.plan import plan
+out = []
+for extra in json.loads(sys.argv[1]):
+    cfg = load_config(extra=extra)
+    out.append([vars(plan(cfg, 2, rank)) for rank in range(2)])
+print(json.dumps(out))
+"""
+
+
+def test_plan_bytes_equal_a_real_two_rank_run(demo_dir, tmp_path):
+    cases = {
+        # 2305 rows do not split evenly: FSDP pads rank 1's shard of the embedding and output
+        "fsdp": tiny_config(tmp_path / "fsdp", demo_dir, model={"vocab_size": 2305}),
+        "tp": tiny_config(tmp_path / "tp", demo_dir, parallelism={"tp": 2}),
+    }
+    planned = subprocess.run([sys.executable, "-c", PLAN_RANKS, json.dumps(list(cases.values()))],
+                             cwd=ROOT, env=PLAN_ENV, capture_output=True, text=True, timeout=300)
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    planned = dict(zip(cases, json.loads(planned.stdout)))
+    for name, cfg in cases.items():
+        measured = launch(2, cfg, tmp_path, fn=measure_worker)
+        for rank in range(2):
+            got, want = planned[name][rank], measured[rank]
+            for key in ("local_param_elems", "param_bytes", "grad_bytes", "optimizer_bytes"):
+                assert got[key] == want[key], (name, rank, key, got[key], want[key])
+    # FSDP halves the state (up to padding), and the padding lands on rank 1's storage
+    fsdp = planned["fsdp"]
+    assert fsdp[0]["param_bytes"] == fsdp[1]["param_bytes"]
+    assert fsdp[0]["local_param_elems"] > fsdp[1]["local_param_elems"]
+
+
+# ---- float8 ---------------------------------------------------------------------------
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
+def test_float8_is_refused_on_cpu_with_a_clear_message():
+    from titan_jepa.config import ConfigError, load_config
+    from titan_jepa.models.llama import build_model, model_args_for
+    from titan_jepa.parallel.mesh import ParallelDims
+    from titan_jepa.parallel.parallelize import parallelize
+
+    cfg = load_config(extra={"float8": {"enable": True}, "training": {"device": "cpu"}})
+    model = build_model(model_args_for("debug"), device="meta")
+    with pytest.raises(ConfigError, match=r"float8.enable = true needs CUDA.*set float8.enable = false"):
+        parallelize(model, ParallelDims(1, 1, 1, 1), None, cfg)
+    with pytest.raises(ConfigError, match="float8.recipe"):
+        load_config(extra={"float8": {"recipe": "blockwise"}})
+
+
+def test_float8_converts_the_block_linears_but_not_the_output():
+    from titan_jepa.models.llama import build_model, model_args_for
+    from titan_jepa.parallel.float8 import float8_module_filter
+
+    model = build_model(model_args_for("debug"), device="meta")
+    chosen = [fqn for fqn, m in model.named_modules() if float8_module_filter(m, fqn)]
+    assert len(chosen) == 7 * model.args.n_layers  # wq wk wv wo w1 w2 w3 per block
+    assert "output" not in chosen and all(f.startswith("layers.") for f in chosen)
+
+
+# ---- profiling and plots --------------------------------------------------------------
+
+def test_profiler_traces_the_chosen_step_and_metrics_plot(demo_dir, tmp_path):
+    cfg = tiny_config(tmp_path, demo_dir, training={"steps": 3},
+                      profiling={"enable_profiling": True, "profile_steps": [2],
+                                 "enable_memory_snapshot": True})
+    losses = launch(1, cfg, tmp_path)
+    assert len(losses) == 3
+    run = tmp_path / "t"
+    traces = sorted(p.relative_to(run).as_posix() for p in (run / "profile_traces").rglob("*.json"))
+    assert traces == ["profile_traces/step2/rank0_trace.json"]
+    trace = json.loads((run / traces[0]).read_text())
+    names = {e.get("name", "") for e in trace["traceEvents"]}
+    assert any(n.startswith("aten::mm") for n in names)  # forward/backward matmuls were traced
+    assert not (run / "memory_snapshot").exists()  # CUDA only: skipped with a warning on CPU
+
+    # the run's metrics, and a JEPA run's (synthetic) metrics, drawn as one PNG
+    sys.path.insert(0, str(ROOT / "tools"))
+    import plot_metrics
+
+    jepa = tmp_path / "jepa_run" / "metrics.jsonl"
+    jepa.parent.mkdir()
+    jepa.write_text("".join(json.dumps({"step": s, "loss": 3 - 0.1 * s, "jepa_loss": 0.5 / s,
+                                        "tokens_per_s": 1000.0 + s, "lr": 1e-4 * s}) + "\n"
+                            for s in range(1, 6)) + '{"step": 6, "lo')  # a torn last line
+    out = tmp_path / "plot.png"
+    plot_metrics.main([str(run / "metrics.jsonl"), str(jepa.parent), "-o", str(out)])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    assert [r["step"] for r in plot_metrics.read_metrics(jepa)] == [1, 2, 3, 4, 5]

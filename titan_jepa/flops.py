@@ -1,0 +1,94 @@
+"""FLOPs of a training step: an analytic count from the batch, and torch's flop counter.
+
+Analytic training FLOPs of one micro-batch (forward + backward = 3 x forward):
+
+    6 * P * tokens  +  12 * L * d * pairs
+
+P: the non-embedding parameters (the output projection included); tokens: every token the
+model runs on (padding included); pairs: the (query, key) pairs the attention mask lets
+through (block-causal per segment, plus the shared-prefix context). Each visible pair
+costs 2 * d FLOPs in Q K^T and 2 * d in A V per layer. With the FlexAttention backend the
+fully masked blocks are skipped, so this is what a block-sparse kernel spends (up to the
+partially filled blocks); the dense CPU/SDPA path computes every pair of the row.
+
+The "next-token equivalent" of a micro-batch counts only its full sequences (no view
+segments, no padding): what an ideally packed next-token-only run over the same samples
+spends. ``jepa.same_flop`` compares the two.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from titan_jepa.data.batch import Batch
+from titan_jepa.models.llama import ModelArgs
+
+# counts per micro-batch, summed over micro-batches and ranks
+FLOP_COUNTS = ("tokens", "pairs", "ntp_tokens", "ntp_pairs")
+
+
+def visible_pairs(batch: Batch) -> int:
+    """(query, key) pairs the attention mask allows in the micro-batch."""
+    bsz, seq = batch.tokens.shape
+    if batch.segment_ids is None:
+        return bsz * seq * (seq + 1) // 2
+    pairs = 0
+    for row in batch.segment_ids:
+        _, lengths = torch.unique_consecutive(row, return_counts=True)
+        pairs += int((lengths * (lengths + 1) // 2).sum())
+    if batch.context_segment is not None:
+        pairs += int(batch.context_len[batch.context_segment >= 0].sum())
+    return pairs
+
+
+def flop_counts(batch: Batch) -> torch.Tensor:
+    """FLOP_COUNTS of one micro-batch (float64)."""
+    tokens, pairs = batch.tokens.numel(), visible_pairs(batch)
+    ex = batch.extras or {}
+    if "samples" in ex:
+        lengths = ex["samples"][:, 3]
+        ntp_tokens, ntp_pairs = int(lengths.sum()), int((lengths * (lengths + 1) // 2).sum())
+    else:
+        ntp_tokens, ntp_pairs = tokens, pairs
+    return torch.tensor([tokens, pairs, ntp_tokens, ntp_pairs], dtype=torch.float64)
+
+
+def training_flops(args: ModelArgs, tokens: float, pairs: float) -> float:
+    return 6.0 * args.num_params(include_embedding=False) * tokens + 12.0 * args.n_layers * args.dim * pairs
+
+
+class SameFlopTracker:
+    """Cumulative FLOPs of this run and of a next-token-only run over the same samples.
+
+    ``ntp_equivalent_step`` is the step a next-token-only run would have reached with the
+    FLOPs spent so far: step * (this run's FLOPs / the next-token FLOPs of the same data).
+    A same-FLOP checkpoint is due each time it passes a multiple of ``interval``.
+    """
+
+    def __init__(self, args: ModelArgs, interval: int):
+        self.args, self.interval = args, interval
+        self.flops = self.ntp_flops = 0.0
+        self.next_milestone = interval
+
+    def update(self, step: int, counts: torch.Tensor) -> list[int]:
+        """Add one step's global FLOP_COUNTS; returns the milestones passed at this step."""
+        tokens, pairs, ntp_tokens, ntp_pairs = counts.tolist()
+        self.flops += training_flops(self.args, tokens, pairs)
+        self.ntp_flops += training_flops(self.args, ntp_tokens, ntp_pairs)
+        ntp_per_step = self.ntp_flops / step
+        passed = []
+        while self.flops >= self.next_milestone * ntp_per_step:
+            passed.append(self.next_milestone)
+            self.next_milestone += self.interval
+        return passed
+
+    @property
+    def ratio(self) -> float:
+        """This run's FLOPs over the next-token FLOPs of the same data."""
+        return self.flops / max(self.ntp_flops, 1.0)
+
+    def state_dict(self) -> dict:
+        return {"flops": self.flops, "ntp_flops": self.ntp_flops, "next_milestone": self.next_milestone}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.flops, self.ntp_flops, self.next_milestone = sd["flops"], sd["ntp_flops"], sd["next_milestone"]

@@ -1,0 +1,310 @@
+"""Dry-run memory planner: will this config fit on the target GPUs, per rank?
+
+    python -m titan_jepa.plan --config train_configs/llama3_8b_multinode.toml --world-size 64
+    python -m titan_jepa.plan --config train_configs/llama3_8b_h200.toml --world-size 8 --gpu H100
+    python -m titan_jepa.plan --config ... --world-size 64 --parallelism.tp 2   # any override
+
+No GPU and no other process is needed. The planner starts a *fake* process group of the
+target world size (one process playing ``--rank``), builds the model on the meta device,
+applies the real parallelisation (``titan_jepa.parallel.parallelize``: TP/SP, activation
+checkpointing, FSDP2/HSDP) and reads the local shapes of the sharded DTensor parameters.
+Parameters, gradients and optimizer state are therefore exact for the layout the run would
+use (tested against a real 2-rank run); the FSDP transient and activation terms are
+estimates, with the formulas below.
+
+Byte accounting for one rank:
+
+* parameters: the local shard of every parameter (``DTensor.to_local()``) in its storage
+  dtype, with FSDP2's padding (a dim-0 shard is ceil(rows / shards) rows on every rank).
+  FSDP2 keeps sharded parameters in the dtype they were created in (float32 here);
+  ``mixed_precision_param`` only sets the dtype of the unsharded copies used for compute.
+* gradients: FSDP2 reduce-scatters in ``mixed_precision_reduce`` and stores the sharded
+  gradient in the parameter's storage dtype, so gradients = parameter bytes (float32).
+* optimizer: AdamW keeps ``exp_avg`` and ``exp_avg_sq`` like the (unpadded) local shard
+  (2 x fp32 per local element) plus one float32 ``step`` per parameter tensor.
+* FSDP transient (estimate): the root's parameters (embeddings, final norm, output) stay
+  unsharded from forward to backward, with their unsharded gradients in the reduce dtype;
+  per block, the block being computed and the one being prefetched are unsharded in the
+  param dtype, and one block's unsharded gradients exist in the reduce dtype before the
+  reduce-scatter (``fsdp_reshard_after_forward = "never"``: every block stays unsharded).
+  "Unsharded" means gathered over the data-parallel mesh, still TP-local.
+* activations (estimate) for one micro-batch of T = local_batch_size x seq_len tokens,
+  element size e (2 bytes when ``mixed_precision_param = "bfloat16"``, else 4), model dim h,
+  key/value width hk = n_kv_heads x head_dim, FFN width f, TP degree t (sequence parallel
+  shards everything by t):
+    - a block without checkpointing keeps T x e x (7h + 3hk + 4f) / t bytes for backward:
+      two norms' inputs and outputs (4h), q, k, v (h + 2hk), rotated q and k (h + hk), the
+      attention output (h), and w1, w3, silu(w1) and their product (4f). A fused (flash /
+      flex) attention kernel keeps no S x S score matrix, only the log-sum-exp.
+    - a checkpointed block keeps only its input, T x h x e / t, and one block at a time is
+      recomputed in full during backward (added once when any block is checkpointed).
+    - ``selective`` checkpoints the blocks whose index is a multiple of selective_every
+      (as ``apply_ac`` does); ``full`` checkpoints all of them.
+    - the head: logits T x V x e, their float32 copy for the cross entropy and its float32
+      log-probabilities, T x V x (e + 8) bytes (the output is gathered whole on each TP rank).
+  torch.compile fuses element-wise ops and usually needs somewhat less; JEPA views are
+  packed inside the same rows, so seq_len already covers them.
+* fits: the total against the GPU's memory less a 10 % reserve (CUDA context, NCCL
+  buffers, allocator fragmentation).
+
+Float8 (``[float8]``) does not change these stored bytes (torchao keeps weights in high
+precision); the planner applies no float8 conversion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.tensor import DTensor, Shard
+
+from titan_jepa.config import ConfigError, JobConfig, load_config, parse_cli_overrides
+from titan_jepa.models.llama import ModelArgs, build_model
+from titan_jepa.parallel.mesh import ParallelDims, build_mesh
+from titan_jepa.parallel.parallelize import DTYPES, parallelize
+
+GiB = 2**30
+
+# Device memory as the driver reports it (nvidia-smi "total"), in bytes.
+GPUS = {
+    "H100": 81559 * 2**20,  # H100 SXM 80 GB
+    "H200": 143771 * 2**20,  # H200 141 GB
+}
+RESERVE = 0.10  # of the GPU's memory: CUDA context, NCCL buffers, fragmentation
+
+OPT_STEP_BYTES = 4  # AdamW's per-parameter float32 "step"
+
+
+@dataclass
+class Plan:
+    world_size: int
+    rank: int
+    gpu: str
+    dp_replicate: int
+    dp_shard: int
+    tp: int
+    num_params: int
+    local_param_elems: int
+    param_bytes: int
+    grad_bytes: int
+    optimizer_bytes: int
+    fsdp_transient_bytes: int
+    activation_bytes: int
+    total_bytes: int
+    gpu_bytes: int
+    usable_bytes: int
+    fits: bool
+    tokens_per_microbatch: int
+    grad_accum: int
+
+
+def _unique_params(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    seen, out = set(), []
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        out.append((name, p))
+    return out
+
+
+def _local(p: torch.Tensor) -> torch.Tensor:
+    return p.to_local() if isinstance(p, DTensor) else p
+
+
+def _tp_local_numel(p: torch.Tensor) -> int:
+    """Elements of ``p`` once gathered by FSDP: the global size divided by the TP shards."""
+    if not isinstance(p, DTensor):
+        return p.numel()
+    n = p.numel()
+    names = p.device_mesh.mesh_dim_names or ()
+    for i, placement in enumerate(p.placements):
+        if isinstance(placement, Shard) and i < len(names) and names[i] == "tp":
+            n //= p.device_mesh.size(i)
+    return n
+
+
+def state_bytes(model: nn.Module) -> dict[str, int]:
+    """Per-rank bytes of parameters, gradients and AdamW state of a parallelised model.
+
+    Works on meta parameters (only shapes are read). FSDP2 pads a parameter's dim-0 shard to
+    ceil(rows / shards) on every rank and allocates the padded shard, so parameter and
+    gradient bytes are the local storage sizes (padding included); AdamW's states are
+    ``zeros_like`` the unpadded local shard."""
+    params = _unique_params(model)
+    trainable = [p for _, p in params if p.requires_grad]
+    return {
+        "local_param_elems": sum(_local(p).numel() for _, p in params),
+        "param_bytes": sum(_local(p).untyped_storage().nbytes() for _, p in params),
+        "grad_bytes": sum(_local(p).untyped_storage().nbytes() for p in trainable),
+        "optimizer_bytes": sum(2 * _local(p).numel() * 4 + OPT_STEP_BYTES for p in trainable),
+    }
+
+
+def _storage_bytes(tensors) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (FSDP2 gradients are views of one
+    reduce-scatter buffer per block)."""
+    seen = {}
+    for t in tensors:
+        st = _local(t).untyped_storage()
+        seen[st.data_ptr()] = st.nbytes()
+    return sum(seen.values())
+
+
+def measured_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
+    """The same quantities read from a real (materialised, stepped) model and optimizer."""
+    params = [p for _, p in _unique_params(model)]
+    out = {"local_param_elems": sum(_local(p).numel() for p in params),
+           "param_bytes": _storage_bytes(params),
+           "grad_bytes": _storage_bytes([p.grad for p in params if p.grad is not None])}
+    if optimizer is not None:
+        out["optimizer_bytes"] = _storage_bytes(
+            [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)])
+    return out
+
+
+def fsdp_transient_bytes(model: nn.Module, cfg: JobConfig, dims: ParallelDims) -> int:
+    if not dims.fsdp_enabled:
+        return 0  # nothing is sharded, nothing is gathered
+    pdt = DTYPES[cfg.training.mixed_precision_param].itemsize
+    rdt = DTYPES[cfg.training.mixed_precision_reduce].itemsize
+    block_ids = {id(p) for block in model.layers.values() for p in block.parameters()}
+    root = sum(_tp_local_numel(p) for _, p in _unique_params(model) if id(p) not in block_ids)
+    blocks = [sum(_tp_local_numel(p) for p in block.parameters()) for block in model.layers.values()]
+    biggest = max(blocks) if blocks else 0
+    if cfg.parallelism.fsdp_reshard_after_forward == "never":
+        gathered = sum(blocks) * pdt
+    else:
+        gathered = 2 * biggest * pdt  # current + prefetched block
+    return root * (pdt + rdt) + gathered + biggest * rdt
+
+
+def activation_bytes(args: ModelArgs, cfg: JobConfig, tp: int) -> int:
+    """Estimate of one micro-batch's activations kept for backward (see the module doc)."""
+    e = DTYPES[cfg.training.mixed_precision_param].itemsize
+    tokens = cfg.training.local_batch_size * cfg.training.seq_len
+    h, hk, f = args.dim, args.n_kv_heads * args.head_dim, args.ffn_hidden_dim
+    full_block = tokens * e * (7 * h + 3 * hk + 4 * f) // tp
+    ckpt_block = tokens * e * h // tp
+    ac = cfg.activation_checkpoint
+    total, any_ckpt = 0, False
+    for layer_id in range(args.n_layers):
+        ckpt = ac.mode == "full" or (ac.mode == "selective" and layer_id % ac.selective_every == 0)
+        any_ckpt |= ckpt
+        total += ckpt_block if ckpt else full_block
+    if any_ckpt:
+        total += full_block  # the block being recomputed in backward
+    head = tokens * args.vocab_size * (e + 8)
+    return total + head
+
+
+def plan(cfg: JobConfig, world_size: int, rank: int = 0, gpu: str = "H200") -> Plan:
+    """Build the parallelised meta model for ``rank`` of a fake world and account its bytes.
+
+    Starts (and destroys) a fake process group; run it in a process that has no other."""
+    if gpu not in GPUS:
+        raise ConfigError(f"--gpu {gpu} is not known; choose one of {', '.join(GPUS)}")
+    if not 0 <= rank < world_size:
+        raise ConfigError(f"--rank {rank} must be in [0, {world_size})")
+    from titan_jepa.train import model_args_from_config
+
+    cfg = copy.deepcopy(cfg)
+    cfg.float8.enable = False  # storage bytes are the same; torchao needs CUDA
+    cfg.compile.enable = False  # compile changes no parameter
+    args = model_args_from_config(cfg, vocab_size=0)
+    dims = ParallelDims.from_config(cfg, world_size)
+    grad_accum = dims.check(cfg, args)
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    if dist.is_initialized():
+        raise RuntimeError("plan() starts its own fake process group; call it with none running")
+    dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world_size)
+    try:
+        mesh, _ = build_mesh(dims, "cpu")
+        model = build_model(args, device="meta")
+        parallelize(model, dims, mesh, cfg)
+        sb = state_bytes(model)
+        transient = fsdp_transient_bytes(model, cfg, dims)
+    finally:
+        dist.destroy_process_group()
+    act = activation_bytes(args, cfg, dims.tp)
+    total = sb["param_bytes"] + sb["grad_bytes"] + sb["optimizer_bytes"] + transient + act
+    usable = int(GPUS[gpu] * (1 - RESERVE))
+    return Plan(world_size=world_size, rank=rank, gpu=gpu, dp_replicate=dims.dp_replicate,
+                dp_shard=dims.dp_shard, tp=dims.tp, num_params=args.num_params(),
+                local_param_elems=sb["local_param_elems"], param_bytes=sb["param_bytes"],
+                grad_bytes=sb["grad_bytes"], optimizer_bytes=sb["optimizer_bytes"],
+                fsdp_transient_bytes=transient, activation_bytes=act, total_bytes=total,
+                gpu_bytes=GPUS[gpu], usable_bytes=usable, fits=total <= usable,
+                tokens_per_microbatch=cfg.training.local_batch_size * cfg.training.seq_len,
+                grad_accum=grad_accum)
+
+
+def format_plan(p: Plan, cfg: JobConfig) -> str:
+    t, ac = cfg.training, cfg.activation_checkpoint
+    acs = ac.mode + (f" (every {ac.selective_every})" if ac.mode == "selective" else "")
+    pdt = t.mixed_precision_param
+    rows = [
+        ("parameters (fp32 shards)", p.param_bytes),
+        ("gradients (fp32 shards)", p.grad_bytes),
+        ("optimizer AdamW (2 x fp32 + step)", p.optimizer_bytes),
+        (f"FSDP unsharded transient ({pdt} / {t.mixed_precision_reduce})", p.fsdp_transient_bytes),
+        (f"activations, estimate ({p.tokens_per_microbatch} tokens, AC {acs})", p.activation_bytes),
+    ]
+    width = max(len(r[0]) for r in rows) + 2
+    lines = [
+        f"plan for rank {p.rank} of {p.world_size}: model {cfg.model.flavor} "
+        f"({p.num_params / 1e9:.2f}B parameters), mesh dp_replicate {p.dp_replicate} x dp_shard "
+        f"{p.dp_shard} x tp {p.tp}",
+        f"micro-batch {t.local_batch_size} x {t.seq_len} tokens, gradient accumulation "
+        f"{p.grad_accum}, param dtype {pdt}, local parameter elements {p.local_param_elems:,}",
+        "",
+        f"{'per rank':<{width}}{'GiB':>10}{'bytes':>18}",
+    ]
+    for name, b in rows:
+        lines.append(f"{name:<{width}}{b / GiB:>10.2f}{b:>18,}")
+    lines.append("-" * (width + 28))
+    lines.append(f"{'total':<{width}}{p.total_bytes / GiB:>10.2f}{p.total_bytes:>18,}")
+    verdict = "FITS" if p.fits else "DOES NOT FIT"
+    lines.append(f"{p.gpu} has {p.gpu_bytes / GiB:.1f} GiB, {p.usable_bytes / GiB:.1f} GiB usable "
+                 f"after a {RESERVE:.0%} reserve: {verdict} "
+                 f"({100 * p.total_bytes / p.usable_bytes:.0f}% of usable)")
+    if not p.fits:
+        lines.append("to fit: more data-parallel shards (dp_shard), tp > 1, activation_checkpoint.mode "
+                     "= 'full', or a smaller local_batch_size / seq_len")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(prog="python -m titan_jepa.plan", description=__doc__.split("\n\n")[0],
+                                 epilog="Other --section.key value arguments override the config.")
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--world-size", type=int, required=True)
+    ap.add_argument("--rank", type=int, default=0)
+    ap.add_argument("--gpu", default="H200", choices=sorted(GPUS))
+    ap.add_argument("--json", help="also write the numbers to this JSON file")
+    known, rest = ap.parse_known_args(argv)
+    try:
+        _, overrides = parse_cli_overrides(rest)
+        cfg = load_config(known.config, overrides)
+        result = plan(cfg, known.world_size, known.rank, known.gpu)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(format_plan(result, cfg))
+    if known.json:
+        with open(known.json, "w") as f:
+            json.dump(asdict(result), f, indent=2)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    main()

@@ -1,0 +1,103 @@
+"""Plot a run's metrics.jsonl (loss, JEPA loss, throughput, learning rate) as one PNG.
+
+    python tools/plot_metrics.py outputs/my_run/metrics.jsonl            # -> outputs/my_run/metrics.png
+    python tools/plot_metrics.py outputs/a/metrics.jsonl outputs/b/metrics.jsonl -o compare.png
+
+Several files are drawn on the same axes (one line per run, labelled by its run folder).
+A panel whose metric no run logged (JEPA loss in a next-token run) says so instead of a line.
+Needs matplotlib: pip install -e ".[plot]".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+# (title, metric keys tried in order, y label, log scale)
+PANELS = [
+    ("loss", ("loss",), "loss", False),
+    ("JEPA loss", ("jepa_loss",), "jepa loss", False),
+    ("throughput", ("tokens_per_s",), "tokens/s per rank", False),
+    ("learning rate", ("lr",), "lr", False),
+]
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a metrics.jsonl; a torn last line (a run still writing) is skipped."""
+    rows = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    if not rows:
+        raise ValueError(f"{path}: no metrics rows")
+    # a resumed run appends: keep the last row of each step
+    by_step = {int(r["step"]): r for r in rows if "step" in r}
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def plot(paths: list[Path], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [(p.parent.name or str(p), read_metrics(p)) for p in paths]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
+    for ax, (title, keys, ylabel, log) in zip(axes.flat, PANELS):
+        drawn = False
+        for label, rows in runs:
+            for key in keys:
+                pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+                if pts:
+                    steps, values = zip(*pts)
+                    ax.plot(steps, values, label=label, linewidth=1.2)
+                    drawn = True
+                    break
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        if log:
+            ax.set_yscale("log")
+        if drawn:
+            ax.grid(alpha=0.3)
+            if len(runs) > 1:
+                ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, f"no '{keys[0]}' in the metrics", ha="center", va="center",
+                    transform=ax.transAxes, color="gray")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("metrics", nargs="+", type=Path, help="metrics.jsonl files (or run folders)")
+    ap.add_argument("-o", "--out", type=Path, help="PNG path (default: metrics.png next to the first file)")
+    args = ap.parse_args(argv)
+    paths = [p / "metrics.jsonl" if p.is_dir() else p for p in args.metrics]
+    for p in paths:
+        if not p.is_file():
+            sys.exit(f"error: {p} does not exist; pass a run's metrics.jsonl or its run folder")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        sys.exit('error: plotting needs matplotlib: pip install matplotlib (or pip install -e ".[plot]")')
+    out = args.out or paths[0].with_name("metrics.png")
+    try:
+        plot(paths, out)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
