@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from helpers import launch, tiny_config
-from titan_jepa.config import ConfigError, Lora, load_config
+from titan_jepa.config import ConfigError, Lora, Metrics, load_config
 from titan_jepa.lora import (
     LoRALinear,
     apply_lora,
@@ -14,6 +14,9 @@ from titan_jepa.lora import (
 )
 from titan_jepa.models.llama import build_model, model_args_for
 from titan_jepa.optim import build_optimizer
+
+# the FLOP counter of the first step costs seconds on CPU; these tests do not need it
+FAST_METRICS = {"flop_counter_steps": 0} if "flop_counter_steps" in Metrics.__dataclass_fields__ else {}
 
 ALL = ["wq", "wk", "wv", "wo", "w1", "w2", "w3"]
 
@@ -108,7 +111,8 @@ def test_apply_lora_on_materialised_model_and_errors():
 def _cfg(tmp, demo_dir, **extra):
     return tiny_config(tmp, demo_dir, training={"local_batch_size": 2, "steps": 3},
                        optimizer={"lr": 1e-2}, lora={"enable": True, "rank": 4, "alpha": 8.0,
-                                                     "target_modules": ALL}, **extra)
+                                                     "target_modules": ALL},
+                       metrics=FAST_METRICS, **extra)
 
 
 @pytest.fixture(scope="module")

@@ -103,6 +103,28 @@ def _plan_cli(*args):
     return out.stdout
 
 
+PLAN_CASES = """
+import json, sys
+from titan_jepa.config import ConfigError, load_config, parse_cli_overrides
+from titan_jepa.plan import plan
+out = []
+for path, world, rank, argv in json.loads(sys.argv[1]):
+    cfg = load_config(path, parse_cli_overrides(argv)[1])
+    try:
+        out.append(vars(plan(cfg, world, rank)))
+    except ConfigError as e:
+        out.append({"error": str(e)})
+print(json.dumps(out))
+"""
+
+
+def _plan_cases(cases):
+    out = subprocess.run([sys.executable, "-c", PLAN_CASES, json.dumps(cases)], cwd=ROOT,
+                         env=PLAN_ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)
+
+
 def test_plan_8b_at_64_and_8_ranks(tmp_path):
     n = 8_030_261_248  # Llama-3.1-8B
     report = _plan_cli("--config", "train_configs/llama3_8b_multinode.toml", "--world-size", "64",
@@ -118,36 +140,34 @@ def test_plan_8b_at_64_and_8_ranks(tmp_path):
     assert 10 * 2**30 < p64["activation_bytes"] < p64["usable_bytes"]
     assert p64["fits"] and p64["total_bytes"] < p64["usable_bytes"]
 
-    # one node of 8: FSDP over 8 (the H200 config) fits an H200, not an H100 ...
-    report = _plan_cli("--config", "train_configs/llama3_8b_h200.toml", "--world-size", "8",
-                       "--gpu", "H100", "--json", str(tmp_path / "p8.json"))
-    p8 = json.loads((tmp_path / "p8.json").read_text())
-    assert "DOES NOT FIT" in report and not p8["fits"]
+    h200, multi = "train_configs/llama3_8b_h200.toml", "train_configs/llama3_8b_multinode.toml"
+    p8, rep, tp, bad = _plan_cases([
+        [h200, 8, 0, []],  # one node of 8: FSDP over 8
+        [multi, 8, 0, []],  # the multinode layout on 8 ranks: 8 replicas x 1 shard
+        [h200, 8, 0, ["--parallelism.tp", "2", "--parallelism.dp_shard", "4",
+                      "--activation_checkpoint.mode", "full"]],
+        [multi, 12, 0, []],  # 12 ranks do not fit dp_replicate 8
+    ])
+    # the same shards as HSDP 8x8, which fit an H200 but not an H100
     assert p8["param_bytes"] == p64["param_bytes"] and p8["total_bytes"] == p64["total_bytes"]
-    assert p8["total_bytes"] < 0.9 * 143771 * 2**20  # would fit the H200
-    # ... and the multinode layout on 8 ranks (8 replicas x 1 shard) keeps whole fp32 copies;
-    # tp=2 with full checkpointing halves the state and shrinks the activations
-    _plan_cli("--config", "train_configs/llama3_8b_multinode.toml", "--world-size", "8",
-              "--json", str(tmp_path / "rep.json"))
-    rep = json.loads((tmp_path / "rep.json").read_text())
+    assert p8["fits"] and p8["total_bytes"] > 0.9 * 81559 * 2**20
+    # whole fp32 copies on every rank do not fit
     assert rep["param_bytes"] == n * 4 and not rep["fits"]
-    _plan_cli("--config", "train_configs/llama3_8b_h200.toml", "--world-size", "8",
-              "--parallelism.tp", "2", "--parallelism.dp_shard", "4",
-              "--activation_checkpoint.mode", "full", "--json", str(tmp_path / "tp.json"))
-    tp = json.loads((tmp_path / "tp.json").read_text())
-    assert tp["param_bytes"] == pytest.approx(p8["param_bytes"], rel=1e-3)  # 8 shards either way
+    # tp=2 x dp_shard=4 is 8 shards too; full checkpointing and SP shrink the activations
+    assert tp["param_bytes"] == pytest.approx(p8["param_bytes"], rel=1e-3)
     assert tp["activation_bytes"] < p8["activation_bytes"]
+    assert "world size 12 is not divisible" in bad["error"]
 
 
-def test_plan_rejects_a_world_size_that_does_not_fit_the_degrees():
+def test_plan_cli_errors_are_one_line():
     out = subprocess.run([sys.executable, "-m", "titan_jepa.plan", "--config",
-                          "train_configs/llama3_8b_multinode.toml", "--world-size", "12"],
+                          "train_configs/llama3_8b_h200.toml", "--world-size", "8", "--trainig.steps", "3"],
                          cwd=ROOT, env=PLAN_ENV, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 2 and out.stderr.startswith("error: ") and "dp_replicate" in out.stderr
+    assert out.returncode == 2 and out.stderr.startswith("error: ") and "training" in out.stderr
 
 
-def measure_worker(cfg_dict):
-    """One real training step on this rank; every rank's measured state bytes."""
+def measure_worker(cases):
+    """One real training step per config on this rank; every rank's measured state bytes."""
     import torch.distributed as dist
 
     from titan_jepa.config import load_config
@@ -158,23 +178,25 @@ def measure_worker(cfg_dict):
     from titan_jepa.plan import measured_state_bytes
     from titan_jepa.train import model_args_from_config
 
-    cfg = load_config(extra=cfg_dict)
-    _, world, device = init_distributed(cfg)
-    dims = ParallelDims.from_config(cfg, world)
-    args = model_args_from_config(cfg, 0)
-    mesh, _ = build_mesh(dims, "cpu")
-    model = build_model(args, device="meta")
-    parallelize(model, dims, mesh, cfg)
-    model.to_empty(device=device)
-    model.init_weights(seed=0, buffer_device=device, write=write_sharded)
-    optimizer = build_optimizer(model, cfg, "cpu")
-    tokens = torch.randint(0, args.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
-    model(tokens).float().square().mean().backward()
-    optimizer.step()
-    measured = measured_state_bytes(model, optimizer)
-    everyone = [None] * world
-    dist.all_gather_object(everyone, measured)
-    return everyone
+    results = []
+    for cfg_dict in cases["cases"]:
+        cfg = load_config(extra=cfg_dict)
+        _, world, device = init_distributed(cfg)
+        dims = ParallelDims.from_config(cfg, world)
+        args = model_args_from_config(cfg, 0)
+        mesh, _ = build_mesh(dims, "cpu")
+        model = build_model(args, device="meta")
+        parallelize(model, dims, mesh, cfg)
+        model.to_empty(device=device)
+        model.init_weights(seed=0, buffer_device=device, write=write_sharded)
+        optimizer = build_optimizer(model, cfg, "cpu")
+        tokens = torch.randint(0, args.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+        model(tokens).float().square().mean().backward()
+        optimizer.step()
+        everyone = [None] * world
+        dist.all_gather_object(everyone, measured_state_bytes(model, optimizer))
+        results.append(everyone)
+    return results
 
 
 PLAN_RANKS = """
@@ -193,22 +215,26 @@ def test_plan_bytes_equal_a_real_two_rank_run(demo_dir, tmp_path):
     cases = {
         # 2305 rows do not split evenly: FSDP pads rank 1's shard of the embedding and output
         "fsdp": tiny_config(tmp_path / "fsdp", demo_dir, model={"vocab_size": 2305}),
+        # TP alone: the untied embedding's gradient is whole on each rank
         "tp": tiny_config(tmp_path / "tp", demo_dir, parallelism={"tp": 2}),
     }
-    planned = subprocess.run([sys.executable, "-c", PLAN_RANKS, json.dumps(list(cases.values()))],
-                             cwd=ROOT, env=PLAN_ENV, capture_output=True, text=True, timeout=300)
-    assert planned.returncode == 0, planned.stderr[-3000:]
-    planned = dict(zip(cases, json.loads(planned.stdout)))
-    for name, cfg in cases.items():
-        measured = launch(2, cfg, tmp_path, fn=measure_worker)
+    planner = subprocess.Popen([sys.executable, "-c", PLAN_RANKS, json.dumps(list(cases.values()))],
+                               cwd=ROOT, env=PLAN_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    measured = dict(zip(cases, launch(2, {"cases": list(cases.values())}, tmp_path, fn=measure_worker)))
+    stdout, stderr = planner.communicate(timeout=300)
+    assert planner.returncode == 0, stderr[-3000:]
+    planned = dict(zip(cases, json.loads(stdout)))
+    for name in cases:
         for rank in range(2):
-            got, want = planned[name][rank], measured[rank]
+            got, want = planned[name][rank], measured[name][rank]
             for key in ("local_param_elems", "param_bytes", "grad_bytes", "optimizer_bytes"):
                 assert got[key] == want[key], (name, rank, key, got[key], want[key])
     # FSDP halves the state (up to padding), and the padding lands on rank 1's storage
     fsdp = planned["fsdp"]
     assert fsdp[0]["param_bytes"] == fsdp[1]["param_bytes"]
     assert fsdp[0]["local_param_elems"] > fsdp[1]["local_param_elems"]
+    assert planned["tp"][0]["grad_bytes"] > planned["tp"][0]["param_bytes"]
 
 
 # ---- float8 ---------------------------------------------------------------------------

@@ -25,10 +25,15 @@ Layout (``<ckpt>`` is ``checkpoint.folder``, relative to the run folder unless a
 
 A checkpoint without train_state.json (seed, export) is *model-only*: loading it restores the
 weights and starts training at step N + 1 with a fresh optimizer, schedule and data.
+Model-only and Hugging Face loads may lack LoRA adapter weights (a base model); the adapters
+then keep their initialisation. A full checkpoint must match the model exactly.
 
 Atomicity: every rank writes into ``step-<N>.tmp``; DCP's save returns on rank 0 only after
 every rank's files are written and ``.metadata`` is written, and then rank 0 renames the
 folder to ``step-<N>``. A process killed mid-save leaves the previous checkpoint untouched.
+With checkpoint.async_mode the state is copied to CPU memory and written by a background
+thread (over its own gloo group); rank 0 renames when the write completes, and the next save
+and ``finish`` wait for it. Saving the same step twice in one run is a no-op.
 
 Layout independence: DCP reshards model and optimizer tensors (FSDP2 / TP DTensors or plain
 tensors) by their global offsets. Data-loader states are per batch slot (train.py keeps one

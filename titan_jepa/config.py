@@ -45,7 +45,7 @@ class Model:
 
 @dataclass
 class Training:
-    steps: int = 50
+    steps: int = 50  # -1: as many as data.num_epochs of data give (counted before training)
     global_batch_size: int = 8  # sequences per optimizer step, summed over data-parallel ranks
     local_batch_size: int = 4  # sequences per micro-batch on one rank
     seq_len: int = 128
@@ -414,8 +414,10 @@ def validate(cfg: JobConfig) -> None:
                 f"{section}.{key} = '{value}' is not one of {', '.join(options)}{_closest(value, list(options))}"
             )
     t = cfg.training
+    if t.steps == -1 and cfg.data.num_epochs <= 0:
+        raise ConfigError("training.steps = -1 (train for whole epochs) needs data.num_epochs > 0")
     for name in ("steps", "global_batch_size", "local_batch_size", "seq_len"):
-        if getattr(t, name) <= 0:
+        if getattr(t, name) <= 0 and not (name == "steps" and t.steps == -1):
             raise ConfigError(f"training.{name} must be positive, got {getattr(t, name)}")
     if cfg.metrics.log_freq <= 0:
         raise ConfigError("metrics.log_freq must be positive")

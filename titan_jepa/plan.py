@@ -20,6 +20,8 @@ Byte accounting for one rank:
   ``mixed_precision_param`` only sets the dtype of the unsharded copies used for compute.
 * gradients: FSDP2 reduce-scatters in ``mixed_precision_reduce`` and stores the sharded
   gradient in the parameter's storage dtype, so gradients = parameter bytes (float32).
+  Without FSDP (TP alone), an untied vocab-sharded embedding gets a whole (Replicate)
+  gradient from DTensor's embedding backward; the planner counts it whole.
 * optimizer: AdamW keeps ``exp_avg`` and ``exp_avg_sq`` like the (unpadded) local shard
   (2 x fp32 per local element) plus one float32 ``step`` per parameter tensor.
 * FSDP transient (estimate): the root's parameters (embeddings, final norm, output) stay
@@ -131,19 +133,38 @@ def _tp_local_numel(p: torch.Tensor) -> int:
     return n
 
 
-def state_bytes(model: nn.Module) -> dict[str, int]:
+def _replicated_grad_params(model: nn.Module, fsdp: bool) -> set[int]:
+    """Parameters whose gradient is whole on each rank although the parameter is sharded.
+
+    DTensor's embedding backward returns a Replicate gradient for a vocab-sharded (TP)
+    embedding; FSDP2 redistributes it to the parameter's placement, but without FSDP it
+    stays whole. A tied embedding also gets the output projection's Shard(0) gradient, and
+    the sum is sharded."""
+    if fsdp:
+        return set()
+    uses: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        uses[id(p)] = uses.get(id(p), 0) + 1
+    return {id(m.weight) for m in model.modules()
+            if isinstance(m, nn.Embedding) and isinstance(m.weight, DTensor)
+            and any(isinstance(pl, Shard) for pl in m.weight.placements) and uses[id(m.weight)] == 1}
+
+
+def state_bytes(model: nn.Module, fsdp: bool = True) -> dict[str, int]:
     """Per-rank bytes of parameters, gradients and AdamW state of a parallelised model.
 
     Works on meta parameters (only shapes are read). FSDP2 pads a parameter's dim-0 shard to
     ceil(rows / shards) on every rank and allocates the padded shard, so parameter and
     gradient bytes are the local storage sizes (padding included); AdamW's states are
-    ``zeros_like`` the unpadded local shard."""
+    ``zeros_like`` the unpadded local shard. ``fsdp``: whether FSDP manages the parameters."""
     params = _unique_params(model)
     trainable = [p for _, p in params if p.requires_grad]
+    whole = _replicated_grad_params(model, fsdp)
     return {
         "local_param_elems": sum(_local(p).numel() for _, p in params),
         "param_bytes": sum(_local(p).untyped_storage().nbytes() for _, p in params),
-        "grad_bytes": sum(_local(p).untyped_storage().nbytes() for p in trainable),
+        "grad_bytes": sum(p.numel() * p.element_size() if id(p) in whole
+                          else _local(p).untyped_storage().nbytes() for p in trainable),
         "optimizer_bytes": sum(2 * _local(p).numel() * 4 + OPT_STEP_BYTES for p in trainable),
     }
 
@@ -230,7 +251,7 @@ def plan(cfg: JobConfig, world_size: int, rank: int = 0, gpu: str = "H200") -> P
         mesh, _ = build_mesh(dims, "cpu")
         model = build_model(args, device="meta")
         parallelize(model, dims, mesh, cfg)
-        sb = state_bytes(model)
+        sb = state_bytes(model, fsdp=dims.fsdp_enabled)
         transient = fsdp_transient_bytes(model, cfg, dims)
     finally:
         dist.destroy_process_group()

@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from titan_jepa.checkpoint import Checkpointer
 from titan_jepa.config import ConfigError, JobConfig, config_from_argv, write_config
-from titan_jepa.data.loader import build_dataloader
+from titan_jepa.data.loader import build_dataloader, count_batches
 from titan_jepa.data.tokenizer import build_tokenizer
 from titan_jepa.flops import SameFlopTracker, flop_counts, training_flops
 from titan_jepa.lora import apply_lora
@@ -92,6 +92,14 @@ def train(cfg: JobConfig) -> list[float]:
     num_slots = dp.size * grad_accum
     loaders = [build_dataloader(cfg, tokenizer, dp_rank=slot, dp_world=num_slots)
                for slot in range(dp.rank, num_slots, dp.size)]
+    if cfg.data.num_epochs > 0:
+        # finite data: never step past the end of the slot with the fewest batches
+        owned = range(dp.rank, num_slots, dp.size)
+        available = int(dp.all_reduce_min(torch.tensor(
+            min(count_batches(cfg, tokenizer, slot, num_slots) for slot in owned), device=device)))
+        if cfg.training.steps == -1 or cfg.training.steps > available:
+            logger.info(f"{cfg.data.num_epochs} epoch(s) of data give {available} steps; training for that many")
+            cfg.training.steps = available
 
     # ---- model: built on the meta device, parallelised, then materialised ------------
     model = build_model(model_args, device="meta")

@@ -138,3 +138,13 @@ class DataLoader:
 def build_dataloader(cfg, tokenizer, dp_rank: int = 0, dp_world: int = 1) -> DataLoader:
     """The loader of one data-parallel rank; raises DataError at once for a missing data.path."""
     return DataLoader(cfg, tokenizer, dp_rank, dp_world)
+
+
+def count_batches(cfg, tokenizer, dp_rank: int = 0, dp_world: int = 1) -> int:
+    """How many batches a fresh loader yields over data.num_epochs epochs (finite only).
+
+    Packing is deterministic, so this is exact; it tokenises the data num_epochs times,
+    which is fast for fine-tuning sets (see tools/bench_data.py)."""
+    if cfg.data.num_epochs <= 0:
+        raise DataError("count_batches needs data.num_epochs > 0")
+    return sum(1 for _ in DataLoader(cfg, tokenizer, dp_rank, dp_world))

@@ -16,8 +16,9 @@ gsm8k       the final answers are compared: the text after the last "####" of ea
             wrong; a gold without it is compared whole.
 nq_open     golds are the assistant message split on ";" ("Guy Henry's; Guy Henry"). Correct
             when the normalised prediction (lower case, no punctuation, no a/an/the, single
-            spaces: the SQuAD normalisation) equals one normalised gold. An empty prediction
-            is never correct (the reference had this reversed).
+            spaces: the SQuAD normalisation) equals one normalised gold (a gold that
+            normalises to nothing, such as "/", is compared as stripped text). An empty
+            prediction is never correct (the reference had this reversed).
 hellaswag   not generative: the prediction is the letter among A/B/C/D whose first token
             has the largest next-token logit after the whole (untruncated) prompt and the
             assistant header; correct when it equals the gold letter (see eval/run.py).
@@ -96,10 +97,16 @@ def nq_open_golds(gold: str) -> list[str]:
 
 
 def nq_open_match(prediction: str, gold: str) -> bool:
-    pred = normalize_answer(prediction)
-    if not pred:  # an empty answer is never correct
+    raw = prediction.strip()
+    if not raw:  # an empty answer is never correct
         return False
-    return any(pred == normalize_answer(g) for g in nq_open_golds(gold))
+    pred = normalize_answer(raw)
+    for g in nq_open_golds(gold):
+        norm = normalize_answer(g)
+        # a gold that normalises to nothing (e.g. "/") is compared as raw text
+        if (norm and pred == norm) or (not norm and raw.lower() == g.lower()):
+            return True
+    return False
 
 
 # ---- hellaswag --------------------------------------------------------------------------

@@ -122,6 +122,11 @@ class DPInfo:
             dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
         return t
 
+    def all_reduce_min(self, t: torch.Tensor) -> torch.Tensor:
+        if self.size > 1:
+            dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.group)
+        return t
+
 
 def dp_info(dp_mesh: DeviceMesh | None) -> DPInfo:
     if dp_mesh is None:

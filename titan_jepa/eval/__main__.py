@@ -1,0 +1,3 @@
+from titan_jepa.eval.run import main
+
+main()

@@ -1,0 +1,402 @@
+"""Evaluate a checkpoint on a chat test set: greedy generation (or next-token letter logits
+for hellaswag), scored as the LLM-JEPA paper does, with the reference's bugs fixed.
+
+    python -m titan_jepa.eval --config X.toml --checkpoint CKPT --data test.jsonl \\
+        [--scorer auto|exact|startswith|gsm8k|nq_open|hellaswag|spider] [--limit N] \\
+        [--batch-size B] [--max-new-tokens 128] [--out results.json] [--sqlite-dir DIR]
+
+CKPT is one of
+  * a DCP folder (has ``.metadata``): a training checkpoint ``<ckpt>/step-N`` (its "model."
+    entries are read, the optimizer is ignored), a model-only export or a seed checkpoint
+    (torchtitan-style top-level keys work too). The model shape comes from ``[model]`` of
+    --config (use the run's resolved ``<run>/config.toml``). LoRA adapters in the checkpoint
+    are applied (rank and targets read from it, alpha from ``[lora]``) and merged; a
+    checkpoint that holds adapters alone takes its base weights from
+    ``checkpoint.initial_load_path``;
+  * a checkpoint folder holding ``step-N`` folders: the latest complete one;
+  * a Hugging Face Llama folder (config.json + *.safetensors): the shape comes from its
+    config.json, --config is then only needed for the tokenizer (or pass --tokenizer).
+
+Prompts are the Llama-3 chat template over every message before the last assistant message
+(system, user), followed by the assistant header (the generation prompt); the gold answer is
+the last assistant message. The results JSON holds the scorer, n, accuracy, extra metrics
+and one record per sample (prediction, gold, correct). Runs in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from titan_jepa.config import ConfigError, JobConfig, Lora, load_config
+from titan_jepa.eval import scorers as S
+from titan_jepa.eval.generate import greedy_generate, next_token_logits
+
+logger = logging.getLogger("titan_jepa")
+
+
+class EvalError(ConfigError):
+    """A user-facing evaluation error: one line naming the fix."""
+
+
+# ---- arguments ----------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m titan_jepa.eval", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", help="the training TOML (e.g. <run>/config.toml): model shape, tokenizer, [lora]")
+    p.add_argument("--checkpoint", required=True, help="DCP folder, checkpoint folder or HF model folder")
+    p.add_argument("--data", required=True, help='a .jsonl of {"messages": [...]} lines')
+    p.add_argument("--scorer", default="auto", choices=("auto",) + S.SCORERS)
+    p.add_argument("--limit", type=int, default=-1, help="score the first N lines only")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--out", help="results JSON (default: eval_<data name>.json)")
+    p.add_argument("--sqlite-dir", help="spider: folder of <db_id>/<db_id>.sqlite for execution accuracy")
+    p.add_argument("--tokenizer", help="override tokenizer.path (a .json is read as a HF tokenizer)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                   help="auto: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+# ---- data ---------------------------------------------------------------------------------
+def read_rows(path: str | Path, limit: int = -1) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise EvalError(f"--data '{path}' does not exist")
+    rows = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                msgs = row["messages"]
+                if not msgs or msgs[-1]["role"] != "assistant" or not all("content" in m for m in msgs):
+                    raise ValueError
+            except (ValueError, KeyError, TypeError):
+                raise EvalError(f"{path}:{n}: expected {{\"messages\": [..., {{\"role\": \"assistant\", "
+                                f"\"content\": gold}}]}}") from None
+            rows.append(row)
+            if 0 <= limit <= len(rows):
+                break
+    if not rows:
+        raise EvalError(f"--data '{path}' holds no samples")
+    return rows
+
+
+def assistant_header(tokenizer) -> list[int]:
+    """<|start_header_id|>assistant<|end_header_id|>\\n\\n, as data/chat_template.py writes it."""
+    sp = tokenizer.special_tokens
+
+    def special(name):
+        return [sp[name]] if name in sp else tokenizer.encode(name)
+
+    return (special("<|start_header_id|>") + tokenizer.encode("assistant")
+            + special("<|end_header_id|>") + tokenizer.encode("\n\n"))
+
+
+def generation_prompt(tokenizer, messages: list[dict]) -> list[int]:
+    """The chat template over the messages before the last assistant one + the assistant header."""
+    context = messages[:-1] if messages and messages[-1]["role"] == "assistant" else messages
+    return tokenizer.encode_chat(context).ids + assistant_header(tokenizer)
+
+
+# ---- model --------------------------------------------------------------------------------
+def _is_hf_folder(path: Path) -> bool:
+    return (path / "config.json").is_file() and (
+        (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file())
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[str, Path]:
+    """("dcp" | "hf", folder)."""
+    from titan_jepa.checkpoint import complete_checkpoints
+
+    path = Path(path)
+    if not path.exists():
+        raise EvalError(f"--checkpoint '{path}' does not exist")
+    if (path / ".metadata").is_file():
+        return "dcp", path
+    if _is_hf_folder(path):
+        return "hf", path
+    found = complete_checkpoints(path)
+    if found:
+        return "dcp", found[max(found)]
+    raise EvalError(f"--checkpoint '{path}' is neither a DCP folder (.metadata), a folder of step-N "
+                    f"checkpoints, nor a Hugging Face folder (config.json + model.safetensors)")
+
+
+def _dcp_model_entries(path: Path) -> tuple[str, dict[str, tuple]]:
+    """(key prefix, {model fqn: shape}) of a DCP folder ("model." for ours, "" for torchtitan-style)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    md = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    prefix = "model." if any(k.startswith("model.") for k in md) else ""
+    out = {k[len(prefix):]: tuple(v.size) for k, v in md.items()
+           if k.startswith(prefix) and isinstance(v, TensorStorageMetadata)
+           and not (prefix == "" and k.startswith("optimizer."))}
+    return prefix, out
+
+
+def _dcp_load_into(model, path: Path, what: str) -> set[str]:
+    """Load the model entries ``path`` holds into ``model``; returns the names loaded."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        set_model_state_dict,
+    )
+
+    prefix, saved = _dcp_model_entries(path)
+    sd = get_model_state_dict(model)
+    unexpected = [k for k in saved if k not in sd]
+    shapes = [f"{k} {saved[k]} vs model {tuple(sd[k].shape)}" for k in saved
+              if k in sd and tuple(sd[k].shape) != saved[k]]
+    if unexpected or shapes:
+        detail = f"unexpected {unexpected[:3]}" if unexpected else f"shape {shapes[0]}"
+        raise EvalError(f"{what} '{path}' was saved from a different model ({detail}); pass the "
+                        f"--config it was trained with (its [model] section)")
+    sub = {k: v for k, v in sd.items() if k in saved}
+    if prefix:
+        state = {"model": sub}
+        dcp.load(state, checkpoint_id=str(path), no_dist=True)
+        sub = state["model"]
+    else:
+        dcp.load(sub, checkpoint_id=str(path), no_dist=True)
+    set_model_state_dict(model, sub, options=StateDictOptions(strict=False))
+    return set(sub)
+
+
+def _lora_from_entries(saved: dict[str, tuple], alpha: float) -> Lora | None:
+    lora_a = {k: v for k, v in saved.items() if k.endswith(".lora_a.weight")}
+    if not lora_a:
+        return None
+    ranks = {v[0] for v in lora_a.values()}
+    if len(ranks) != 1:
+        raise EvalError(f"the checkpoint's LoRA adapters have several ranks {sorted(ranks)}")
+    targets = sorted({k.split(".")[-3] for k in lora_a})
+    return Lora(enable=True, rank=ranks.pop(), alpha=alpha, target_modules=targets)
+
+
+def load_model(cfg: JobConfig, checkpoint: str | Path, vocab_size: int, device: torch.device,
+               dtype: torch.dtype):
+    """(model in eval mode with merged adapters, description) from a checkpoint."""
+    from titan_jepa.hf_convert import load_hf_checkpoint
+    from titan_jepa.lora import apply_lora, merge_lora
+    from titan_jepa.models.llama import build_model
+
+    kind, path = resolve_checkpoint(checkpoint)
+    if kind == "hf":
+        try:
+            sd, args = load_hf_checkpoint(path)
+        except (OSError, KeyError, ValueError) as e:
+            raise EvalError(f"--checkpoint '{path}' (Hugging Face): {e}") from None
+        if vocab_size > args.vocab_size:
+            raise EvalError(f"the tokenizer has {vocab_size} tokens but the checkpoint's vocab_size is "
+                            f"{args.vocab_size}; pass the tokenizer the model was trained with")
+        model = build_model(args, device="meta")
+        model.to_empty(device="cpu")
+        model.init_buffers("cpu")
+        model.load_state_dict(sd)
+    else:
+        from titan_jepa.train import model_args_from_config
+
+        args = model_args_from_config(cfg, vocab_size)
+        _, saved = _dcp_model_entries(path)
+        model = build_model(args, device="meta")
+        lora = _lora_from_entries(saved, cfg.lora.alpha)
+        if lora is not None:
+            apply_lora(model, lora)
+        model.to_empty(device="cpu")
+        model.init_buffers("cpu")  # the weights all come from the checkpoint (checked below)
+        from titan_jepa.lora import is_lora_name
+
+        base_saved = [k for k in saved if not is_lora_name(k)]
+        if not base_saved:  # adapters alone: the base weights come from the initial load
+            base = cfg.checkpoint.initial_load_path
+            if not base:
+                raise EvalError(f"--checkpoint '{path}' holds LoRA adapters only; set "
+                                f"checkpoint.initial_load_path in --config to the base model")
+            _load_base(model, Path(base), cfg.checkpoint.initial_load_format)
+        loaded = _dcp_load_into(model, path, "--checkpoint")
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        missing = [k for k in get_model_state_dict(model) if k not in loaded
+                   and (base_saved or is_lora_name(k))]
+        if missing:
+            raise EvalError(f"--checkpoint '{path}' lacks {missing[:3]}{'...' if len(missing) > 3 else ''}; "
+                            f"pass the --config it was trained with")
+    if any(True for n, _ in model.named_modules() if n.endswith("lora_a")):
+        merge_lora(model)
+    model = model.to(device=device, dtype=dtype).eval()
+    model.init_buffers(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, f"{kind}:{path}"
+
+
+def _load_base(model, path: Path, fmt: str) -> None:
+    from titan_jepa.hf_convert import from_hf_state_dict, load_hf_safetensors
+
+    if fmt == "hf" or _is_hf_folder(path):
+        sd = from_hf_state_dict(load_hf_safetensors(path), model.args)
+        model.load_state_dict(sd, strict=False)
+    else:
+        _dcp_load_into(model, path, "checkpoint.initial_load_path")
+
+
+# ---- evaluation ---------------------------------------------------------------------------
+class _NoBar:
+    def __init__(self, *a, **k):
+        pass
+
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, desc: str, disable: bool):
+    if disable:
+        return _NoBar()
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is optional
+        return _NoBar()
+    return tqdm(total=total, desc=desc, unit="sample", file=sys.stderr, dynamic_ncols=True)
+
+
+def _batches(prompts: list[list[int]], batch_size: int):
+    """Index batches of similar length (longest first), to pad little."""
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    for i in range(0, len(order), batch_size):
+        yield order[i:i + batch_size]
+
+
+def evaluate(model, tokenizer, rows: list[dict], scorer: str, batch_size: int = 8,
+             max_new_tokens: int = 128, sqlite_dir: str | None = None,
+             progress: bool = True) -> dict:
+    """Score ``rows``; returns the results dict (without file/checkpoint names)."""
+    prompts = [generation_prompt(tokenizer, r["messages"]) for r in rows]
+    golds = [r["messages"][-1]["content"] for r in rows]
+    preds: list[str] = [""] * len(rows)
+    bar = _progress(len(rows), scorer, not progress)
+    if scorer == "hellaswag":
+        # the letter as the assistant content is tokenised (its first token)
+        letter_ids = [tokenizer.encode(c)[0] for c in S.HELLASWAG_LETTERS]
+        for idx in _batches(prompts, batch_size):
+            logits = next_token_logits(model, tokenizer, [prompts[i] for i in idx])
+            choice = logits[:, letter_ids].argmax(-1).tolist()
+            for i, c in zip(idx, choice):
+                preds[i] = S.HELLASWAG_LETTERS[c]
+            bar.update(len(idx))
+    else:
+        for idx in _batches(prompts, batch_size):
+            outs = greedy_generate(model, tokenizer, [prompts[i] for i in idx], max_new_tokens)
+            for i, ids in zip(idx, outs):
+                preds[i] = tokenizer.decode(ids)
+            bar.update(len(idx))
+    bar.close()
+
+    records = []
+    for i, (row, pred, gold) in enumerate(zip(rows, preds, golds)):
+        rec = {"index": i, "prediction": pred, "gold": gold,
+               "correct": bool(S.MATCHERS[scorer](pred, gold))}
+        records.append(rec)
+    metrics = {}
+    if scorer == "spider":
+        metrics["exact_match"] = sum(r["correct"] for r in records) / len(records)
+        if sqlite_dir:
+            missing = 0
+            for row, rec in zip(rows, records):
+                user = next((m["content"] for m in row["messages"] if m["role"] == "user"), "")
+                db_id = S.spider_db_id(user)
+                db = S.find_sqlite(sqlite_dir, db_id) if db_id else None
+                rec["db_id"] = db_id
+                rec["exact_match"] = rec["correct"]
+                if db is None:
+                    missing += 1
+                    rec["execution"] = False
+                else:
+                    try:
+                        rec["execution"] = S.spider_execution_match(rec["prediction"], rec["gold"], db)
+                    except Exception as e:  # the gold query fails on its database
+                        rec["execution"] = False
+                        rec["error"] = f"gold query failed: {e}"
+                rec["correct"] = rec["execution"]
+            metrics["execution_accuracy"] = sum(r["execution"] for r in records) / len(records)
+            metrics["missing_databases"] = missing
+            if missing:
+                logger.warning(f"{missing} samples have no database under {sqlite_dir}: scored wrong")
+    n = len(records)
+    correct = sum(r["correct"] for r in records)
+    return {"scorer": scorer, "n": n, "correct": correct, "accuracy": correct / n,
+            "metrics": metrics, "max_new_tokens": max_new_tokens, "predictions": records}
+
+
+def _device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise EvalError("--device cuda: no CUDA device is available; use --device cpu")
+    if dtype == "auto":
+        dtype = "bfloat16" if device == "cuda" else "float32"
+    return torch.device(device), {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+
+
+def run(argv: list[str] | None = None) -> dict:
+    from titan_jepa.data.tokenizer import TokenizerError, build_tokenizer
+
+    a = parse_args(argv)
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise EvalError("evaluation runs in one process; launch it with python, not torchrun")
+    cfg = load_config(a.config) if a.config else JobConfig()
+    if a.tokenizer:
+        cfg.tokenizer.path = a.tokenizer
+        cfg.tokenizer.kind = "hf" if a.tokenizer.endswith(".json") else "tiktoken"
+    elif not a.config and (Path(a.checkpoint) / "tokenizer.json").is_file():
+        cfg.tokenizer.path, cfg.tokenizer.kind = str(Path(a.checkpoint) / "tokenizer.json"), "hf"
+    scorer = S.resolve_scorer(a.scorer, a.data)
+    if a.batch_size <= 0 or a.max_new_tokens <= 0:
+        raise EvalError("--batch-size and --max-new-tokens must be positive")
+    if a.sqlite_dir and not Path(a.sqlite_dir).is_dir():
+        raise EvalError(f"--sqlite-dir '{a.sqlite_dir}' is not a folder")
+    rows = read_rows(a.data, a.limit)
+    try:
+        tokenizer = build_tokenizer(cfg.tokenizer)
+    except TokenizerError as e:
+        raise EvalError(str(e)) from None
+    device, dtype = _device_dtype(a.device, a.dtype)
+    model, source = load_model(cfg, a.checkpoint, tokenizer.vocab_size, device, dtype)
+    t0 = time.time()
+    results = evaluate(model, tokenizer, rows, scorer, a.batch_size, a.max_new_tokens,
+                       a.sqlite_dir, progress=not a.no_progress)
+    results = {"data": str(a.data), "checkpoint": source, **results,
+               "seconds": round(time.time() - t0, 3)}
+    out = Path(a.out or f"eval_{Path(a.data).stem}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    extra = "".join(f", {k} {v:.4f}" if isinstance(v, float) else f", {k} {v}"
+                    for k, v in results["metrics"].items())
+    print(f"{scorer}: accuracy {results['accuracy']:.4f} ({results['correct']}/{results['n']}){extra}; "
+          f"results written to {out}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="[titan_jepa %(asctime)s] %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    try:
+        run(argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

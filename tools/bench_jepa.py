@@ -1,0 +1,179 @@
+"""Step time of LLM-JEPA variants as ratios to next-token-only training, measured in one run.
+
+    python tools/bench_jepa.py [--flavor small] [--samples 32] [--seq-len 512] [--rounds 3]
+
+Every variant trains on the same samples per step (forward, backward, AdamW step) with the
+same model, on CPU:
+
+  next-token only      the samples packed into rows, no views
+  reference style      full / Text / Code as three batch-concatenated groups of rows, each
+                       padded to the batch's longest sequence (the reference repository's way)
+  packed separate      full, Text+predictor and Code as segments of packed rows (one forward)
+  packed shared_prefix predictor tokens read the full sequence's own prefix; Code separate
+  jepa_ratio 0.25      packed separate, a quarter of the samples carry views
+
+Variants run interleaved for several rounds after a warm-up and the median is kept; the
+machine is noisy, so only the ratios mean anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from titan_jepa.config import load_config  # noqa: E402
+from titan_jepa.data.batch import IGNORE_INDEX  # noqa: E402
+from titan_jepa.data.chat import ChatSamples, chat_extras  # noqa: E402
+from titan_jepa.data.packing import SamplePacker, collate  # noqa: E402
+from titan_jepa.data.sources import BadLines  # noqa: E402
+from titan_jepa.data.tokenizer import build_tokenizer  # noqa: E402
+from titan_jepa.data.views import JepaViews  # noqa: E402
+from titan_jepa.models.llama import build_model, model_args_for  # noqa: E402
+from titan_jepa.objectives.combined import Objective  # noqa: E402
+from titan_jepa.objectives.jepa import jepa_distance_sum  # noqa: E402
+
+
+def load_records(n: int) -> list[dict]:
+    shared = ROOT.parent / "shared" / "data" / "llm_jepa" / "synth_train.jsonl"
+    if shared.exists():
+        path = shared
+    else:
+        sys.path.insert(0, str(ROOT / "tools"))
+        from make_demo_data import make_demo_data
+
+        make_demo_data(ROOT / "demo_data", seed=0)
+        path = ROOT / "demo_data" / "regex_train.jsonl"
+    lines = path.read_text().splitlines()[:n]
+    print(f"data: {path} ({len(lines)} samples per step)")
+    return [json.loads(line) for line in lines]
+
+
+def packed_batch(records, cfg, tok, seq_len, jepa: bool):
+    bad = BadLines("skip")
+    encode = ChatSamples(tok, "all", seq_len, bad)
+    if jepa:
+        encode = JepaViews(encode, cfg.jepa, tok, seq_len, seed=0, slot=0, bad=bad)
+    items = iter([encode(r, "bench") for r in records])
+    packer = SamplePacker(seq_len, tok.pad_id, lambda: next(items, None))
+    rows = list(iter(packer.next_row, None))
+    batch = collate(rows, len(rows), seq_len, tok.pad_id)
+    batch.extras = chat_extras(rows, seq_len)
+    return batch
+
+
+def reference_batch(records, cfg, tok):
+    """Three groups of rows (full, Text+predictors, Code), right-padded to one length."""
+    bad = BadLines("skip")
+    views = JepaViews(ChatSamples(tok, "all", 10**6, bad), cfg.jepa, tok, 10**6, 0, 0, bad)
+    fulls, texts, codes, labels = [], [], [], []
+    for r in records:
+        s = views(r, "bench")
+        (full, lab), (text, _), (code, _) = s["segments"]
+        fulls.append(full), labels.append(lab), texts.append(text), codes.append(code)
+    seqs = fulls + texts + codes
+    width = max(len(x) for x in seqs)
+    tokens = torch.full((len(seqs), width), tok.pad_id, dtype=torch.int64)
+    for i, x in enumerate(seqs):
+        tokens[i, :len(x)] = torch.tensor(x)
+    lab = torch.full((len(fulls), width), IGNORE_INDEX, dtype=torch.int64)
+    for i, x in enumerate(labels):
+        lab[i, :len(x)] = torch.tensor(x)
+    n = len(records)
+    # Enc at the token before <|eot_id|>: non-pad length - 2 (the reference's offset)
+    pred_at = torch.tensor([len(x) - 2 for x in texts])
+    code_at = torch.tensor([len(x) - 2 for x in codes])
+    return tokens, lab, pred_at, code_at, n
+
+
+def step_reference(model, opt, batch, cfg):
+    tokens, labels, pred_at, code_at, n = batch
+    logits, hidden = model(tokens, return_hidden=True)
+    ntp = F.cross_entropy(logits[:n].flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+    idx = torch.arange(n)
+    pred, target = hidden[n + idx, pred_at], hidden[2 * n + idx, code_at]
+    loss = ntp + cfg.jepa.lambda_ * jepa_distance_sum(pred, target, cfg.jepa.distance) / n
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def step_packed(model, opt, batch, cfg):
+    obj = Objective(cfg)
+    loss, _ = obj(model, batch, obj.counts(batch))
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--flavor", default="small")
+    ap.add_argument("--samples", type=int, default=32)
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    base = load_config(extra={"tokenizer": {"path": str(ROOT / "assets/tokenizer/tokenizer.model")},
+                              "data": {"kind": "chat"},
+                              "jepa": {"enable": True, "k": 1, "lambda": 1.0}})
+    tok = build_tokenizer(base.tokenizer)
+    records = load_records(args.samples)
+    margs = model_args_for(args.flavor, vocab_size=tok.vocab_size, max_seq_len=max(args.seq_len, 2048))
+    model = build_model(margs, "meta")
+    model.to_empty(device="cpu")
+    model.init_weights(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+
+    ntp_cfg = replace(base, jepa=replace(base.jepa, enable=False))
+    shared_cfg = replace(base, jepa=replace(base.jepa, views="shared_prefix"))
+    ratio_cfg = replace(base, jepa=replace(base.jepa, jepa_ratio=0.25))
+    variants = {
+        "next-token only": (step_packed, packed_batch(records, ntp_cfg, tok, args.seq_len, False), ntp_cfg),
+        "reference style (3 padded groups)": (step_reference, reference_batch(records, base, tok), base),
+        "packed separate": (step_packed, packed_batch(records, base, tok, args.seq_len, True), base),
+        "packed shared_prefix": (step_packed, packed_batch(records, shared_cfg, tok, args.seq_len, True), shared_cfg),
+        "packed, jepa_ratio 0.25": (step_packed, packed_batch(records, ratio_cfg, tok, args.seq_len, True), ratio_cfg),
+    }
+    shapes = {name: tuple(v[1][0].shape) if isinstance(v[1], tuple) else tuple(v[1].tokens.shape)
+              for name, v in variants.items()}
+    print(f"model {args.flavor}: {margs.num_params() / 1e6:.1f}M params; {torch.get_num_threads()} threads")
+
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for r in range(args.rounds + 1):  # round 0 is the warm-up
+        for name, (fn, batch, cfg) in variants.items():
+            t0 = time.perf_counter()
+            fn(model, opt, batch, cfg)
+            if r:
+                times[name].append(time.perf_counter() - t0)
+    base_t = statistics.median(times["next-token only"])
+    print(f"\n| variant | tokens per step (rows x len) | step time (s) | ratio to next-token |")
+    print("|---|---|---|---|")
+    for name, ts in times.items():
+        t = statistics.median(ts)
+        rows, width = shapes[name]
+        print(f"| {name} | {rows} x {width} = {rows * width} | {t:.3f} | {t / base_t:.2f}x |")
+    sep = statistics.median(times["packed separate"]) / base_t
+    ref = statistics.median(times["reference style (3 padded groups)"]) / base_t
+    shp = statistics.median(times["packed shared_prefix"]) / base_t
+    print(f"\ngoals: packed separate <= 2.0x: {sep:.2f}x ({'met' if sep <= 2.0 else 'NOT met'}); "
+          f"faster than the reference style ({ref:.2f}x): {'yes' if sep < ref else 'NO'}; "
+          f"shared_prefix <= 1.5x: {shp:.2f}x ({'met' if shp <= 1.5 else 'NOT met'})")
+
+
+if __name__ == "__main__":
+    main()
