@@ -125,3 +125,16 @@ def test_lora_checkpoint_is_merged_on_load(demo_dir, tmp_path):
     tokens = torch.randint(0, 2000, (2, 24))
     with torch.no_grad():
         torch.testing.assert_close(model(tokens), ref(tokens), rtol=1e-5, atol=1e-5)
+    # adapters saved alone: the base weights come from checkpoint.initial_load_path
+    from titan_jepa.lora import is_lora_name
+
+    sd = ref.state_dict()
+    dcp.save({"model": {k: v for k, v in sd.items() if not is_lora_name(k)}},
+             checkpoint_id=str(tmp_path / "base"), no_dist=True)
+    dcp.save({"model": {k: v for k, v in sd.items() if is_lora_name(k)}},
+             checkpoint_id=str(tmp_path / "adapters"), no_dist=True)
+    cfg.checkpoint.initial_load_path = str(tmp_path / "base")
+    adapters_model, _ = load_model(cfg, tmp_path / "adapters", tok.vocab_size, torch.device("cpu"),
+                                   torch.float32)
+    with torch.no_grad():
+        torch.testing.assert_close(adapters_model(tokens), ref(tokens), rtol=1e-5, atol=1e-5)

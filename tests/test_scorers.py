@@ -121,3 +121,26 @@ def test_gold_scores_itself_on_shared_data(name):
         if name == "spider":
             user = row["messages"][1]["content"]
             assert S.spider_db_id(user)
+
+
+def test_run_score_spider_execution_and_missing_db(tmp_path):
+    from titan_jepa.eval.run import score
+
+    _make_db(tmp_path, "geo")
+
+    def row(db, sql):
+        return {"messages": [{"role": "system", "content": "Convert natural language to SQL."},
+                             {"role": "user", "content": f"For db_id:[{db}]\n\nHow many?"},
+                             {"role": "assistant", "content": sql}]}
+
+    gold = "SELECT count(*) FROM city WHERE country = 'Australia'"
+    rows = [row("geo", gold), row("geo", gold), row("geo", "SELECT name FROM city"), row("nodb", gold)]
+    preds = ["SELECT count(id) FROM city WHERE country = 'Australia'", "SELECT count(*) FROM city",
+             "select NAME from city", gold]
+    res = score(rows, preds, "spider", sqlite_dir=str(tmp_path))
+    assert [r["execution"] for r in res["predictions"]] == [True, False, True, False]
+    assert [r["exact_match"] for r in res["predictions"]] == [False, False, True, True]
+    assert res["metrics"] == {"exact_match": 0.5, "execution_accuracy": 0.5, "missing_databases": 1}
+    assert res["accuracy"] == 0.5 and res["n"] == 4
+    plain = score(rows, preds, "spider")
+    assert plain["accuracy"] == 0.5 and "execution_accuracy" not in plain["metrics"]

@@ -190,6 +190,21 @@ class Lora:
 
 
 @dataclass
+class Stp:
+    """Semantic Tube Prediction: a JEPA-style loss from one sequence's own hidden states."""
+
+    enable: bool = False
+    lambda_: float = 0.02  # TOML key: lambda
+    mode: str = "random_span"  # "random_span", "e2e", "curvature" or "random_span_mask"
+    spans_per_sample: int = 1  # spans per document (text) or per chat sample
+    max_span_len: int = -1  # -1: no limit
+    sampling: str = "reference"  # "reference": s ~ U{0..N-1}, t ~ U{s+1..N}; "length": len ~ U{1..}, then s
+    weighting: str = "none"  # "none", "cosine_like" (2rp/(r^2+p^2)) or "jaccard_like" (1-|r-p|/(r+p))
+    linear_predictor: bool = False  # a bias-free d x d map on the predicting side, trained with the model
+    min_doc_len: int = 4  # text: documents (segments) shorter than this get no span
+
+
+@dataclass
 class JobConfig:
     job: Job = field(default_factory=Job)
     model: Model = field(default_factory=Model)
@@ -204,6 +219,7 @@ class JobConfig:
     data: Data = field(default_factory=Data)
     checkpoint: Checkpoint = field(default_factory=Checkpoint)
     jepa: Jepa = field(default_factory=Jepa)
+    stp: Stp = field(default_factory=Stp)
     profiling: Profiling = field(default_factory=Profiling)
     float8: Float8 = field(default_factory=Float8)
     lora: Lora = field(default_factory=Lora)
@@ -236,6 +252,9 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("jepa", "distance"): ("cosine", "l2", "mse", "infonce"),
     ("jepa", "views"): ("separate", "shared_prefix"),
     ("jepa", "view_template"): ("chat", "plain"),
+    ("stp", "mode"): ("random_span", "e2e", "curvature", "random_span_mask"),
+    ("stp", "sampling"): ("reference", "length"),
+    ("stp", "weighting"): ("none", "cosine_like", "jaccard_like"),
     ("float8", "recipe"): ("tensorwise", "rowwise", "rowwise_with_gw_hp"),
 }
 
@@ -449,6 +468,17 @@ def validate(cfg: JobConfig) -> None:
             raise ConfigError("jepa.last_token must be 0 (computed index) or negative (offset from a view's end)")
         if j.infonce_temperature <= 0:
             raise ConfigError("jepa.infonce_temperature must be positive")
+    st = cfg.stp
+    if st.enable:
+        if st.mode in ("e2e", "random_span_mask") and cfg.data.kind == "text":
+            raise ConfigError(f"stp.mode = '{st.mode}' needs two views: use data.kind = 'chat', "
+                              "or stp.mode = 'random_span' / 'curvature' on plain text")
+        if st.spans_per_sample < 1:
+            raise ConfigError("stp.spans_per_sample must be >= 1")
+        if st.max_span_len == 0 or st.max_span_len < -1:
+            raise ConfigError("stp.max_span_len must be positive, or -1 for no limit")
+        if st.mode == "random_span_mask" and j.enable:
+            raise ConfigError("stp.mode = 'random_span_mask' adds its own views; disable jepa.enable or pick another mode")
     if cfg.checkpoint.keep_latest_k < 0:
         raise ConfigError("checkpoint.keep_latest_k must be >= 0 (0 keeps all)")
     pr = cfg.profiling

@@ -30,6 +30,7 @@ from titan_jepa.lora import apply_lora
 from titan_jepa.metrics import MetricsLogger
 from titan_jepa.models.llama import ModelArgs, build_model, model_args_for
 from titan_jepa.objectives.combined import SUMS, Objective
+from titan_jepa.objectives.stp import attach_predictor, init_predictor
 from titan_jepa.optim import build_lr_scheduler, build_optimizer
 from titan_jepa.parallel.collectives import make_all_gather
 from titan_jepa.parallel.mesh import ParallelDims, build_mesh, dp_info, init_distributed
@@ -104,10 +105,13 @@ def train(cfg: JobConfig) -> list[float]:
     # ---- model: built on the meta device, parallelised, then materialised ------------
     model = build_model(model_args, device="meta")
     apply_lora(model, cfg.lora)  # [lora]: adapters on the meta model, the rest frozen
+    if cfg.stp.enable and cfg.stp.linear_predictor:
+        attach_predictor(model, model_args.dim)  # [stp]: trained with the model
     logger.info(f"model {cfg.model.flavor}: {model_args.num_params() / 1e6:,.1f}M parameters")
     parallelize(model, dims, mesh, cfg)
     model.to_empty(device=device)
     model.init_weights(seed=cfg.job.seed, buffer_device=device, write=write_sharded)
+    init_predictor(model, write=write_sharded)
     model.train()
 
     optimizer = build_optimizer(model, cfg, device.type)

@@ -30,6 +30,7 @@ from titan_jepa.data.chat import ChatSamples, chat_extras
 from titan_jepa.data.packing import DocPacker, SamplePacker, collate
 from titan_jepa.data.sources import BadLines, DataError, build_source
 from titan_jepa.data.text import TextDocs
+from titan_jepa.data.spans import MaskViews, mask_view_extras, stp_extras
 from titan_jepa.data.views import JepaViews
 
 STATE_VERSION = 1
@@ -44,6 +45,8 @@ class DataLoader:
         self.kind, self.rank, self.world = d.kind, dp_rank, dp_world
         self.batch_size, self.seq_len, self.pad_id = t.local_batch_size, t.seq_len, tokenizer.pad_id
         self.bad = BadLines(d.bad_lines)
+        self.views = None
+        self.stp, self.seed = (cfg.stp if cfg.stp.enable else None), cfg.job.seed
         self.source = build_source(d, dp_rank, dp_world, self.bad, cfg.job.seed)
         if d.kind == "text":
             self.encode = TextDocs(tokenizer, d.text_field, self.bad)
@@ -54,9 +57,14 @@ class DataLoader:
                 raise DataError(f"data.max_sample_len = {d.max_sample_len} must be in [1, training.seq_len = "
                                 f"{t.seq_len}] (or -1: seq_len); a chat sample is never split across rows")
             self.encode = ChatSamples(tokenizer, d.loss_on, max_len, self.bad)
+            # extra view segments packed next to each sample (JEPA, or the STP mask ablation)
             if cfg.jepa.enable:
-                self.encode = JepaViews(self.encode, cfg.jepa, tokenizer, t.seq_len, cfg.job.seed,
-                                        dp_rank, self.bad)
+                self.views = JepaViews(self.encode, cfg.jepa, tokenizer, t.seq_len, cfg.job.seed,
+                                       dp_rank, self.bad)
+            elif cfg.stp.enable and cfg.stp.mode == "random_span_mask":
+                self.views = MaskViews(self.encode, cfg.stp, tokenizer, t.seq_len, cfg.job.seed,
+                                       dp_rank, self.bad)
+            self.encode = self.views or self.encode
             self.packer = SamplePacker(t.seq_len, tokenizer.pad_id, self._next_item)
         else:
             raise DataError(f"data.kind = '{d.kind}' is not one of text, chat")
@@ -102,6 +110,12 @@ class DataLoader:
             # padding rows added by collate count as padding tokens
             batch.extras = chat_extras(rows, self.seq_len)
             batch.extras["token_kinds"][2] += (self.batch_size - len(rows)) * self.seq_len
+        if self.stp is not None:  # spans depend only on (seed, slot, batch index)
+            if self.stp.mode == "random_span_mask":
+                stp = mask_view_extras(rows, self.seq_len)
+            else:
+                stp = stp_extras(batch, self.stp, self.seed, self.rank, self.batches)
+            batch.extras = {**(batch.extras or {}), **stp}
         self.batches += 1
         return batch
 
@@ -114,7 +128,7 @@ class DataLoader:
                  "source": self.source.state_dict(), "packer": self.packer.state_dict(),
                  "bad_lines": dict(self.bad.counts), "batches": self.batches,
                  "bad_since_epoch": self._bad_since_epoch,
-                 "views": self.encode.state_dict() if isinstance(self.encode, JepaViews) else None}
+                 "views": self.views.state_dict() if self.views is not None else None}
         return {f"dp_rank_{self.rank}": json.dumps(state)}
 
     def load_state_dict(self, sd: dict) -> None:
@@ -131,8 +145,8 @@ class DataLoader:
         self.bad.counts = dict(state["bad_lines"])
         self.batches = state["batches"]
         self._bad_since_epoch = state["bad_since_epoch"]
-        if isinstance(self.encode, JepaViews):
-            self.encode.load_state_dict(state["views"])
+        if self.views is not None:
+            self.views.load_state_dict(state["views"])
 
 
 def build_dataloader(cfg, tokenizer, dp_rank: int = 0, dp_world: int = 1) -> DataLoader:

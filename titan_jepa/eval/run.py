@@ -29,9 +29,12 @@ import argparse
 import json
 import logging
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
+
+import warnings
 
 import torch
 
@@ -40,6 +43,8 @@ from titan_jepa.eval import scorers as S
 from titan_jepa.eval.generate import greedy_generate, next_token_logits
 
 logger = logging.getLogger("titan_jepa")
+# DCP warns on every single-process load; that is the intended use here
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
 
 class EvalError(ConfigError):
@@ -287,7 +292,6 @@ def evaluate(model, tokenizer, rows: list[dict], scorer: str, batch_size: int = 
              progress: bool = True) -> dict:
     """Score ``rows``; returns the results dict (without file/checkpoint names)."""
     prompts = [generation_prompt(tokenizer, r["messages"]) for r in rows]
-    golds = [r["messages"][-1]["content"] for r in rows]
     preds: list[str] = [""] * len(rows)
     bar = _progress(len(rows), scorer, not progress)
     if scorer == "hellaswag":
@@ -306,7 +310,14 @@ def evaluate(model, tokenizer, rows: list[dict], scorer: str, batch_size: int = 
                 preds[i] = tokenizer.decode(ids)
             bar.update(len(idx))
     bar.close()
+    return {**score(rows, preds, scorer, sqlite_dir), "max_new_tokens": max_new_tokens}
 
+
+def score(rows: list[dict], preds: list[str], scorer: str, sqlite_dir: str | None = None) -> dict:
+    """Score predictions against the rows' last assistant messages: scorer, n, correct,
+    accuracy, metrics (spider: exact_match, and with ``sqlite_dir`` execution_accuracy,
+    which is then the accuracy), predictions (one record per sample)."""
+    golds = [r["messages"][-1]["content"] for r in rows]
     records = []
     for i, (row, pred, gold) in enumerate(zip(rows, preds, golds)):
         rec = {"index": i, "prediction": pred, "gold": gold,
@@ -329,7 +340,7 @@ def evaluate(model, tokenizer, rows: list[dict], scorer: str, batch_size: int = 
                 else:
                     try:
                         rec["execution"] = S.spider_execution_match(rec["prediction"], rec["gold"], db)
-                    except Exception as e:  # the gold query fails on its database
+                    except (sqlite3.Error, S.SQLTimeout) as e:  # the gold query fails on its database
                         rec["execution"] = False
                         rec["error"] = f"gold query failed: {e}"
                 rec["correct"] = rec["execution"]
@@ -340,7 +351,7 @@ def evaluate(model, tokenizer, rows: list[dict], scorer: str, batch_size: int = 
     n = len(records)
     correct = sum(r["correct"] for r in records)
     return {"scorer": scorer, "n": n, "correct": correct, "accuracy": correct / n,
-            "metrics": metrics, "max_new_tokens": max_new_tokens, "predictions": records}
+            "metrics": metrics, "predictions": records}
 
 
 def _device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:

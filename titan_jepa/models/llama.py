@@ -226,8 +226,11 @@ class Transformer(nn.Module):
         device = device or self.rope_cos.device
         self.rope_cos, self.rope_sin = rope_tables(self.args, device=device)
 
-    def _init_std(self, name: str) -> tuple[str, float]:
-        """(kind, std) for a parameter: torchtitan-style depth-scaled init."""
+    def _init_std(self, name: str) -> tuple[str, float] | None:
+        """(kind, std) for a parameter: torchtitan-style depth-scaled init; None for a
+        module attached from outside (its owner initialises it)."""
+        if not name.startswith(("tok_embeddings.", "layers.", "norm.", "output.")):
+            return None
         if name.endswith("norm.weight"):
             return "ones", 0.0
         if name.endswith("lora_b.weight"):  # LoRA adapters (titan_jepa/lora.py): B = 0
@@ -256,7 +259,10 @@ class Transformer(nn.Module):
         for name, param in self.named_parameters():
             # wrappers (activation checkpointing, compile) must not change the draw
             name = name.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", "")
-            kind, std = self._init_std(name)
+            spec = self._init_std(name)
+            if spec is None:
+                continue
+            kind, std = spec
             full = torch.empty(param.shape, dtype=torch.float32, device=param.device)
             gen = torch.Generator(device=param.device)
             gen.manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63))

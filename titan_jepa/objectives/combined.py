@@ -1,4 +1,4 @@
-"""The training objective of one micro-batch: gamma * next-token + lambda * JEPA.
+"""The training objective of one micro-batch: gamma * next-token + lambda * JEPA + lambda_stp * STP.
 
 Every term is a sum over its items (target tokens, JEPA samples) divided by the number of
 items summed over all micro-batches of the step and all data-parallel ranks (``counts``),
@@ -15,17 +15,19 @@ from titan_jepa.config import JobConfig
 from titan_jepa.data.batch import Batch
 from titan_jepa.objectives.jepa import cosine_sum, jepa_distance_sum, view_embeddings
 from titan_jepa.objectives.next_token import next_token_loss_sum
+from titan_jepa.objectives.stp import PREDICTOR, curvature_sum, pair_vectors, tube_loss_sum
 
 # the per-step counts, summed over micro-batches and then over the data-parallel group
-COUNTS = ("targets", "jepa_samples", "samples", "full_tokens", "view_tokens", "pad_tokens")
+COUNTS = ("targets", "jepa_samples", "samples", "full_tokens", "view_tokens", "pad_tokens", "stp_items")
 # the per-step loss sums
-SUMS = ("ntp", "jepa", "jepa_cos")
+SUMS = ("ntp", "jepa", "jepa_cos", "stp")
 
 
 class Objective:
     def __init__(self, cfg: JobConfig, gather: Callable | None = None, rank: int = 0):
         self.jepa = cfg.jepa
         self.gamma = cfg.jepa.gamma if cfg.jepa.enable else 1.0
+        self.stp = cfg.stp if cfg.stp.enable else None
         self.gather, self.rank = gather, rank
 
     def counts(self, mb: Batch) -> torch.Tensor:
@@ -35,7 +37,10 @@ class Objective:
         samples = ex["samples"].shape[0] if "samples" in ex else 0
         kinds = ex.get("token_kinds")
         kinds = [mb.tokens.numel(), 0, 0] if kinds is None else kinds.tolist()
-        return torch.tensor([mb.num_targets, jepa, samples, *kinds], dtype=torch.float64,
+        stp = 0
+        if self.stp is not None:  # spans, or token triples for curvature
+            stp = ex["stp_triples"].shape[0] if self.stp.mode == "curvature" else ex["stp_weight"].shape[0]
+        return torch.tensor([mb.num_targets, jepa, samples, *kinds, stp], dtype=torch.float64,
                             device=mb.tokens.device)
 
     def __call__(self, model, mb: Batch, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,7 +57,16 @@ class Objective:
                                      self.gather, self.rank)
             loss = loss + self.jepa.lambda_ * jepa / counts[1].clamp(min=1)
             cos = cosine_sum(pred, target)
-        return loss, torch.stack([ntp.detach(), jepa.detach(), cos]).double()
+        stp = torch.zeros((), device=ntp.device)
+        if self.stp is not None:
+            if self.stp.mode == "curvature":
+                stp = curvature_sum(hidden, mb.extras["stp_triples"])
+            else:
+                target, predicting = pair_vectors(hidden, mb.extras)
+                stp = tube_loss_sum(target, predicting, mb.extras["stp_weight"],
+                                    getattr(model, PREDICTOR, None))
+            loss = loss + self.stp.lambda_ * stp / counts[6].clamp(min=1)
+        return loss, torch.stack([ntp.detach(), jepa.detach(), cos, stp.detach()]).double()
 
     def metrics(self, sums: torch.Tensor, counts: torch.Tensor) -> dict[str, float]:
         """Global step metrics from the global sums and counts."""
@@ -67,4 +81,8 @@ class Objective:
                        jepa_frac=c["jepa_samples"] / max(c["samples"], 1),
                        tokens_full=c["full_tokens"], tokens_view=c["view_tokens"],
                        tokens_pad=c["pad_tokens"])
+        if self.stp is not None:
+            stp = s["stp"] / max(c["stp_items"], 1)
+            out["loss"] += self.stp.lambda_ * stp
+            out.update(ntp_loss=ntp, stp_loss=stp)
         return out

@@ -24,6 +24,12 @@ from titan_jepa.parallel.float8 import apply_float8
 from titan_jepa.parallel.mesh import ParallelDims, device_type_for
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+MODEL_CHILDREN = ("tok_embeddings", "layers", "norm", "output")
+
+
+def attached_modules(model: nn.Module) -> list[nn.Module]:
+    """Direct children an objective attached to the model (e.g. the STP predictor)."""
+    return [m for name, m in model.named_children() if name not in MODEL_CHILDREN]
 
 
 def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
@@ -63,6 +69,9 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
     if model.args.tie_embeddings:
         # both are vocab-sharded (Shard(0)) on the tp mesh, so they can share one DTensor
         model.output.weight = model.tok_embeddings.weight
+    for module in attached_modules(model):
+        # modules the objectives attach (the STP predictor): whole on every tp rank
+        parallelize_module(module, tp_mesh, ColwiseParallel(output_layouts=Replicate()))
 
 
 class _LoRAColwise(ColwiseParallel):
@@ -127,6 +136,9 @@ def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, param_dtype: torch.dtype,
         # the last block is needed again at once by backward: keep it gathered
         last = i == len(blocks) - 1 and reshard == "default"
         fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=not last and reshard_after_forward)
+    for module in attached_modules(model):
+        # called by the loss outside the model's forward: its own FSDP unit gathers it
+        fully_shard(module, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
 
 
@@ -159,11 +171,20 @@ def write_sharded(param: torch.Tensor, full: torch.Tensor) -> None:
 
 @torch.no_grad()
 def clip_grad_norm_(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """Global gradient norm over (possibly sharded DTensor) parameters, then clip."""
-    grads = [p.grad for p in params if p.grad is not None]
-    total = torch.nn.utils.get_total_norm(grads, norm_type=2.0, error_if_nonfinite=False)
-    if isinstance(total, DTensor):
-        total = total.full_tensor()  # sums the partial squares over every mesh dimension
+    """Global gradient norm over (possibly sharded DTensor) parameters, then clip.
+
+    Gradients on different meshes (or plain tensors) are normed per group; each DTensor
+    group's norm is made whole (summing partial squares over its mesh) before combining."""
+    groups: dict[object, list[torch.Tensor]] = {}
+    for p in params:
+        if p.grad is not None:
+            key = p.grad.device_mesh if isinstance(p.grad, DTensor) else None
+            groups.setdefault(key, []).append(p.grad)
+    norms = []
+    for grads in groups.values():
+        n = torch.nn.utils.get_total_norm(grads, norm_type=2.0, error_if_nonfinite=False)
+        norms.append(n.full_tensor() if isinstance(n, DTensor) else n)
+    total = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
     if max_norm > 0:
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
     return total
