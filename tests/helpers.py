@@ -39,7 +39,7 @@ def tiny_config(run_dir: Path, data_dir: Path, **sections) -> dict:
                      "device": "cpu"},
         "optimizer": {"lr": 3e-3},
         "lr_scheduler": {"warmup_steps": 2},
-        "metrics": {"log_freq": 1, "enable_tensorboard": False},
+        "metrics": {"log_freq": 1, "enable_tensorboard": False, "flop_counter_steps": 0},
     }
     for section, values in sections.items():
         cfg.setdefault(section, {}).update(values)

@@ -243,3 +243,33 @@ def test_flex_block_mask_equals_dense_on_jepa_batch(demo_dir, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(flex(batch.tokens, **kwargs), dense(batch.tokens, **kwargs),
                                    atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("views", ["shared_prefix", "separate"])
+def test_paraphrase_pairs_equal_separate_forwards(demo_dir, tmp_path, views):
+    """Pretraining on pairs: next-token on both plain sides, JEPA read inside them."""
+    cfg = load_config(extra=tiny_config(
+        tmp_path, demo_dir, data={"kind": "pairs", "path": str(demo_dir / "paraphrase_train.jsonl")},
+        training={"seq_len": 128, "local_batch_size": 2},
+        jepa={"enable": True, "k": 2, "views": views}))
+    tok = build_tokenizer(cfg.tokenizer)
+    batch = next(build_dataloader(cfg, tok))
+    assert batch.extras["jepa_pred"].shape[0] >= 4
+    model = fresh_model()
+    packed = packed_loss(model, batch, cfg)
+    preds = tok.predictor_token_ids(2)
+    ntp, targets, dists = 0.0, 0, []
+    for (row, _seg, start, _len, _us, _ue, _as, _ae), a_txt, b_txt in zip(
+            batch.extras["samples"].tolist(), batch.extras["text_ids"], batch.extras["code_ids"]):
+        a = [tok.bos_id, *a_txt, tok.eos_id]
+        b = [tok.bos_id, *b_txt, tok.eos_id]
+        assert batch.tokens[row, start:start + len(a)].tolist() == a
+        for side in (a, b):
+            logits = model(torch.tensor([side]))[0]
+            ntp = ntp + F.cross_entropy(logits[:-1], torch.tensor(side[1:]), reduction="sum")
+            targets += len(side) - 1
+        _, h = model(torch.tensor([a[:-1] + preds]), return_hidden=True)
+        _, hb = model(torch.tensor([b]), return_hidden=True)
+        dists.append(jepa_distance_sum(h[0, -1][None], hb[0, -2][None], "cosine"))
+    ref = ntp / targets + torch.stack(dists).sum() / len(dists)
+    assert packed.item() == pytest.approx(ref.item(), abs=1e-5)

@@ -157,6 +157,7 @@ def test_committed_tokenizer_is_reproducible(tmp_path):
 
     data = make_demo_data(tmp_path / "demo", seed=0)
     out = tmp_path / "tokenizer.model"
-    subprocess.run([sys.executable, str(ROOT / "tools/train_tokenizer.py"), "--input", str(data),
+    inputs = [str(data / name) for name in ("corpus.jsonl", "regex_test.jsonl", "regex_train.jsonl")]
+    subprocess.run([sys.executable, str(ROOT / "tools/train_tokenizer.py"), "--input", *inputs,
                     "--vocab-size", "2048", "--out", str(out)], check=True, capture_output=True)
     assert out.read_bytes() == ASSET.read_bytes()

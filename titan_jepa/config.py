@@ -111,7 +111,7 @@ class Tokenizer:
 
 @dataclass
 class Data:
-    kind: str = "text"  # "text" (pretraining documents) or "chat" ({"messages": [...]} lines)
+    kind: str = "text"  # "text" (documents), "chat" ({"messages": [...]}) or "pairs" ({"text", "code"} paraphrases)
     path: str = "demo_data/corpus.jsonl"  # a local file, folder or glob; or hf:NAME for datasets
     hf_split: str = "train"
     text_field: str = "text"
@@ -244,7 +244,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("parallelism", "fsdp_reshard_after_forward"): ("default", "always", "never"),
     ("activation_checkpoint", "mode"): ("none", "full", "selective"),
     ("tokenizer", "kind"): ("tiktoken", "hf"),
-    ("data", "kind"): ("text", "chat"),
+    ("data", "kind"): ("text", "chat", "pairs"),
     ("data", "loss_on"): ("assistant", "all"),
     ("data", "bad_lines"): ("skip", "fail"),
     ("checkpoint", "initial_load_format"): ("dcp", "hf"),
@@ -455,8 +455,9 @@ def validate(cfg: JobConfig) -> None:
         raise ConfigError("checkpoint.interval must be positive")
     j = cfg.jepa
     if j.enable:
-        if cfg.data.kind != "chat":
-            raise ConfigError("jepa.enable needs paired data: set data.kind = 'chat' ({\"messages\": [...]} lines)")
+        if cfg.data.kind == "text":
+            raise ConfigError("jepa.enable needs two views per sample: set data.kind = 'chat' "
+                              "({\"messages\": [...]} lines) or 'pairs' ({\"text\", \"code\"} lines)")
         if not 0 <= j.k <= 16:
             raise ConfigError(f"jepa.k = {j.k} must be in [0, 16] (predictor tokens)")
         if not 0.0 <= j.jepa_ratio <= 1.0:
@@ -468,8 +469,13 @@ def validate(cfg: JobConfig) -> None:
             raise ConfigError("jepa.last_token must be 0 (computed index) or negative (offset from a view's end)")
         if j.infonce_temperature <= 0:
             raise ConfigError("jepa.infonce_temperature must be positive")
+    if cfg.float8.enable and cfg.lora.enable:
+        raise ConfigError("float8.enable with lora.enable would convert the LoRA layers and drop their "
+                          "adapters; disable one of them")
     st = cfg.stp
     if st.enable:
+        if cfg.data.kind == "pairs":
+            raise ConfigError("[stp] works on data.kind = 'text' or 'chat'; paraphrase pairs use [jepa]")
         if st.mode in ("e2e", "random_span_mask") and cfg.data.kind == "text":
             raise ConfigError(f"stp.mode = '{st.mode}' needs two views: use data.kind = 'chat', "
                               "or stp.mode = 'random_span' / 'curvature' on plain text")

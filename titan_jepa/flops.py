@@ -45,9 +45,8 @@ def flop_counts(batch: Batch) -> torch.Tensor:
     """FLOP_COUNTS of one micro-batch (float64)."""
     tokens, pairs = batch.tokens.numel(), visible_pairs(batch)
     ex = batch.extras or {}
-    if "samples" in ex:
-        lengths = ex["samples"][:, 3]
-        ntp_tokens, ntp_pairs = int(lengths.sum()), int((lengths * (lengths + 1) // 2).sum())
+    if "token_kinds" in ex:
+        ntp_tokens, ntp_pairs = int(ex["token_kinds"][0]), ex["ntp_pairs"]
     else:
         ntp_tokens, ntp_pairs = tokens, pairs
     return torch.tensor([tokens, pairs, ntp_tokens, ntp_pairs], dtype=torch.float64)

@@ -151,7 +151,8 @@ def train(cfg: JobConfig) -> list[float]:
         same_flop_milestones = same_flop.update(step, step_flops.cpu())
         step_metrics["flops_vs_ntp"] = same_flop.ratio
         if flop_counter is not None:
-            step_metrics["flops_counted"] = float(flop_counter.get_total_flops()) * dp.size
+            # every rank counted its own share (a tp rank a slice of each matmul)
+            step_metrics["flops_counted"] = float(flop_counter.get_total_flops()) * world
             step_metrics["flops_analytic"] = training_flops(model_args, *step_flops[:2].tolist())
         loss = step_metrics["loss"]
         if not math.isfinite(loss):

@@ -8,6 +8,8 @@ Writes, under --out:
       NL-RX-SYNTH (same phrasing conventions, generated from a small grammar).
   corpus.jsonl  {"text": ...} documents of generated English paragraphs (~1.5 MB) for
       pretraining smoke tests and for training the demo tokenizer.
+  paraphrase_train.jsonl  {"text": ..., "code": ...} pairs (one statement in active and in
+      passive voice) for paraphrase-style JEPA pretraining (data.kind = "pairs").
 The same seed always gives byte-identical files.
 """
 
@@ -103,6 +105,23 @@ def document(rng: random.Random) -> str:
     return "\n\n".join(paras)
 
 
+PARTICIPLES = {"watches": "watched", "builds": "built", "remembers": "remembered", "crosses": "crossed",
+               "follows": "followed", "opens": "opened", "describes": "described", "finds": "found",
+               "carries": "carried", "measures": "measured", "changes": "changed", "protects": "protected",
+               "reads": "read", "answers": "answered", "learns": "learned", "repairs": "repaired"}
+
+
+def paraphrase_pair(rng: random.Random) -> dict:
+    """Two phrasings of one statement (active and passive voice), for paraphrase pretraining."""
+    subj = f"the {rng.choice(ADJS)} {rng.choice(NOUNS)}"
+    obj = f"the {rng.choice(ADJS)} {rng.choice(NOUNS)}"
+    verb = rng.choice(VERBS)
+    adv = f" {rng.choice(ADVS)}" if rng.random() < 0.5 else ""
+    active = f"{subj} {verb} {obj}{adv}."
+    passive = f"{obj} is {PARTICIPLES[verb]} by {subj}{adv}."
+    return {"text": active[0].upper() + active[1:], "code": passive[0].upper() + passive[1:]}
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
@@ -115,6 +134,9 @@ def make_demo_data(out: str | Path, seed: int = 0, n_train: int = 2000, n_test: 
     write_jsonl(out / "regex_train.jsonl", [regex_sample(rng) for _ in range(n_train)])
     write_jsonl(out / "regex_test.jsonl", [regex_sample(rng) for _ in range(n_test)])
     write_jsonl(out / "corpus.jsonl", [{"text": document(rng)} for _ in range(n_docs)])
+    # a generator of its own, so the files above do not change when this one does
+    prng = random.Random(seed + 7919)
+    write_jsonl(out / "paraphrase_train.jsonl", [paraphrase_pair(prng) for _ in range(n_train)])
     return out
 
 

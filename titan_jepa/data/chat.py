@@ -29,6 +29,7 @@ assistant message, or a sample longer than ``max_len`` tokens.
   "jepa_pred", "jepa_target": int64 tensors (M, 2) of (row, column) of the Pred(Enc(Text))
               and Enc(Code) tokens of the M samples that carry JEPA views (data/views.py).
   "token_kinds": int64 tensor (3,): tokens of full sequences, of view segments, of padding.
+  "ntp_pairs":   attention pairs of the full sequences alone (flops.py's next-token equivalent).
 """
 
 from __future__ import annotations
@@ -103,15 +104,18 @@ class ChatSamples:
 def chat_extras(rows, seq_len: int) -> dict:
     """Per-sample metadata of packed rows (see the module docstring)."""
     table, text_ids, code_ids, pred, target = [], [], [], [], []
-    full_tokens = view_tokens = 0
+    full_tokens = view_tokens = ntp_pairs = 0
     for r, row in enumerate(rows):
         for seg, start, s in row.samples:
             (us, ue), (as_, ae) = s["user"], s["assistant"]
             table.append([r, seg, start, len(s["ids"]), start + us, start + ue, start + as_, start + ae])
             text_ids.append(s["text_ids"])
             code_ids.append(s["code_ids"])
-            full_tokens += len(s["ids"])
-            view_tokens += sum(len(seg_[0]) for seg_ in s.get("segments", [])[1:])
+            segs = s.get("segments") or [[s["ids"]]]
+            n_full = s.get("full_segments", 1)  # segments with a next-token loss (2 for pairs)
+            full_tokens += sum(len(x[0]) for x in segs[:n_full])
+            view_tokens += sum(len(x[0]) for x in segs[n_full:])
+            ntp_pairs += sum(len(x[0]) * (len(x[0]) + 1) // 2 for x in segs[:n_full])
             if "jepa" in s:
                 pred.append([r, start + s["jepa"][0]])
                 target.append([r, start + s["jepa"][1]])
@@ -120,4 +124,5 @@ def chat_extras(rows, seq_len: int) -> dict:
     return {"samples": samples, "text_ids": text_ids, "code_ids": code_ids,
             "jepa_pred": torch.tensor(pred, dtype=torch.int64).reshape(-1, 2),
             "jepa_target": torch.tensor(target, dtype=torch.int64).reshape(-1, 2),
-            "token_kinds": torch.tensor([full_tokens, view_tokens, padding], dtype=torch.int64)}
+            "token_kinds": torch.tensor([full_tokens, view_tokens, padding], dtype=torch.int64),
+            "ntp_pairs": ntp_pairs}

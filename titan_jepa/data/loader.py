@@ -30,6 +30,7 @@ from titan_jepa.data.chat import ChatSamples, chat_extras
 from titan_jepa.data.packing import DocPacker, SamplePacker, collate
 from titan_jepa.data.sources import BadLines, DataError, build_source
 from titan_jepa.data.text import TextDocs
+from titan_jepa.data.pairs import PairSamples
 from titan_jepa.data.spans import MaskViews, mask_view_extras, stp_extras
 from titan_jepa.data.views import JepaViews
 
@@ -51,12 +52,13 @@ class DataLoader:
         if d.kind == "text":
             self.encode = TextDocs(tokenizer, d.text_field, self.bad)
             self.packer = DocPacker(t.seq_len, tokenizer.pad_id, self._next_item)
-        elif d.kind == "chat":
+        elif d.kind in ("chat", "pairs"):
             max_len = t.seq_len if d.max_sample_len == -1 else d.max_sample_len
             if not 0 < max_len <= t.seq_len:
                 raise DataError(f"data.max_sample_len = {d.max_sample_len} must be in [1, training.seq_len = "
                                 f"{t.seq_len}] (or -1: seq_len); a chat sample is never split across rows")
-            self.encode = ChatSamples(tokenizer, d.loss_on, max_len, self.bad)
+            self.encode = (ChatSamples(tokenizer, d.loss_on, max_len, self.bad) if d.kind == "chat"
+                           else PairSamples(tokenizer, max_len, self.bad))
             # extra view segments packed next to each sample (JEPA, or the STP mask ablation)
             if cfg.jepa.enable:
                 self.views = JepaViews(self.encode, cfg.jepa, tokenizer, t.seq_len, cfg.job.seed,
@@ -67,7 +69,7 @@ class DataLoader:
             self.encode = self.views or self.encode
             self.packer = SamplePacker(t.seq_len, tokenizer.pad_id, self._next_item)
         else:
-            raise DataError(f"data.kind = '{d.kind}' is not one of text, chat")
+            raise DataError(f"data.kind = '{d.kind}' is not one of text, chat, pairs")
         self.batches = 0
         self._bad_since_epoch: int | None = None
 
@@ -106,7 +108,7 @@ class DataLoader:
                                self.batches, self.bad.summary())
             raise StopIteration
         batch = collate(rows, self.batch_size, self.seq_len, self.pad_id)
-        if self.kind == "chat":
+        if self.kind in ("chat", "pairs"):
             # padding rows added by collate count as padding tokens
             batch.extras = chat_extras(rows, self.seq_len)
             batch.extras["token_kinds"][2] += (self.batch_size - len(rows)) * self.seq_len

@@ -80,6 +80,8 @@ class JepaViews:
             return sample
         full, labels = sample["ids"], sample["labels"]
         c = self.cfg
+        if "full_segments" in sample:  # a paraphrase pair (data/pairs.py): A and B are both full
+            return self._pair_views(sample, where)
         if c.views == "shared_prefix":
             user_end = sample["user"][1]
             if self.preds:
@@ -105,6 +107,27 @@ class JepaViews:
             segments = [[full, labels], [text, [IGNORE_INDEX] * len(text)], [code, [IGNORE_INDEX] * len(code)]]
             text_at, code_at = len(full) + text_last, len(full) + len(text) + code_last
             pred_at, target_at = (code_at, text_at) if c.reverse_pred else (text_at, code_at)
+        return self._finish(sample, segments, pred_at, target_at, where)
+
+    def _pair_views(self, sample: dict, where: str) -> dict | None:
+        """Text is read in A (through predictor tokens), Code at B's last content token."""
+        (a, la), (b, lb) = sample["segments"]
+        a_end = len(a) - 1  # A's <|end_of_text|>: the predictors take its place
+        segments = [[a, la], [b, lb]]
+        if self.cfg.views == "shared_prefix":
+            if self.preds:
+                segments.append([self.preds, [IGNORE_INDEX] * len(self.preds), a_end, 0, a_end])
+                pred_at = len(a) + len(b) + len(self.preds) - 1
+            else:
+                pred_at = a_end - 1
+        else:
+            text = a[:a_end] + self.preds
+            segments.append([text, [IGNORE_INDEX] * len(text)])
+            pred_at = len(a) + len(b) + len(text) - 1
+        target_at = len(a) + len(b) - 2  # B's last content token
+        return self._finish(sample, segments, pred_at, target_at, where)
+
+    def _finish(self, sample, segments, pred_at, target_at, where) -> dict | None:
         total = sum(len(s[0]) for s in segments)
         if total > self.seq_len:
             self.bad.report(where, f"sample with its JEPA views longer than training.seq_len ({self.seq_len})")
