@@ -23,6 +23,20 @@ Layout (``<ckpt>`` is ``checkpoint.folder``, relative to the run folder unless a
     <ckpt>/model-only/step-<N>/       the final weights alone (checkpoint.model_only_export),
                                       in checkpoint.export_dtype
 
+LoRA (``[lora]`` enabled):
+  * ``save_adapters_only``: the "model." part of training checkpoints holds the trainable
+    parameters alone (the adapters, and a trainable STP predictor if any); train_state.json
+    says ``"model_keys": "trainable"``. On resume the frozen base is first re-loaded from
+    ``checkpoint.initial_load_path`` (or, without one, re-created by the seeded init, which
+    is deterministic), then the adapters, optimizer and the rest from the checkpoint. Keep
+    initial_load_path (and job.seed) as they were when resuming such a run.
+  * the model-only export: with ``merge_on_export`` the adapters are folded into the base
+    weights (``W + alpha / rank * B @ A``): the export has the plain Llama names, so
+    tools/convert_hf.py and the eval read it as any base model. The full state dict is
+    gathered to rank 0's CPU memory for this, and rank 0 writes the folder. Otherwise, with
+    ``save_adapters_only``, the export holds the lora_a / lora_b weights alone (the eval
+    takes the base from checkpoint.initial_load_path); with neither, base and adapters.
+
 A checkpoint without train_state.json (seed, export) is *model-only*: loading it restores the
 weights and starts training at step N + 1 with a fresh optimizer, schedule and data.
 Model-only and Hugging Face loads may lack LoRA adapter weights (a base model); the adapters
@@ -74,7 +88,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from titan_jepa.config import ConfigError, JobConfig
+from titan_jepa.config import ConfigError, JobConfig, Lora
 
 logger = logging.getLogger("titan_jepa")
 # DCP warns on every single-process save/load; that is the intended use here
@@ -145,6 +159,18 @@ def is_adapter(key: str) -> bool:
     return ".lora_a." in key or ".lora_b." in key
 
 
+def _clean_fqn(name: str) -> str:
+    # wrappers (activation checkpointing, torch.compile) that state-dict keys do not show
+    for w in ("_checkpoint_wrapped_module.", "_orig_mod."):
+        name = name.replace(w, "")
+    return name
+
+
+def trainable_keys(model: torch.nn.Module) -> set[str]:
+    """State-dict keys of the parameters that require grad."""
+    return {_clean_fqn(n) for n, p in model.named_parameters() if p.requires_grad}
+
+
 def _check_model_matches(path: Path, model_sd: dict, what: str, base_only: bool = False) -> tuple[str, set]:
     """Compare the checkpoint's model entries with the model; returns their key prefix
     ("model." for ours, "" for model-only DCP folders with top-level keys, as torchtitan's)
@@ -183,6 +209,9 @@ class Checkpointer:
         self.folder = checkpoint_folder(cfg)
         self.export_folder = self.folder / "model-only"
         self.num_slots = cfg.training.global_batch_size // cfg.training.local_batch_size
+        # [lora] save_adapters_only: checkpoints hold the trainable parameters alone
+        self.adapters_only = cfg.lora.enable and cfg.lora.save_adapters_only
+        self.trainable = trainable_keys(model)
         # async saves run their collectives in a background thread: they need their own
         # process group (gloo, so that it also works next to NCCL)
         self.pg = dist.new_group(backend="gloo") if self.ckpt.async_mode and self.world > 1 else None
@@ -214,6 +243,11 @@ class Checkpointer:
                 return self._load_checkpoint(found[self.ckpt.load_step])
             if found:
                 return self._load_checkpoint(found[max(found)])
+        self._initial_load()
+        return 0
+
+    def _initial_load(self) -> None:
+        """checkpoint.initial_load_path, when set (else the weights keep their seeded init)."""
         if self.ckpt.initial_load_path:
             path = Path(self.ckpt.initial_load_path)
             if self.ckpt.initial_load_format == "hf":
@@ -224,7 +258,6 @@ class Checkpointer:
                                           f".metadata); for safetensors set checkpoint.initial_load_format = 'hf'")
                 self._load_model_only(path, "checkpoint.initial_load_path")
             logger.info(f"initial weights loaded from {path} ({self.ckpt.initial_load_format})")
-        return 0
 
     def _load_checkpoint(self, path: Path) -> int:
         step = int(STEP_RE.match(path.name).group(1))
@@ -232,13 +265,20 @@ class Checkpointer:
             self._load_model_only(path, "checkpoint")
             logger.info(f"loaded the model-only checkpoint {path}; training starts at step {step + 1}")
             return step
-        model_sd = get_model_state_dict(self.model)
+        train_state = json.loads((path / TRAIN_STATE).read_text())
+        trainable_only = train_state.get("model_keys") == "trainable"
+        if trainable_only:
+            # [lora] save_adapters_only: the frozen base is not in the checkpoint
+            self._initial_load()
+            if not self.ckpt.initial_load_path:
+                logger.info("the checkpoint holds the trainable parameters alone; the frozen base "
+                            "weights come from the seeded init (no checkpoint.initial_load_path)")
+        model_sd = self._model_state(trainable_only)
         _check_model_matches(path, model_sd, "checkpoint")  # adapters included, when LoRA is on
         state = {"model": model_sd, "optimizer": get_optimizer_state_dict(self.model, self.optimizer)}
         dcp.load(state, checkpoint_id=str(path), no_dist=self.world == 1)
-        set_model_state_dict(self.model, state["model"])
+        set_model_state_dict(self.model, state["model"], options=StateDictOptions(strict=not trainable_only))
         set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
-        train_state = json.loads((path / TRAIN_STATE).read_text())
         self.scheduler.load_state_dict(train_state["lr_scheduler"])
         for loader in self.loaders:
             slot_file = path / "dataloader" / f"slot_{loader.rank}.json"
@@ -301,6 +341,10 @@ class Checkpointer:
             torch.cuda.set_rng_state(rng["cuda"])
         random.setstate(rng["python"])
 
+    def _model_state(self, trainable_only: bool) -> dict:
+        sd = get_model_state_dict(self.model)
+        return {k: v for k, v in sd.items() if k in self.trainable} if trainable_only else sd
+
     # ---- saving ------------------------------------------------------------------------
     def maybe_save(self, step: int) -> None:
         """Save at every checkpoint.interval steps and at the last step (when enabled)."""
@@ -315,7 +359,7 @@ class Checkpointer:
         tmp = self.folder / f"step-{step}{TMP}"
         tmp.mkdir(parents=True, exist_ok=True)
         self._write_side_files(tmp, step)
-        state = {"model": get_model_state_dict(self.model),
+        state = {"model": self._model_state(self.adapters_only),
                  "optimizer": get_optimizer_state_dict(self.model, self.optimizer)}
         writer = dcp.FileSystemWriter(str(tmp))
         if self.ckpt.async_mode:
@@ -334,7 +378,8 @@ class Checkpointer:
     def _write_side_files(self, tmp: Path, step: int) -> None:
         if self.rank == 0:
             train_state = {"step": step, "lr_scheduler": self.scheduler.state_dict(),
-                           "num_slots": self.num_slots, "world_size": self.world}
+                           "num_slots": self.num_slots, "world_size": self.world,
+                           "model_keys": "trainable" if self.adapters_only else "all"}
             _write(tmp / TRAIN_STATE, json.dumps(train_state).encode())
         for loader in self.loaders:
             _write(tmp / "dataloader" / f"slot_{loader.rank}.json", json.dumps(loader.state_dict()).encode())
@@ -374,7 +419,8 @@ class Checkpointer:
         """After the loop: wait for async saves; write the model-only export if asked."""
         self.wait()
         if self.ckpt.model_only_export:
-            path = export_model(self.model, self.export_folder, step, DTYPES[self.ckpt.export_dtype])
+            path = export_model(self.model, self.export_folder, step, DTYPES[self.ckpt.export_dtype],
+                                lora=self.cfg.lora if self.cfg.lora.enable else None)
             logger.info(f"model-only export written: {path}")
         self._barrier()
 
@@ -384,12 +430,27 @@ class Checkpointer:
 
 
 def export_model(model: torch.nn.Module, folder: Path, step: int,
-                 dtype: torch.dtype = torch.float32) -> Path:
+                 dtype: torch.dtype = torch.float32, lora: Lora | None = None) -> Path:
     """Save the weights alone (DCP "model." entries, in ``dtype``) to ``folder/step-<step>``;
-    every rank calls it. Usable as checkpoint.initial_load_path or as a seed checkpoint."""
+    every rank calls it. Usable as checkpoint.initial_load_path or as a seed checkpoint.
+    ``lora`` (the enabled [lora] section) of a model with adapters: ``merge_on_export`` writes
+    the merged base weights (gathered on rank 0), else ``save_adapters_only`` the adapters alone."""
+    from titan_jepa.lora import is_lora_name, lora_modules, merge_lora_state_dict
+
     rank, world = _rank_world()
-    sd = {k: v.detach().to(dtype) for k, v in get_model_state_dict(model).items()}
     tmp, final = folder / f"step-{step}{TMP}", folder / f"step-{step}"
+    if lora is not None and lora_modules(model) and lora.merge_on_export:
+        # full tensors on rank 0's CPU (the other ranks get nothing), merged there
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if rank == 0:
+            sd = {k: v.to(dtype) for k, v in merge_lora_state_dict(full, lora.alpha).items()}
+            del full
+            dcp.save({"model": sd}, storage_writer=dcp.FileSystemWriter(str(tmp)), no_dist=True)
+            _rename_into_place(tmp, final)
+        return final
+    sd = {k: v.detach().to(dtype) for k, v in get_model_state_dict(model).items()}
+    if lora is not None and lora_modules(model) and lora.save_adapters_only:
+        sd = {k: v for k, v in sd.items() if is_lora_name(k)}
     dcp.save({"model": sd}, storage_writer=dcp.FileSystemWriter(str(tmp)), no_dist=world == 1)
     if rank == 0:
         _rename_into_place(tmp, final)

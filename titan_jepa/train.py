@@ -7,6 +7,9 @@ One optimizer step: every rank takes its micro-batches (one per gradient-accumul
 slot), the number of target tokens is summed over the data-parallel group, each
 micro-batch's loss is its sum over targets divided by that global count, gradients are
 clipped over the sharded parameters, and the optimizer and schedule step.
+
+SIGTERM (preemption): the step in progress finishes, every rank agrees to stop after it,
+a checkpoint of that step is saved and the process exits with code 0 (titan_jepa/preemption.py).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from titan_jepa.optim import build_lr_scheduler, build_optimizer
 from titan_jepa.parallel.collectives import make_all_gather
 from titan_jepa.parallel.mesh import ParallelDims, build_mesh, dp_info, init_distributed
 from titan_jepa.parallel.parallelize import clip_grad_norm_, parallelize, write_sharded
+from titan_jepa.preemption import Preemption, maybe_kill_for_test
 from titan_jepa.profiling import StepProfiler
 
 logger = logging.getLogger("titan_jepa")
@@ -130,8 +134,11 @@ def train(cfg: JobConfig) -> list[float]:
 
     # ---- the loop ----------------------------------------------------------------------
     losses = []
+    preempted = False
+    preemption = Preemption(device)  # SIGTERM: stop after the current step with a checkpoint
     profiler = StepProfiler(cfg, rank, device, first_step=done_steps + 1)  # [profiling] steps
     for step in range(done_steps + 1, cfg.training.steps + 1):
+        maybe_kill_for_test(step, rank, world)  # TITAN_JEPA_TEST_KILL_AT_STEP (tests only)
         micro_batches = [next(loader).to(device) for loader in loaders]
         # each loss term is a sum over its items (target tokens, JEPA samples) divided by
         # the number of items summed over the micro-batches and the data-parallel group
@@ -173,12 +180,30 @@ def train(cfg: JobConfig) -> list[float]:
             # FLOPs now equal those of a next-token run at these steps
             logger.info(f"step {step}: same FLOPs as next-token step(s) {same_flop_milestones}")
             checkpointer.save(step)
+        if step < cfg.training.steps and preemption.stop_requested():  # collective: all ranks agree
+            preempted = True
+            if cfg.checkpoint.enable:
+                checkpointer.save(step)  # a no-op when this step was just saved
+                checkpointer.wait()
+                logger.info(f"preempted (SIGTERM): stopped after step {step}; checkpoint of step {step} "
+                            f"saved, a relaunch resumes from it")
+            else:
+                logger.warning(f"preempted (SIGTERM): stopped after step {step}; checkpoint.enable is "
+                               f"false, so nothing was saved")
+            break
 
+    preemption.close()
     profiler.close()
-    checkpointer.finish(cfg.training.steps)  # waits for async saves; model-only export
+    if preempted:
+        checkpointer.wait()  # no model-only export: the run is not finished
+        if world > 1:
+            dist.barrier()
+    else:
+        checkpointer.finish(cfg.training.steps)  # waits for async saves; model-only export
     metrics.close()
     final = f", final loss {losses[-1]:.4f}" if losses else " (nothing left to train)"
-    logger.info(f"done: {cfg.training.steps} steps{final}")
+    if not preempted:
+        logger.info(f"done: {cfg.training.steps} steps{final}")
     return losses
 
 

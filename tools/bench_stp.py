@@ -1,0 +1,94 @@
+"""STP step time as a ratio to next-token-only training, measured side by side in one run.
+
+    python tools/bench_stp.py [--flavor small] [--seq-len 512] [--batch 4] [--rounds 5]
+
+Both variants train on the same packed pretraining rows (the demo corpus) with the same
+model: forward, backward and an AdamW step. STP reads its spans' hidden states from the
+same forward pass, so it adds only a gather and a few vector ops per span. Variants run
+interleaved after a warm-up; medians are compared (the machine is noisy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+from titan_jepa.config import load_config  # noqa: E402
+from titan_jepa.data.loader import build_dataloader  # noqa: E402
+from titan_jepa.data.tokenizer import build_tokenizer  # noqa: E402
+from titan_jepa.models.llama import build_model, model_args_for  # noqa: E402
+from titan_jepa.objectives.combined import Objective  # noqa: E402
+from titan_jepa.objectives.stp import attach_predictor, init_predictor  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--flavor", default="small")
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--spans", type=int, default=4, help="STP spans per document")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    corpus = ROOT / "demo_data" / "corpus.jsonl"
+    if not corpus.exists():
+        from make_demo_data import make_demo_data
+
+        make_demo_data(ROOT / "demo_data", seed=0)
+    base = load_config(extra={
+        "tokenizer": {"path": str(ROOT / "assets/tokenizer/tokenizer.model")},
+        "data": {"kind": "text", "path": str(corpus)},
+        "training": {"seq_len": args.seq_len, "local_batch_size": args.batch, "global_batch_size": args.batch},
+        "stp": {"enable": True, "spans_per_sample": args.spans, "linear_predictor": True},
+    })
+    tok = build_tokenizer(base.tokenizer)
+    batch = next(build_dataloader(base, tok))  # carries the STP span indices
+    margs = model_args_for(args.flavor, vocab_size=tok.vocab_size, max_seq_len=max(args.seq_len, 2048))
+    model = build_model(margs, "meta")
+    attach_predictor(model, margs.dim)
+    model.to_empty(device="cpu")
+    model.init_weights(0)
+    init_predictor(model, write=lambda p, full: p.copy_(full))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+
+    variants = {
+        "next-token only": Objective(replace(base, stp=replace(base.stp, enable=False))),
+        "STP random_span (+ linear predictor)": Objective(base),
+        "STP curvature": Objective(replace(base, stp=replace(base.stp, mode="curvature"))),
+    }
+    curv_batch = next(build_dataloader(replace(base, stp=replace(base.stp, mode="curvature")), tok))
+    times = {name: [] for name in variants}
+    for r in range(args.rounds + 1):
+        for name, obj in variants.items():
+            b = curv_batch if "curvature" in name else batch
+            t0 = time.perf_counter()
+            loss, _ = obj(model, b, obj.counts(b))
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if r:
+                times[name].append(time.perf_counter() - t0)
+    n_spans = batch.extras["stp_weight"].shape[0]
+    print(f"model {args.flavor} ({margs.num_params() / 1e6:.1f}M), batch {args.batch} x {args.seq_len}, "
+          f"{n_spans} spans, {torch.get_num_threads()} threads")
+    base_t = statistics.median(times["next-token only"])
+    print("| variant | step time (s) | ratio to next-token |\n|---|---|---|")
+    for name, ts in times.items():
+        t = statistics.median(ts)
+        print(f"| {name} | {t:.3f} | {t / base_t:.3f}x |")
+    ratio = statistics.median(times["STP random_span (+ linear predictor)"]) / base_t
+    print(f"\ngoal: STP <= 1.05x next-token: {ratio:.3f}x ({'met' if ratio <= 1.05 else 'NOT met'})")
+
+
+if __name__ == "__main__":
+    main()
