@@ -11,6 +11,10 @@ costs 2 * d FLOPs in Q K^T and 2 * d in A V per layer. With the FlexAttention ba
 fully masked blocks are skipped, so this is what a block-sparse kernel spends (up to the
 partially filled blocks); the dense CPU/SDPA path computes every pair of the row.
 
+``metrics.flop_counter_steps`` also logs torch.utils.flop_counter's count for the first steps
+(``flops_counted``). It counts the matmuls exactly; on CPU it does not count the SDPA kernel,
+and on CUDA it charges attention for every (query, key) pair of the row whatever the mask.
+
 The "next-token equivalent" of a micro-batch counts only its full sequences (no view
 segments, no padding): what an ideally packed next-token-only run over the same samples
 spends. ``jepa.same_flop`` compares the two.

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The small-scale reproduction recorded in docs/results.md: a ~5M-parameter Llama trained
 # from scratch on NL-RX-SYNTH (../shared/data/llm_jepa), next-token vs LLM-JEPA, 3 seeds
-# each, scored by exact match (and startswith) on synth_test. About 1 hour on 2 CPU cores.
+# each, scored by exact match (and startswith) on synth_test. About 30 minutes on 2 idle CPU cores (EPOCHS=1).
 #   bash tools/repro_synth.sh [out_folder]
 # Then: python tools/sweep_table.py (see docs/results.md) builds the table and plot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
 OUT=${1:-sweeps/repro_synth}
-EPOCHS=${EPOCHS:-2}
+EPOCHS=${EPOCHS:-1}
 TEST=../shared/data/llm_jepa/synth_test.jsonl
 declare -A ARMS=(
   [ntp]="--jepa.enable false"

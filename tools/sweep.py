@@ -363,6 +363,8 @@ def plot(summary: list[dict], records: list[dict], path: Path, title: str = "") 
         if s["p"] is not None and not math.isnan(s["p"]):
             ax.annotate(f"p={s['p']:.3g}", (i, 1.0), xycoords=("data", "axes fraction"),
                         xytext=(0, -12), textcoords="offset points", ha="center", fontsize=8)
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo, hi + 0.12 * (hi - lo))  # room for the p-values above the points
     ax.set_xticks(range(len(summary)))
     ax.set_xticklabels([s["arm"].replace(" ", "\n") for s in summary], fontsize=8)
     ax.set_xlim(-0.6, len(summary) - 0.4)

@@ -1,0 +1,184 @@
+"""tools/sweep.py and titan_jepa/stats.py: the t-test against independent references, the
+report writers on fake results, and one tiny end-to-end sweep on CPU."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import ROOT, TOKENIZER
+from titan_jepa.stats import betainc, mean_std, paired_t_test_one_tailed, t_cdf, t_sf
+
+sys.path.insert(0, str(ROOT / "tools"))
+import sweep  # noqa: E402
+
+
+# ---- statistics ---------------------------------------------------------------------------
+def _t_sf_by_integration(t: float, df: int, n: int = 20_000) -> float:
+    """P(T > t) by Simpson's rule on the t density, after x = tan(u) (finite interval)."""
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+
+    def f(u):  # density at tan(u) times dx/du
+        x = math.tan(u)
+        return c * (1 + x * x / df) ** (-(df + 1) / 2) / math.cos(u) ** 2
+
+    a, b = math.atan(t), math.pi / 2 - 1e-12
+    h = (b - a) / n
+    s = f(a) + f(b) + sum((4 if i % 2 else 2) * f(a + i * h) for i in range(1, n))
+    return s * h / 3
+
+
+def test_mean_std():
+    assert mean_std([2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]) == pytest.approx((5.0, math.sqrt(32 / 7)))
+    m, s = mean_std([3.0])
+    assert m == 3.0 and math.isnan(s)
+    assert all(math.isnan(v) for v in mean_std([]))
+
+
+def test_t_distribution_against_closed_forms_tables_and_integration():
+    for t in (-3.0, -0.4, 0.0, 0.7, 2.5, 30.0):
+        assert t_sf(t, 1) == pytest.approx(0.5 - math.atan(t) / math.pi, abs=1e-13)  # Cauchy
+        assert t_sf(t, 2) == pytest.approx(0.5 - t / (2 * math.sqrt(t * t + 2)), abs=1e-13)
+        assert t_cdf(t, 3) + t_sf(t, 3) == pytest.approx(1.0)
+    # one-tailed critical values from printed t tables
+    for t, df, p in ((2.015048, 5, 0.05), (1.812461, 10, 0.05), (3.746947, 4, 0.01), (2.776445, 4, 0.025)):
+        assert t_sf(t, df) == pytest.approx(p, abs=1e-6)
+    for t, df in ((0.5, 3), (1.9, 4), (3.2, 7), (-1.1, 9)):
+        assert t_sf(t, df) == pytest.approx(_t_sf_by_integration(t, df), abs=1e-9)
+    # binomial identity: I_x(a, n-a+1) = P(Binomial(n, x) >= a)
+    assert betainc(2, 3, 0.4) == pytest.approx(sum(math.comb(4, j) * 0.4**j * 0.6 ** (4 - j) for j in (2, 3, 4)))
+
+
+def _t_sf_df4(t):  # closed form for 4 degrees of freedom, x = t / sqrt(4 + t^2)
+    x = t / math.sqrt(4 + t * t)
+    return 0.5 - x / 2 * (1 + (1 - x * x) / 2)
+
+
+# (arm, baseline, t, p): t computed by hand in exact fractions, p = P(T_{n-1} > t) from the
+# closed forms for 2 and 4 degrees of freedom (also checked by integration below)
+T1, T2 = 2.065460973307911, 4.469071798452787
+PAIRED = [
+    ([1.0, 2.0, 3.5], [0.5, 1.7, 2.0], T1, 0.5 - T1 / (2 * math.sqrt(T1 * T1 + 2))),
+    ([0.60, 0.62, 0.59, 0.61, 0.63], [0.55, 0.58, 0.57, 0.52, 0.56], T2, _t_sf_df4(T2)),
+]
+
+
+def test_paired_t_test_reference_values():
+    for a, b, t_ref, p_ref in PAIRED:
+        t, p = paired_t_test_one_tailed(a, b)
+        assert t == pytest.approx(t_ref, rel=1e-8)
+        assert p == pytest.approx(p_ref, abs=1e-12)
+        assert p == pytest.approx(_t_sf_by_integration(t_ref, len(a) - 1), abs=1e-9)
+        # swapping the arms tests the other tail
+        t2, p2 = paired_t_test_one_tailed(b, a)
+        assert t2 == pytest.approx(-t) and p2 == pytest.approx(1 - p)
+
+
+def test_paired_t_test_matches_scipy_when_present():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for a, b, _, _ in PAIRED:
+        ref = scipy_stats.ttest_rel(a, b, alternative="greater")
+        t, p = paired_t_test_one_tailed(a, b)
+        assert t == pytest.approx(ref.statistic) and p == pytest.approx(ref.pvalue, abs=1e-12)
+
+
+def test_paired_t_test_edge_cases():
+    assert paired_t_test_one_tailed([1.0, 2.0], [0.5, 1.5]) == (math.inf, 0.0)  # constant gain
+    assert paired_t_test_one_tailed([1.0, 2.0], [1.5, 2.5])[1] == 1.0  # constant loss
+    t, p = paired_t_test_one_tailed([1.0, 2.0], [1.0, 2.0])  # no difference at all
+    assert math.isnan(t) and p == 1.0
+    assert all(math.isnan(v) for v in paired_t_test_one_tailed([1.0], [0.0]))
+    with pytest.raises(ValueError):
+        paired_t_test_one_tailed([1.0, 2.0], [1.0])
+
+
+# ---- arms and reports ---------------------------------------------------------------------
+def test_grid_makes_the_cartesian_product_and_bad_overrides_are_one_line():
+    grid = sweep.parse_grid(["jepa.lambda=1,2", "jepa.k=1,3"])
+    arms = sweep.build_arms(grid, [("jepa.enable", "false")])
+    assert [a.name for a in arms] == ["baseline", "jepa.lambda=1 jepa.k=1", "jepa.lambda=1 jepa.k=3",
+                                      "jepa.lambda=2 jepa.k=1", "jepa.lambda=2 jepa.k=3"]
+    assert len({a.slug for a in arms}) == 5 and arms[0].baseline
+    assert [a.name for a in sweep.build_arms([], None)] == ["config"]
+    for bad in (["lambda=1"], ["jepa.lambda"], ["jepa.lambda="], ["jepa.k=1", "jepa.k=2"]):
+        with pytest.raises(sweep.SweepError):
+            sweep.parse_grid(bad)
+
+
+def _fake_records():
+    acc = {"baseline": [0.50, 0.55, 0.52], "jepa.lambda=1": [0.60, 0.62, 0.58], "jepa.lambda=2": [0.51]}
+    return [{"arm": arm, "seed": seed, "accuracy": a, "final_loss": 1.0 + a, "correct": 0, "n": 10}
+            for arm, accs in acc.items() for seed, a in zip((82, 23, 37), accs)]
+
+
+def test_report_writers_on_fake_results(tmp_path):
+    arms = sweep.build_arms(sweep.parse_grid(["jepa.lambda=1,2"]), [("jepa.enable", "false")])
+    records = _fake_records()
+    meta = {"name": "fake", "config": "x.toml", "seeds": [82, 23, 37], "eval_data": "t.jsonl",
+            "command": "python tools/sweep.py --config x.toml"}
+    summary = sweep.write_reports(tmp_path, arms, records, meta)
+    by = {s["arm"]: s for s in summary}
+    assert by["baseline"]["n"] == 3 and by["baseline"]["p"] is None
+    assert by["jepa.lambda=1"]["accuracy_mean"] == pytest.approx(0.60)
+    assert by["jepa.lambda=1"]["accuracy_std"] == pytest.approx(0.02)
+    t, p = paired_t_test_one_tailed([0.60, 0.62, 0.58], [0.50, 0.55, 0.52])
+    assert by["jepa.lambda=1"]["p"] == pytest.approx(p) and p < 0.05
+    assert by["jepa.lambda=2"]["n_pairs"] == 1 and math.isnan(by["jepa.lambda=2"]["p"])
+
+    md = (tmp_path / "results.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ") and "`" in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["baseline", "jepa.lambda=1", "jepa.lambda=2"]
+    assert "52.33 ± 2.52" in rows[0] and "60.00 ± 2.00" in rows[1] and f"{p:.4g}" in rows[1]
+    assert "python tools/sweep.py --config x.toml" in md
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert len(data["runs"]) == 7 and data["summary"][2]["p"] is None  # nan -> null
+    png = (tmp_path / "results.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+# ---- end to end ---------------------------------------------------------------------------
+def _sweep(*args, cwd):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "sweep.py"), *map(str, args)], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_tiny_sweep_end_to_end(tmp_path, demo_dir):
+    out = tmp_path / "sweep"
+    args = ["--config", ROOT / "train_configs" / "debug_cpu_jepa.toml", "--seeds", 82, 23,
+            "--baseline", "jepa.enable=false", "--grid", "jepa.lambda=1",
+            "--eval-data", demo_dir / "regex_test.jsonl", "--eval-limit", 4, "--max-new-tokens", 6,
+            "--out", out, "--jobs", 2,
+            "--set", "training.steps=2", "metrics.flop_counter_steps=0", "metrics.enable_tensorboard=false",
+            f"data.path={demo_dir / 'regex_train.jsonl'}", f"tokenizer.path={TOKENIZER}",
+            "training.seq_len=128", "training.global_batch_size=2", "training.local_batch_size=2"]
+    p = _sweep(*args, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    progress = [line for line in p.stdout.splitlines() if line.startswith("[")]
+    assert len(progress) == 4 and all("accuracy" in line and "final loss" in line for line in progress)
+    for name in ("results.json", "results.md", "results.png"):
+        assert (out / name).is_file()
+    md = (out / "results.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ") and "`" in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["baseline", "jepa.lambda=1"]
+    assert "--baseline jepa.enable=false" in md
+    data = json.loads((out / "results.json").read_text())
+    assert {(r["arm"], r["seed"]) for r in data["runs"]} == {
+        ("baseline", 82), ("baseline", 23), ("jepa.lambda=1", 82), ("jepa.lambda=1", 23)}
+    for r in data["runs"]:
+        assert r["n"] == 4 and 0.0 <= r["accuracy"] <= 1.0 and r["final_step"] == 2
+        assert math.isfinite(r["final_loss"]) and "model-only" in r["checkpoint"]
+    # the JEPA arm trained with the JEPA loss on top: its logged loss is the larger one
+    loss = {(r["arm"], r["seed"]): r["final_loss"] for r in data["runs"]}
+    assert loss[("jepa.lambda=1", 82)] > loss[("baseline", 82)]
+
+    # a second start refuses to overwrite; --resume reuses every evaluated run
+    p = _sweep(*args, cwd=tmp_path)
+    assert p.returncode == 2 and "--resume" in p.stderr
+    p = _sweep(*args, "--resume", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("resumed: already evaluated") == 4
