@@ -2,10 +2,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from helpers import demo_data  # noqa: E402
+
+# tests run in-process and in 2-4 spawned processes on 2 cores: one thread each keeps them
+# from oversubscribing the machine (spawned workers set the same in tests/helpers.py)
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

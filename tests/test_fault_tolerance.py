@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from helpers import ROOT, launch, tiny_config, write_toml
 from titan_jepa.checkpoint import complete_checkpoints
@@ -30,6 +31,16 @@ def _env(**extra):
 def _config(run_dir, demo, steps=STEPS, **checkpoint):
     return tiny_config(run_dir, demo, training={"steps": steps},
                        checkpoint={"enable": True, "interval": 2, "keep_latest_k": 0, **checkpoint})
+
+
+@pytest.fixture
+def one_thread():
+    """In-process runs on one thread: on a busy 2-core machine, two OpenMP threads can make
+    a tiny CPU step many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _rows(run_dir):
@@ -63,7 +74,7 @@ def test_sigkilled_rank_restarts_and_resumes_to_the_same_loss(demo_dir, tmp_path
     assert [r["loss"] for r in rows[-4:]] == uninterrupted[4:]
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(demo_dir, tmp_path):
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(demo_dir, tmp_path, one_thread):
     # one process: SIGTERM at the start of step 3 (the test hook signals the process itself)
     cfg = _config(tmp_path, demo_dir, interval=100)
     toml = write_toml(cfg, tmp_path / "cfg.toml")

@@ -59,3 +59,17 @@ def test_flex_on_cpu_training_is_refused(demo_dir, tmp_path):
     cfg = tiny_config(tmp_path, demo_dir, model={"attn_backend": "flex"})
     with pytest.raises(Exception, match=r"trains on CUDA only .* use 'sdpa' on CPU"):
         train(load_config(extra=cfg))
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--data.path=nowhere.jsonl", "error: data.path 'nowhere.jsonl' does not exist; create demo data with"),
+    ("--tokenizer.path=nope.model", "error: tokenizer.path 'nope.model' does not exist; train one with"),
+    ("--parallelism.tp=3", "error: world size 1 is not divisible by parallelism.dp_replicate * parallelism.tp = 3"),
+])
+def test_cli_user_errors_are_one_line(tmp_path, override, message):
+    out = subprocess.run([sys.executable, "-m", "titan_jepa.train", "--config",
+                          str(ROOT / "train_configs/debug_cpu.toml"), override,
+                          f"--job.dump_folder={tmp_path}"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), out.stderr

@@ -24,12 +24,13 @@ Layout (``<ckpt>`` is ``checkpoint.folder``, relative to the run folder unless a
                                       in checkpoint.export_dtype
 
 LoRA (``[lora]`` enabled):
-  * ``save_adapters_only``: the "model." part of training checkpoints holds the trainable
-    parameters alone (the adapters, and a trainable STP predictor if any); train_state.json
-    says ``"model_keys": "trainable"``. On resume the frozen base is first re-loaded from
-    ``checkpoint.initial_load_path`` (or, without one, re-created by the seeded init, which
-    is deterministic), then the adapters, optimizer and the rest from the checkpoint. Keep
-    initial_load_path (and job.seed) as they were when resuming such a run.
+  * ``save_adapters_only`` with a ``checkpoint.initial_load_path`` (the base model): the
+    "model." part of training checkpoints holds the trainable parameters alone (the
+    adapters, and a trainable STP predictor if any); train_state.json says
+    ``"model_keys": "trainable"``. On resume the frozen base is first re-loaded from
+    initial_load_path, then the adapters, optimizer and the rest from the checkpoint; keep
+    initial_load_path as it was. Without initial_load_path (a base from the seeded init, as
+    in tests) checkpoints hold every weight, so they stay self-contained.
   * the model-only export: with ``merge_on_export`` the adapters are folded into the base
     weights (``W + alpha / rank * B @ A``): the export has the plain Llama names, so
     tools/convert_hf.py and the eval read it as any base model. The full state dict is
@@ -210,7 +211,7 @@ class Checkpointer:
         self.export_folder = self.folder / "model-only"
         self.num_slots = cfg.training.global_batch_size // cfg.training.local_batch_size
         # [lora] save_adapters_only: checkpoints hold the trainable parameters alone
-        self.adapters_only = cfg.lora.enable and cfg.lora.save_adapters_only
+        self.adapters_only = cfg.lora.enable and cfg.lora.save_adapters_only and bool(self.ckpt.initial_load_path)
         self.trainable = trainable_keys(model)
         # async saves run their collectives in a background thread: they need their own
         # process group (gloo, so that it also works next to NCCL)
@@ -269,10 +270,11 @@ class Checkpointer:
         trainable_only = train_state.get("model_keys") == "trainable"
         if trainable_only:
             # [lora] save_adapters_only: the frozen base is not in the checkpoint
-            self._initial_load()
             if not self.ckpt.initial_load_path:
-                logger.info("the checkpoint holds the trainable parameters alone; the frozen base "
-                            "weights come from the seeded init (no checkpoint.initial_load_path)")
+                raise CheckpointError(f"checkpoint '{path}' holds the trainable parameters alone "
+                                      f"(lora.save_adapters_only); set checkpoint.initial_load_path to "
+                                      f"the base model the run started from")
+            self._initial_load()
         model_sd = self._model_state(trainable_only)
         _check_model_matches(path, model_sd, "checkpoint")  # adapters included, when LoRA is on
         state = {"model": model_sd, "optimizer": get_optimizer_state_dict(self.model, self.optimizer)}
@@ -434,8 +436,10 @@ def export_model(model: torch.nn.Module, folder: Path, step: int,
     """Save the weights alone (DCP "model." entries, in ``dtype``) to ``folder/step-<step>``;
     every rank calls it. Usable as checkpoint.initial_load_path or as a seed checkpoint.
     ``lora`` (the enabled [lora] section) of a model with adapters: ``merge_on_export`` writes
-    the merged base weights (gathered on rank 0), else ``save_adapters_only`` the adapters alone."""
+    the merged base weights (gathered on rank 0), else ``save_adapters_only`` the adapters alone.
+    Modules an objective attached to the model (the STP predictor) are not exported."""
     from titan_jepa.lora import is_lora_name, lora_modules, merge_lora_state_dict
+    from titan_jepa.models.llama import is_llama_key
 
     rank, world = _rank_world()
     tmp, final = folder / f"step-{step}{TMP}", folder / f"step-{step}"
@@ -443,12 +447,12 @@ def export_model(model: torch.nn.Module, folder: Path, step: int,
         # full tensors on rank 0's CPU (the other ranks get nothing), merged there
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if rank == 0:
-            sd = {k: v.to(dtype) for k, v in merge_lora_state_dict(full, lora.alpha).items()}
+            sd = {k: v.to(dtype) for k, v in merge_lora_state_dict(full, lora.alpha).items() if is_llama_key(k)}
             del full
             dcp.save({"model": sd}, storage_writer=dcp.FileSystemWriter(str(tmp)), no_dist=True)
             _rename_into_place(tmp, final)
         return final
-    sd = {k: v.detach().to(dtype) for k, v in get_model_state_dict(model).items()}
+    sd = {k: v.detach().to(dtype) for k, v in get_model_state_dict(model).items() if is_llama_key(k)}
     if lora is not None and lora_modules(model) and lora.save_adapters_only:
         sd = {k: v for k, v in sd.items() if is_lora_name(k)}
     dcp.save({"model": sd}, storage_writer=dcp.FileSystemWriter(str(tmp)), no_dist=world == 1)

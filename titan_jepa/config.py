@@ -185,9 +185,9 @@ class Lora:
     alpha: float = 16.0  # the adapter output is scaled by alpha / rank
     dropout: float = 0.0  # on the adapter path only
     target_modules: list[str] = field(default_factory=lambda: ["wq", "wk", "wv", "wo"])  # of wq wk wv wo w1 w2 w3
-    # training checkpoints hold the trainable parameters alone (the adapters); on resume the frozen
-    # base is re-loaded from checkpoint.initial_load_path (or the seeded init); without
-    # merge_on_export the model-only export then holds the adapters alone
+    # with checkpoint.initial_load_path (the base model) set, training checkpoints hold the
+    # trainable parameters alone (the adapters); on resume the frozen base is re-loaded from
+    # initial_load_path. Without merge_on_export the model-only export holds the adapters alone
     save_adapters_only: bool = True
     # the model-only export folds the adapters into the base weights: plain Llama names, readable
     # by tools/convert_hf.py and the eval like any base model

@@ -27,7 +27,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from titan_jepa.checkpoint import Checkpointer
 from titan_jepa.config import ConfigError, JobConfig, config_from_argv, write_config
 from titan_jepa.data.loader import build_dataloader, count_batches
-from titan_jepa.data.tokenizer import build_tokenizer
+from titan_jepa.data.sources import DataError
+from titan_jepa.data.tokenizer import TokenizerError, build_tokenizer
 from titan_jepa.flops import SameFlopTracker, flop_counts, training_flops
 from titan_jepa.lora import apply_lora
 from titan_jepa.metrics import MetricsLogger
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cfg = config_from_argv(argv)
         train(cfg)
-    except (ConfigError, TrainingError) as e:
+    except (ConfigError, DataError, TokenizerError, TrainingError) as e:
         # one clear line, not a traceback, for mistakes a user can fix
         print(f"error: {e}", file=sys.stderr)
         if dist.is_initialized():

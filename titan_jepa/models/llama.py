@@ -193,6 +193,14 @@ class TransformerBlock(nn.Module):
         return h + self.feed_forward(self.ffn_norm(h))
 
 
+# the Transformer's own children; anything else on it was attached from outside (the STP predictor)
+LLAMA_CHILDREN = ("tok_embeddings", "layers", "norm", "output")
+
+
+def is_llama_key(name: str) -> bool:
+    return name.split(".", 1)[0] in LLAMA_CHILDREN
+
+
 def default_write(param: torch.Tensor, full: torch.Tensor) -> None:
     param.copy_(full)
 
@@ -229,7 +237,7 @@ class Transformer(nn.Module):
     def _init_std(self, name: str) -> tuple[str, float] | None:
         """(kind, std) for a parameter: torchtitan-style depth-scaled init; None for a
         module attached from outside (its owner initialises it)."""
-        if not name.startswith(("tok_embeddings.", "layers.", "norm.", "output.")):
+        if not is_llama_key(name):
             return None
         if name.endswith("norm.weight"):
             return "ones", 0.0

@@ -94,9 +94,25 @@ def init_distributed(cfg: JobConfig) -> tuple[int, int, torch.device]:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(seconds=cfg.parallelism.comm_timeout_s),
-                                device_id=device if device_type == "cuda" else None)
+        timeout = timedelta(seconds=cfg.parallelism.comm_timeout_s)
+        store = _restart_store(world, timeout)
+        dist.init_process_group(backend, timeout=timeout, device_id=device if device_type == "cuda" else None,
+                                **({"store": store, "rank": rank, "world_size": world} if store else {}))
     return rank, world, device
+
+
+def _restart_store(world: int, timeout: timedelta):
+    """Under torchrun, the agent's TCPStore with a key prefix per restart attempt; else None.
+
+    torchrun (2.13) keeps one agent store for the whole job, so after ``--max-restarts``
+    restarts the workers' process groups would read the keys (gloo / NCCL addresses) that
+    the killed attempt left behind and hang or fail to connect. The prefix keeps each
+    attempt's keys apart."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"titan_jepa/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def build_mesh(dims: ParallelDims, device_type: str) -> tuple[DeviceMesh | None, DeviceMesh | None]:

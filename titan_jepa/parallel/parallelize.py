@@ -19,17 +19,17 @@ from torch.distributed.tensor.parallel import (
 )
 
 from titan_jepa.config import JobConfig
+from titan_jepa.models.llama import LLAMA_CHILDREN
 from titan_jepa.lora import LoRALinear, is_lora_name, lora_modules
 from titan_jepa.parallel.float8 import apply_float8
 from titan_jepa.parallel.mesh import ParallelDims, device_type_for
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-MODEL_CHILDREN = ("tok_embeddings", "layers", "norm", "output")
 
 
 def attached_modules(model: nn.Module) -> list[nn.Module]:
     """Direct children an objective attached to the model (e.g. the STP predictor)."""
-    return [m for name, m in model.named_children() if name not in MODEL_CHILDREN]
+    return [m for name, m in model.named_children() if name not in LLAMA_CHILDREN]
 
 
 def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
