@@ -68,3 +68,13 @@ def test_same_flop_run_saves_at_milestones(demo_dir, tmp_path):
     # near step k: same-FLOP saves land on odd steps too, besides the interval saves 2, 4, 5
     assert {2, 4, 5} <= set(saved)
     assert set(saved) - {2, 4, 5}, saved
+    # the tracker is part of the checkpoint, so a resumed run saves at the same steps
+    import json
+
+    state = json.loads((tmp_path / "t" / "checkpoint" / "step-5" / "train_state.json").read_text())
+    assert state["extra"]["same_flop"]["flops"] > state["extra"]["same_flop"]["ntp_flops"] > 0
+    first = dict(cfg, job=dict(cfg["job"], dump_folder=str(tmp_path / "r")), training=dict(cfg["training"], steps=3))
+    launch(1, first, tmp_path)
+    launch(1, dict(first, training=dict(first["training"], steps=5)), tmp_path)
+    resumed = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "r" / "t" / "checkpoint").glob("step-*"))
+    assert resumed == saved

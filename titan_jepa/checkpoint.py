@@ -14,7 +14,7 @@ Layout (``<ckpt>`` is ``checkpoint.folder``, relative to the run folder unless a
 
     <ckpt>/step-<N>/                  a complete checkpoint (only these names are loaded)
         .metadata, __<rank>_0.distcp  DCP: "model.<fqn>" and "optimizer.<...>" entries
-        train_state.json              {"step", "lr_scheduler", "num_slots", "world_size"}
+        train_state.json              {"step", "lr_scheduler", "num_slots", "world_size", "model_keys", "extra"}
         dataloader/slot_<k>.json      data-loader state of batch slot k: {"dp_rank_<k>": "<json>"}
         rng/rank_<r>.pt               torch CPU (+ CUDA) and python ``random`` states of rank r
     <ckpt>/step-<N>.tmp/              a save in progress, or one that was killed: ignored,
@@ -203,9 +203,12 @@ class Checkpointer:
     """Saves and restores everything a run needs to continue bit-identically."""
 
     def __init__(self, cfg: JobConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler, loaders: list):
+                 scheduler, loaders: list, extra: dict | None = None):
+        """``extra``: more small objects with state_dict()/load_state_dict() (the same on
+        every rank, JSON-able), kept in train_state.json under their names."""
         self.cfg, self.ckpt = cfg, cfg.checkpoint
         self.model, self.optimizer, self.scheduler, self.loaders = model, optimizer, scheduler, loaders
+        self.extra = extra or {}
         self.rank, self.world = _rank_world()
         self.folder = checkpoint_folder(cfg)
         self.export_folder = self.folder / "model-only"
@@ -282,6 +285,9 @@ class Checkpointer:
         set_model_state_dict(self.model, state["model"], options=StateDictOptions(strict=not trainable_only))
         set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(train_state["lr_scheduler"])
+        for name, obj in self.extra.items():
+            if name in train_state.get("extra", {}):
+                obj.load_state_dict(train_state["extra"][name])
         for loader in self.loaders:
             slot_file = path / "dataloader" / f"slot_{loader.rank}.json"
             if not slot_file.is_file():
@@ -381,7 +387,8 @@ class Checkpointer:
         if self.rank == 0:
             train_state = {"step": step, "lr_scheduler": self.scheduler.state_dict(),
                            "num_slots": self.num_slots, "world_size": self.world,
-                           "model_keys": "trainable" if self.adapters_only else "all"}
+                           "model_keys": "trainable" if self.adapters_only else "all",
+                           "extra": {name: obj.state_dict() for name, obj in self.extra.items()}}
             _write(tmp / TRAIN_STATE, json.dumps(train_state).encode())
         for loader in self.loaders:
             _write(tmp / "dataloader" / f"slot_{loader.rank}.json", json.dumps(loader.state_dict()).encode())

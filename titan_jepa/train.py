@@ -70,6 +70,33 @@ def setup_logging(rank: int) -> None:
                         datefmt="%H:%M:%S", stream=sys.stdout, force=True)
 
 
+def forward_backward(model, objective: Objective, micro_batches: list, dp, metrics: MetricsLogger,
+                     count_flops: bool) -> tuple[dict[str, float], torch.Tensor]:
+    """Forward and backward over the step's micro-batches; returns the global step metrics
+    and the global FLOP counts (see flops.py)."""
+    device = micro_batches[0].tokens.device
+    # each loss term is a sum over its items (target tokens, JEPA samples, STP spans)
+    # divided by the number of items summed over the micro-batches and the dp group
+    counts = dp.all_reduce_sum(torch.stack([objective.counts(mb) for mb in micro_batches]).sum(0))
+    sums = torch.zeros(len(SUMS), dtype=torch.float64, device=device)
+    flop_counter = FlopCounterMode(display=False) if count_flops else None
+    with flop_counter or contextlib.nullcontext():
+        for mb in micro_batches:
+            mb_loss, mb_sums = objective(model, mb, counts)
+            # FSDP averages gradients over the dp ranks; scaling by dp.size makes the
+            # result the gradient of the global loss
+            (mb_loss * dp.size).backward()
+            sums += mb_sums
+            metrics.count_tokens(mb.tokens.numel())
+    step_metrics = objective.metrics(dp.all_reduce_sum(sums), counts)
+    flops = dp.all_reduce_sum(torch.stack([flop_counts(mb) for mb in micro_batches]).sum(0).to(device)).cpu()
+    if flop_counter is not None:
+        # every rank counted its own share (a tp rank a slice of each matmul)
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        step_metrics["flops_counted"] = float(flop_counter.get_total_flops()) * world
+    return step_metrics, flops
+
+
 def train(cfg: JobConfig) -> list[float]:
     """Run the job described by ``cfg``; returns the global loss of every step."""
     # ---- processes, mesh and every check that needs no heavy work ----------------------
@@ -128,10 +155,9 @@ def train(cfg: JobConfig) -> list[float]:
                             device, cfg.metrics.gpu_peak_flops)
 
     # ---- checkpoint: resume (model, optimizer, schedule, loaders, RNG) or initial load --
-    checkpointer = Checkpointer(cfg, model, optimizer, scheduler, loaders)
-    done_steps = checkpointer.load()  # the step of the checkpoint resumed from, else 0
-
     same_flop = SameFlopTracker(model_args, cfg.checkpoint.interval)
+    checkpointer = Checkpointer(cfg, model, optimizer, scheduler, loaders, extra={"same_flop": same_flop})
+    done_steps = checkpointer.load()  # the step of the checkpoint resumed from, else 0
 
     # ---- the loop ----------------------------------------------------------------------
     losses = []
@@ -141,27 +167,8 @@ def train(cfg: JobConfig) -> list[float]:
     for step in range(done_steps + 1, cfg.training.steps + 1):
         maybe_kill_for_test(step, rank, world)  # TITAN_JEPA_TEST_KILL_AT_STEP (tests only)
         micro_batches = [next(loader).to(device) for loader in loaders]
-        # each loss term is a sum over its items (target tokens, JEPA samples) divided by
-        # the number of items summed over the micro-batches and the data-parallel group
-        counts = dp.all_reduce_sum(torch.stack([objective.counts(mb) for mb in micro_batches]).sum(0))
-        sums = torch.zeros(len(SUMS), dtype=torch.float64, device=device)
-        flop_counter = FlopCounterMode(display=False) if step <= cfg.metrics.flop_counter_steps else None
-        with flop_counter or contextlib.nullcontext():
-            for mb in micro_batches:
-                mb_loss, mb_sums = objective(model, mb, counts)
-                # FSDP averages gradients over the dp ranks; scaling by dp.size makes the
-                # result the gradient of the global loss
-                (mb_loss * dp.size).backward()
-                sums += mb_sums
-                metrics.count_tokens(mb.tokens.numel())
-        step_metrics = objective.metrics(dp.all_reduce_sum(sums), counts)
-        step_flops = dp.all_reduce_sum(torch.stack([flop_counts(mb) for mb in micro_batches]).sum(0).to(device))
-        same_flop_milestones = same_flop.update(step, step_flops.cpu())
-        step_metrics["flops_vs_ntp"] = same_flop.ratio
-        if flop_counter is not None:
-            # every rank counted its own share (a tp rank a slice of each matmul)
-            step_metrics["flops_counted"] = float(flop_counter.get_total_flops()) * world
-            step_metrics["flops_analytic"] = training_flops(model_args, *step_flops[:2].tolist())
+        step_metrics, flops = forward_backward(model, objective, micro_batches, dp, metrics,
+                                               count_flops=step <= cfg.metrics.flop_counter_steps)
         loss = step_metrics["loss"]
         if not math.isfinite(loss):
             raise TrainingError(f"step {step}: loss is {loss}; lower optimizer.lr, check "
@@ -173,12 +180,14 @@ def train(cfg: JobConfig) -> list[float]:
         profiler.step(step)
 
         losses.append(loss)
+        same_flop_milestones = same_flop.update(step, flops)
         if step % cfg.metrics.log_freq == 0 or step == cfg.training.steps:
-            metrics.log(step, {**step_metrics, "grad_norm": grad_norm.item(),
-                               "lr": scheduler.get_last_lr()[0]})
+            metrics.log(step, {**step_metrics, "flops": training_flops(model_args, *flops[:2].tolist()),
+                               "flops_vs_ntp": same_flop.ratio,
+                               "grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0]})
         checkpointer.maybe_save(step)  # every checkpoint.interval steps and at the last one
         if cfg.jepa.same_flop and same_flop_milestones:
-            # FLOPs now equal those of a next-token run at these steps
+            # this run's FLOPs now equal a next-token run's at these steps
             logger.info(f"step {step}: same FLOPs as next-token step(s) {same_flop_milestones}")
             checkpointer.save(step)
         if step < cfg.training.steps and preemption.stop_requested():  # collective: all ranks agree
