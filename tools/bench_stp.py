@@ -38,7 +38,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--spans", type=int, default=4, help="STP spans per document")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     corpus = ROOT / "demo_data" / "corpus.jsonl"
     if not corpus.exists():
