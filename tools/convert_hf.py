@@ -73,10 +73,10 @@ def load_ours(src: str) -> dict[str, torch.Tensor]:
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "full.pt")
             dcp_to_torch_save(src, path)
-            obj = torch.load(path, map_location="cpu", weights_only=False)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     else:
         log(f"reading {src}")
-        obj = torch.load(src, map_location="cpu", weights_only=False)
+        obj = torch.load(src, map_location="cpu", weights_only=True)
     return extract_model_state(obj)
 
 
