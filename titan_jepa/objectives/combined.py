@@ -1,6 +1,6 @@
 """The training objective of one micro-batch: gamma * next-token + lambda * JEPA + lambda_stp * STP.
 
-Every term is a sum over its items (target tokens, JEPA samples) divided by the number of
+Every term is a sum over its items (target tokens, JEPA samples, STP spans) divided by the number of
 items summed over all micro-batches of the step and all data-parallel ranks (``counts``),
 so a result does not depend on the number of ranks or micro-batches.
 """
@@ -19,6 +19,7 @@ from titan_jepa.objectives.stp import PREDICTOR, curvature_sum, pair_vectors, tu
 
 # the per-step counts, summed over micro-batches and then over the data-parallel group
 COUNTS = ("targets", "jepa_samples", "samples", "full_tokens", "view_tokens", "pad_tokens", "stp_items")
+TARGETS, JEPA_SAMPLES, STP_ITEMS = (COUNTS.index(k) for k in ("targets", "jepa_samples", "stp_items"))
 # the per-step loss sums
 SUMS = ("ntp", "jepa", "jepa_cos", "stp")
 
@@ -49,13 +50,13 @@ class Objective:
                                context_segment=mb.context_segment, context_len=mb.context_len,
                                return_hidden=True)
         ntp = next_token_loss_sum(logits, mb.labels)
-        loss = self.gamma * ntp / counts[0].clamp(min=1)
+        loss = self.gamma * ntp / counts[TARGETS].clamp(min=1)
         jepa = cos = torch.zeros((), device=ntp.device)
         if self.jepa.enable:
             pred, target = view_embeddings(hidden, mb.extras["jepa_pred"], mb.extras["jepa_target"])
             jepa = jepa_distance_sum(pred, target, self.jepa.distance, self.jepa.infonce_temperature,
                                      self.gather, self.rank)
-            loss = loss + self.jepa.lambda_ * jepa / counts[1].clamp(min=1)
+            loss = loss + self.jepa.lambda_ * jepa / counts[JEPA_SAMPLES].clamp(min=1)
             cos = cosine_sum(pred, target)
         stp = torch.zeros((), device=ntp.device)
         if self.stp is not None:
@@ -65,7 +66,7 @@ class Objective:
                 target, predicting = pair_vectors(hidden, mb.extras)
                 stp = tube_loss_sum(target, predicting, mb.extras["stp_weight"],
                                     getattr(model, PREDICTOR, None))
-            loss = loss + self.stp.lambda_ * stp / counts[6].clamp(min=1)
+            loss = loss + self.stp.lambda_ * stp / counts[STP_ITEMS].clamp(min=1)
         return loss, torch.stack([ntp.detach(), jepa.detach(), cos, stp.detach()]).double()
 
     def metrics(self, sums: torch.Tensor, counts: torch.Tensor) -> dict[str, float]:
