@@ -44,9 +44,12 @@ def test_two_launchers_hsdp_equal_one_process(demo_dir, tmp_path):
             if p.poll() is None:
                 p.kill()
             log.close()
-    logs = "\n".join((tmp_path / f"node{i}.log").read_text()[-3000:] for i in range(2))
-    assert codes == [0, 0], logs
-    assert "dp_replicate 2 x dp_shard 1" in logs  # HSDP: replicate across the two launchers
+    full_logs = [(tmp_path / f"node{i}.log").read_text() for i in range(2)]
+    tails = "\n".join(log[-3000:] for log in full_logs)
+    assert codes == [0, 0], tails
+    # HSDP: replicate across the two launchers. Search the whole log: the tail may be all
+    # rendezvous shutdown chatter from the agent that outlives the store's host.
+    assert any("dp_replicate 2 x dp_shard 1" in log for log in full_logs), tails
     two_nodes = _read_losses(run_dir)
     assert len(two_nodes) == STEPS
 
