@@ -1,6 +1,9 @@
 """FSDP2, TP+SP and HSDP on gloo give the losses of one process at the same global batch."""
 
+import os
+
 import pytest
+import torch
 
 from helpers import launch, tiny_config
 
@@ -46,3 +49,34 @@ def test_tied_embeddings_stay_tied(demo_dir, tmp_path, parallelism):
     single = launch(1, cfg, tmp_path)
     losses = launch(2, dict(cfg, parallelism=parallelism), tmp_path)
     assert losses == pytest.approx(single, rel=1e-4)
+
+
+def _embedding_grad_worker(cfg: dict) -> dict:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from titan_jepa.models.llama import ModelArgs, Transformer
+    from titan_jepa.parallel.parallelize import apply_tp
+
+    args = ModelArgs(dim=64, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=256,
+                     multiple_of=16, ffn_dim_multiplier=None)
+    model = Transformer(args)
+    model.init_weights(seed=0)
+    tokens = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
+    if "RANK" in os.environ:  # launched on 2 ranks; called directly it is the 1-process reference
+        dist.init_process_group("gloo")
+        apply_tp(model, init_device_mesh("cpu", (2,), mesh_dim_names=("tp",)))
+    model(tokens).float().pow(2).mean().backward()
+    grad = model.tok_embeddings.weight.grad
+    full = grad.full_tensor() if hasattr(grad, "full_tensor") else grad
+    return {"local_rows": (grad.to_local() if hasattr(grad, "to_local") else grad).shape[0],
+            "placements": str(getattr(grad, "placements", None)), "full": full.tolist()}
+
+
+def test_tp_embedding_grad_stays_vocab_sharded(tmp_path):
+    """Untied embeddings under TP only: the gradient keeps the weight's vocab sharding (half
+    the rows per rank), and its values equal one process's gradient."""
+    single = _embedding_grad_worker({})
+    tp = launch(2, {}, tmp_path, fn=_embedding_grad_worker)
+    assert tp["local_rows"] == 128 and tp["placements"] == "(Shard(dim=0),)"
+    assert torch.tensor(tp["full"]) == pytest.approx(torch.tensor(single["full"]), abs=1e-6)

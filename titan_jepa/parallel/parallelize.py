@@ -69,9 +69,22 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
     if model.args.tie_embeddings:
         # both are vocab-sharded (Shard(0)) on the tp mesh, so they can share one DTensor
         model.output.weight = model.tok_embeddings.weight
+    elif model.tok_embeddings.weight.requires_grad:  # (frozen under LoRA)
+        keep_grad_in_param_layout(model.tok_embeddings.weight)
     for module in attached_modules(model):
         # modules the objectives attach (the STP predictor): whole on every tp rank
         parallelize_module(module, tp_mesh, ColwiseParallel(output_layouts=Replicate()))
+
+
+def keep_grad_in_param_layout(param: DTensor) -> None:
+    """DTensor's embedding backward returns a Replicate (whole-vocab) gradient for a
+    vocab-sharded weight. Slice it back to the weight's layout as it is produced (a local
+    slice, no communication), so a TP-only run stores and updates 1/tp of it, not a full
+    vocab x dim gradient per rank. (Under FSDP the hook sits on the sharded parameter and
+    never fires: FSDP's reduce-scatter already redistributes to the parameter's layout.)"""
+    placements = param.placements
+    param.register_hook(
+        lambda grad: grad if grad.placements == placements else grad.redistribute(placements=placements))
 
 
 class _LoRAColwise(ColwiseParallel):
