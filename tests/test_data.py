@@ -156,6 +156,34 @@ def test_dp_sharding_disjoint_and_complete(demo, tok):
     assert sorted(sum(seen, [])) == sorted(docs)
 
 
+
+def test_file_sharding_reads_whole_files_per_slot(tmp_path, tok):
+    """data.shard_by = "file": slot r reads exactly files r, r+N, ... (sorted), each whole,
+    resumes exactly, and too few files for the slots is one clear error."""
+    files = []
+    for i in range(5):
+        files.append([f"file {i} doc {j} " * (j + 1) for j in range(3 + i)])
+        (tmp_path / f"part-{i:02d}.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in files[-1]))
+    world = 2
+    for rank in range(world):
+        cfg = make_cfg(tmp_path, seq_len=32, bs=2, num_epochs=1, shard_by="file")
+        stream = [t for b, r in rows_of(list(build_dataloader(cfg, tok, rank, world)))
+                  for t in b.tokens[r].tolist() if t != tok.pad_id]
+        got = [d.removeprefix("<|begin_of_text|>") for d in tok.decode(stream).split("<|end_of_text|>") if d]
+        assert got == sum(files[rank::world], [])
+    cfg = make_cfg(tmp_path, seq_len=16, bs=2, shard_by="file")
+    full = take(build_dataloader(cfg, tok, 1, world), 12)
+    first = build_dataloader(cfg, tok, 1, world)
+    take(first, 5)
+    resumed = build_dataloader(cfg, tok, 1, world)
+    resumed.load_state_dict(first.state_dict())
+    for a, b in zip(full[5:], take(resumed, 7)):
+        _equal(a, b)
+    with pytest.raises(DataError, match=r"5 file\(s\) for 8 slots.*shard_by = 'record'"):
+        build_dataloader(cfg, tok, 0, 8)
+    with pytest.raises(DataError, match="data.shard_by = 'rows' is not one of record, file"):
+        build_dataloader(make_cfg(tmp_path, shard_by="rows"), tok)
+
 def test_num_epochs_and_padding(tmp_path, tok):
     p = tmp_path / "c.jsonl"
     p.write_text("".join(json.dumps({"text": f"document number {i}"}) + "\n" for i in range(5)))

@@ -119,6 +119,7 @@ class Data:
     bad_lines: str = "skip"  # "skip" (counted warning) or "fail" (file:line)
     max_sample_len: int = -1  # chat: longer samples are bad input; -1: training.seq_len
     shuffle_buffer: int = 0  # 0: files are read in order
+    shard_by: str = "record"  # "record" (slot r reads records r, r+N, ...) or "file" (whole files per slot)
     num_epochs: int = -1  # -1: loop forever
 
 

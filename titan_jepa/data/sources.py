@@ -3,9 +3,14 @@
 A record is one JSON object (a .jsonl line, a parquet row, a Hugging Face row) or, for .txt
 files, one paragraph: documents are separated by one or more blank lines.
 
-Data-parallel sharding: records are numbered in file order within an epoch (blank lines do
-not count) and rank r keeps records i with i % dp_world == r, so the ranks read disjoint
-parts and together read everything. Other ranks' jsonl lines are skipped without parsing.
+Data-parallel sharding (``data.shard_by``), over the loader's batch slots ("ranks" here):
+- "record" (default): records are numbered in file order within an epoch (blank lines do
+  not count) and rank r keeps records i with i % dp_world == r, so the ranks read disjoint
+  parts and together read everything. Other ranks' jsonl lines are skipped without parsing,
+  but every rank still reads every byte: fine for fine-tuning sets.
+- "file": rank r reads whole files r, r + dp_world, ... (in sorted order) and nothing else,
+  for large pretraining corpora split into many files (at least one per slot). Ranks then
+  hold different amounts of data, so use it with data.num_epochs = -1 (loop forever).
 ``hf:NAME`` (or ``hf:NAME:CONFIG``) streams ``datasets.load_dataset(NAME, CONFIG,
 split=data.hf_split, streaming=True)`` split per rank by ``split_dataset_by_node``.
 
@@ -127,7 +132,19 @@ READERS = {".jsonl": _read_jsonl, ".json": _read_jsonl, ".txt": _read_txt, ".par
 class FileSource:
     """This rank's records from local files, looping over ``num_epochs`` epochs (-1: forever)."""
 
-    def __init__(self, files: list[Path], dp_rank: int, dp_world: int, num_epochs: int, bad: BadLines):
+    def __init__(self, files: list[Path], dp_rank: int, dp_world: int, num_epochs: int, bad: BadLines,
+                 shard_by: str = "record"):
+        if shard_by not in ("record", "file"):
+            raise DataError(f"data.shard_by = '{shard_by}' is not one of record, file")
+        if shard_by == "file":
+            if len(files) < dp_world:
+                raise DataError(f"data.shard_by = 'file' needs at least one file per batch slot: "
+                                f"{len(files)} file(s) for {dp_world} slots; split the data into more "
+                                "files or use data.shard_by = 'record'")
+            files, self.label = files[dp_rank::dp_world], f"rank {dp_rank} of {dp_world} (its files)"
+            dp_rank, dp_world = 0, 1  # every record of this rank's files is its own
+        else:
+            self.label = f"data-parallel rank {dp_rank} of {dp_world}"
         self.files, self.rank, self.world = files, dp_rank, dp_world
         self.num_epochs, self.bad = num_epochs, bad
         self.state = {"epoch": 0, "file": 0, "offset": 0, "line": 0, "record": 0}
@@ -155,8 +172,8 @@ class FileSource:
                 s.update(file=s["file"] + 1, offset=0, line=0)
                 if s["file"] == len(self.files):
                     if s["record"] <= self.rank:
-                        raise DataError(f"data.path: no records for data-parallel rank {self.rank} of "
-                                        f"{self.world} in {len(self.files)} file(s); add data or use fewer ranks")
+                        raise DataError(f"data.path: no records for {self.label} in {len(self.files)} "
+                                        "file(s); add data or use fewer ranks")
                     s.update(epoch=s["epoch"] + 1, file=0, record=0)
                 continue
             payload, where_line, s["offset"], s["line"] = item
@@ -270,5 +287,6 @@ def build_source(data_cfg, dp_rank: int, dp_world: int, bad: BadLines, seed: int
     if data_cfg.path.startswith("hf:"):
         src = HFSource(data_cfg.path, data_cfg.hf_split, dp_rank, dp_world, data_cfg.num_epochs)
     else:
-        src = FileSource(resolve_files(data_cfg.path), dp_rank, dp_world, data_cfg.num_epochs, bad)
+        src = FileSource(resolve_files(data_cfg.path), dp_rank, dp_world, data_cfg.num_epochs, bad,
+                         data_cfg.shard_by)
     return ShuffleBuffer(src, data_cfg.shuffle_buffer, seed * 1000003 + dp_rank)
