@@ -129,7 +129,19 @@ def _read_parquet(path: Path, offset: int, line: int):
 READERS = {".jsonl": _read_jsonl, ".json": _read_jsonl, ".txt": _read_txt, ".parquet": _read_parquet}
 
 
-class FileSource:
+class _Positioned:
+    """A source whose position is the plain dict ``self.state``; ``self._it`` is re-opened
+    from it after a load."""
+
+    def state_dict(self) -> dict:
+        return dict(self.state)
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.state = dict(sd)
+        self._it = None
+
+
+class FileSource(_Positioned):
     """This rank's records from local files, looping over ``num_epochs`` epochs (-1: forever)."""
 
     def __init__(self, files: list[Path], dp_rank: int, dp_world: int, num_epochs: int, bad: BadLines,
@@ -148,13 +160,6 @@ class FileSource:
         self.files, self.rank, self.world = files, dp_rank, dp_world
         self.num_epochs, self.bad = num_epochs, bad
         self.state = {"epoch": 0, "file": 0, "offset": 0, "line": 0, "record": 0}
-        self._it = None
-
-    def state_dict(self) -> dict:
-        return dict(self.state)
-
-    def load_state_dict(self, sd: dict) -> None:
-        self.state = dict(sd)
         self._it = None
 
     def next(self):
@@ -197,7 +202,7 @@ class FileSource:
             return payload, where
 
 
-class HFSource:
+class HFSource(_Positioned):
     """``datasets.load_dataset(name, config, split=split, streaming=True)``, split per rank."""
 
     def __init__(self, spec: str, split: str, dp_rank: int, dp_world: int, num_epochs: int):
@@ -213,13 +218,6 @@ class HFSource:
         self.ds = split_dataset_by_node(ds, rank=dp_rank, world_size=dp_world)
         self.num_epochs = num_epochs
         self.state = {"epoch": 0, "record": 0}
-        self._it = None
-
-    def state_dict(self) -> dict:
-        return dict(self.state)
-
-    def load_state_dict(self, sd: dict) -> None:
-        self.state = dict(sd)
         self._it = None
 
     def next(self):
