@@ -253,6 +253,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("data", "kind"): ("text", "chat", "pairs"),
     ("data", "loss_on"): ("assistant", "all"),
     ("data", "bad_lines"): ("skip", "fail"),
+    ("data", "shard_by"): ("record", "file"),
     ("checkpoint", "initial_load_format"): ("dcp", "hf"),
     ("checkpoint", "export_dtype"): ("float32", "bfloat16"),
     ("jepa", "distance"): ("cosine", "l2", "mse", "infonce"),
