@@ -125,7 +125,13 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     """x: (B, S, H, D) with interleaved pairs; cos/sin: (B or 1, S, D/2).
 
     Each pair (x0, x1) is the complex number x0 + i x1, rotated by cos + i sin (one complex
-    multiply is several times faster than the real-arithmetic form)."""
+    multiply is several times faster than the real-arithmetic form in eager mode). Under
+    torch.compile the real form is used: inductor has no complex codegen and would fall
+    back to eager for the multiply, while the real form fuses into the surrounding kernel."""
+    if torch.compiler.is_compiling():
+        x0, x1 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+        c, s = cos[:, :, None, :], sin[:, :, None, :]
+        return torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).flatten(-2).type_as(x)
     xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
     rot = torch.complex(cos, sin)[:, :, None, :]
     return torch.view_as_real(xc * rot).flatten(-2).type_as(x)
