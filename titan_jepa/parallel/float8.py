@@ -5,9 +5,12 @@
 high precision). The output projection stays in high precision, as in torchtitan: the
 logits are sensitive to quantisation and its vocab-sized shape gains little.
 
-It is applied before tensor parallelism and FSDP (see parallelize.py). The checks come first,
-each one line naming the fix: CUDA only, torchao installed, and a GPU whose compute
-capability is at least 8.9 (Ada, Hopper and later have float8 tensor cores).
+It is applied before tensor parallelism and FSDP (see parallelize.py), with the plain TP
+styles (weights and activations are cast to float8 per rank; torchao computes tensorwise
+scales of DTensor weights over the whole tensor). The checks come first, each one line
+naming the fix: CUDA only, torchao installed, and a GPU whose compute capability is at
+least 8.9 (Ada, Hopper and later have float8 tensor cores). ``convert_to_float8`` alone
+skips them: tests/test_ops.py trains this path on CPU under FSDP2 and TP.
 
 Not done here: float8 FSDP all-gathers (``enable_fsdp_float8_all_gather``), which need a
 scale precompute after each optimizer step; weights are gathered in the FSDP param dtype.
@@ -57,23 +60,32 @@ def check_float8(cfg: JobConfig, device: torch.device | str) -> None:
     try:
         import torchao.float8  # noqa: F401
     except ImportError:
-        raise ConfigError("float8.enable = true needs torchao: pip install torchao "
+        raise ConfigError("float8.enable = true needs torchao: pip install 'titan-jepa[float8]' "
                           "(or set float8.enable = false)") from None
 
 
 def apply_float8(model: nn.Module, cfg: JobConfig, device: torch.device | str) -> nn.Module:
-    """Convert the transformer blocks' nn.Linear layers to torchao Float8Linear, in place."""
+    """Check that float8 can run here (CUDA, sm89+, torchao), then convert the model."""
     check_float8(cfg, device)
+    return convert_to_float8(model, cfg.float8.recipe)
+
+
+def convert_to_float8(model: nn.Module, recipe: str) -> nn.Module:
+    """Convert the transformer blocks' nn.Linear layers to torchao Float8Linear, in place.
+
+    No hardware check: torch's float8 matmul also runs (slowly) on CPU, which is how the
+    tests train this exact path under FSDP2 and TP on gloo. Training runs go through
+    ``apply_float8``, which refuses anything but a float8-capable GPU."""
     from torchao.float8 import Float8LinearConfig, convert_to_float8_training
 
-    if cfg.float8.recipe == "tensorwise":
+    if recipe == "tensorwise":
         config = Float8LinearConfig()
     else:
-        config = Float8LinearConfig.from_recipe_name(cfg.float8.recipe)
+        config = Float8LinearConfig.from_recipe_name(recipe)
     convert_to_float8_training(model, config=config, module_filter_fn=float8_module_filter)
     converted = sum(1 for m in model.modules() if type(m).__name__ == "Float8Linear")
     skipped = [fqn for fqn, m in model.named_modules()
                if isinstance(m, nn.Linear) and type(m).__name__ != "Float8Linear"]
-    logger.info(f"float8 ({cfg.float8.recipe}): {converted} linear layers converted; kept in high "
+    logger.info(f"float8 ({recipe}): {converted} linear layers converted; kept in high "
                 f"precision: {', '.join(skipped) or 'none'}")
     return model
