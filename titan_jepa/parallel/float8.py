@@ -5,9 +5,8 @@
 high precision). The output projection stays in high precision, as in torchtitan: the
 logits are sensitive to quantisation and its vocab-sized shape gains little.
 
-It is applied before tensor parallelism and FSDP (see parallelize.py), with the plain TP
-styles (weights and activations are cast to float8 per rank; torchao computes tensorwise
-scales of DTensor weights over the whole tensor). The checks come first, each one line
+It is applied before tensor parallelism and FSDP (see parallelize.py), under the plain TP
+styles (TP=2 gives the 1-rank losses to 1e-4 in the CPU test). The checks come first, each one line
 naming the fix: CUDA only, torchao installed, and a GPU whose compute capability is at
 least 8.9 (Ada, Hopper and later have float8 tensor cores). ``convert_to_float8`` alone
 skips them: tests/test_ops.py trains this path on CPU under FSDP2 and TP.
