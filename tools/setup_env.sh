@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install the project into it.
-# torch is installed first and pinned, so pip never swaps in a multi-GB CUDA build on a
-# CPU machine. On a GPU machine set TORCH_SPEC to the CUDA build you want, e.g. PyPI's
-# (CUDA 13.0 on Linux x86_64; where a local CPU wheel shadows it, name the index):
-#   TORCH_SPEC="torch==2.13.0 --index-url https://pypi.org/simple" bash tools/setup_env.sh
-# or, for a CUDA 12.8 driver:
+# torch is installed first and pinned, so pip never swaps in another build. What
+# torch==2.13.0 resolves to depends on the machine: on this project's CPU machines pip takes
+# the CPU wheel on local disk; elsewhere PyPI's Linux wheel, the CUDA 13.0 build (R580+
+# driver). For another CUDA version set TORCH_SPEC, e.g. for an R570 driver:
 #   TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" bash tools/setup_env.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
