@@ -294,7 +294,7 @@ def test_float8_path_trains_and_is_layout_independent(float8_runs):
     ranks and TP=2 give the 1-process float8 losses."""
     fp32, one = float8_runs["fp32"], float8_runs["one"]
     assert one != fp32 and one == pytest.approx(fp32, rel=1e-2)
-    assert float8_runs["fsdp"] == pytest.approx(one, rel=1e-6)
+    assert float8_runs["fsdp"] == pytest.approx(one, rel=1e-5)
     assert float8_runs["tp"] == pytest.approx(one, rel=1e-4)
 
 
