@@ -84,7 +84,8 @@ def test_fsdp_resume_is_exact(fsdp_run, demo_dir, tmp_path):
     assert list(complete_checkpoints(tmp_path / "t" / "checkpoint")) == [5, 10]
 
 
-@pytest.mark.parametrize("world,parallelism", [(1, {}), (2, {"tp": 2})], ids=["one-rank", "tp2"])
+@pytest.mark.parametrize("world,parallelism", [(1, {}), (2, {"tp": 2}), (4, {"dp_shard": 2, "tp": 2})],
+                         ids=["one-rank", "tp2", "fsdp2xtp2"])
 def test_resume_on_another_layout(fsdp_run, demo_dir, tmp_path, world, parallelism):
     run, losses = fsdp_run
     copy_step(run, tmp_path, 5)

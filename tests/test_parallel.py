@@ -41,6 +41,14 @@ def test_hsdp_2x2_equals_one(single_losses, demo_dir, tmp_path):
     assert losses[-1] < losses[0]
 
 
+def test_fsdp_x_tp_2x2_equals_one(single_losses, demo_dir, tmp_path):
+    """2D parallelism (torchtitan's usual 8B layout): FSDP2 over dp_shard=2, TP+SP over tp=2."""
+    cfg = tiny_config(tmp_path, demo_dir, training={"local_batch_size": 2},
+                      parallelism={"dp_shard": 2, "tp": 2})
+    losses = launch(4, cfg, tmp_path)
+    assert losses == pytest.approx(single_losses, rel=1e-4)
+
+
 @pytest.mark.parametrize("parallelism", [{"dp_shard": 2}, {"tp": 2}], ids=["fsdp", "tp"])
 def test_tied_embeddings_stay_tied(demo_dir, tmp_path, parallelism):
     """Llama-3.2-style tied embeddings: 2 ranks equal 1 rank, and the weights stay shared."""
