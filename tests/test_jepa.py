@@ -219,13 +219,14 @@ def test_infonce_negatives_from_all_ranks(tmp_path):
     torch.testing.assert_close(torch.tensor(results[0][2] + results[1][2]), t.grad, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("views", ["separate", "shared_prefix"])
-def test_fsdp_two_ranks_equals_one(demo_dir, tmp_path, views):
+@pytest.mark.parametrize("views,parallelism", [("separate", {}), ("shared_prefix", {}), ("separate", {"tp": 2})],
+                         ids=["separate-fsdp", "shared_prefix-fsdp", "separate-tp"])
+def test_two_ranks_equal_one(demo_dir, tmp_path, views, parallelism):
     cfg = tiny_config(tmp_path, demo_dir, data={"kind": "chat", "path": str(demo_dir / "regex_train.jsonl")},
                       training={"seq_len": 256, "local_batch_size": 2, "steps": 4},
                       jepa={"enable": True, "views": views, "distance": "cosine", "jepa_ratio": 0.7})
     single = launch(1, cfg, tmp_path)
-    double = launch(2, cfg, tmp_path)
+    double = launch(2, dict(cfg, parallelism=parallelism), tmp_path)
     assert double == pytest.approx(single, rel=1e-4)
 
 

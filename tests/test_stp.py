@@ -170,11 +170,14 @@ def test_chat_mask_views_are_packed_in_the_row(demo_dir, tmp_path):
     assert (seg[target] == seg[pred] + 1).all()
 
 
-@pytest.mark.parametrize("mode,extra", [("random_span", {"linear_predictor": True, "weighting": "cosine_like"}),
-                                        ("curvature", {})])
-def test_fsdp_two_ranks_equals_one(demo_dir, tmp_path, mode, extra):
+@pytest.mark.parametrize("mode,extra,parallelism", [
+    ("random_span", {"linear_predictor": True, "weighting": "cosine_like"}, {}),
+    ("curvature", {}, {}),
+    ("random_span", {"linear_predictor": True}, {"tp": 2}),  # the predictor is whole on each tp rank
+], ids=["random_span-fsdp", "curvature-fsdp", "random_span-tp"])
+def test_two_ranks_equal_one(demo_dir, tmp_path, mode, extra, parallelism):
     cfg = tiny_config(tmp_path, demo_dir, training={"local_batch_size": 2, "steps": 3},
                       stp={"enable": True, "mode": mode, "lambda": 0.5, **extra})
     single = launch(1, cfg, tmp_path)
-    double = launch(2, cfg, tmp_path)
+    double = launch(2, dict(cfg, parallelism=parallelism), tmp_path)
     assert double == pytest.approx(single, rel=1e-4)
