@@ -221,7 +221,49 @@ def test_hf_source_mocked(monkeypatch, tok):
     b = build_dataloader(cfg, tok)
     b.load_state_dict(a.state_dict())
     assert all(torch.equal(x.tokens, y.tokens) for x, y in zip(full[2:], take(b, 4)))
+    # a datasets release without IterableDataset.state_dict: the resume replays with skip()
+    monkeypatch.delattr(datasets.IterableDataset, "state_dict")
+    a = build_dataloader(cfg, tok)
+    take(a, 3)
+    b = build_dataloader(cfg, tok)
+    b.load_state_dict(a.state_dict())
+    assert all(torch.equal(x.tokens, y.tokens) for x, y in zip(full[3:], take(b, 3)))
 
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_hf_stream_resumes_from_its_own_state(monkeypatch, tmp_path, tok, world):
+    """A real streaming ``datasets`` IterableDataset (local json shards): a resumed loader
+    jumps to its saved stream position (no replay through skip()) and yields exactly the
+    batches of an uninterrupted one, across epoch boundaries."""
+    import datasets
+
+    files = []
+    for i in range(3):
+        files.append(str(tmp_path / f"shard-{i}.jsonl"))
+        Path(files[-1]).write_text("".join(json.dumps({"text": f"shard {i} doc {j} " * (1 + j % 4)}) + "\n"
+                                           for j in range(6)))
+    real_load = datasets.load_dataset
+
+    def local_load(name, config=None, split=None, streaming=False):
+        return real_load("json", data_files=files, split="train", streaming=True)
+
+    monkeypatch.setattr(datasets, "load_dataset", local_load)
+    cfg = make_cfg("hf:local/shards", seq_len=16, bs=2)
+    rank = world - 1
+    full = take(build_dataloader(cfg, tok, rank, world), 40)  # several epochs
+    for n in (3, 11, 26):
+        first = build_dataloader(cfg, tok, rank, world)
+        take(first, n)
+        state = json.loads(first.state_dict()[f"dp_rank_{rank}"])
+        assert state["source"]["source"]["stream"] is not None
+        resumed = build_dataloader(cfg, tok, rank, world)
+        resumed.load_state_dict(first.state_dict())
+        with monkeypatch.context() as m:
+            m.setattr(datasets.IterableDataset, "skip", lambda *a, **k: pytest.fail("resume replayed the stream"))
+            rest = take(resumed, 40 - n)
+        for a, b in zip(full[n:], rest):
+            _equal(a, b)
 
 # ---------------------------------------------------------------- chat
 def test_chat_packing_and_masks(demo, tok):

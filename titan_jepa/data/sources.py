@@ -14,8 +14,10 @@ Data-parallel sharding (``data.shard_by``), over the loader's batch slots ("rank
 ``hf:NAME`` (or ``hf:NAME:CONFIG``) streams ``datasets.load_dataset(NAME, CONFIG,
 split=data.hf_split, streaming=True)`` split per rank by ``split_dataset_by_node``.
 
-Every source keeps an exact position (file, byte offset or row, line, epoch) as a plain
-dict, so a restored source yields exactly the records an uninterrupted one would.
+Every source keeps an exact position (file, byte offset or row, line, epoch; for ``hf:``
+the record count and the stream's own ``state_dict()``) as a plain dict, so a restored
+source yields exactly the records an uninterrupted one would, without re-reading the data
+before it.
 
 Bad input (``data.bad_lines``): ``BadLines.report`` either raises ``DataError('file:line:
 reason')`` ("fail") or counts the reason, logging a warning the first time each reason
@@ -203,7 +205,12 @@ class FileSource(_Positioned):
 
 
 class HFSource(_Positioned):
-    """``datasets.load_dataset(name, config, split=split, streaming=True)``, split per rank."""
+    """``datasets.load_dataset(name, config, split=split, streaming=True)``, split per rank.
+
+    Its position is the record count plus the stream's own ``IterableDataset.state_dict()``
+    (shard and offset), so a resume jumps straight to the next record instead of re-reading
+    and decoding every record before it; a ``datasets`` release without it falls back to
+    ``skip(record)``."""
 
     def __init__(self, spec: str, split: str, dp_rank: int, dp_world: int, num_epochs: int):
         import datasets
@@ -216,9 +223,18 @@ class HFSource(_Positioned):
         except Exception as e:  # network, unknown name, ...: one clear line
             raise DataError(f"data.path '{spec}': could not open the Hugging Face dataset ({e})") from None
         self.ds = split_dataset_by_node(ds, rank=dp_rank, world_size=dp_world)
+        # the start of an epoch (a stream that was loaded from a state restarts there otherwise)
+        self._start = self.ds.state_dict() if hasattr(self.ds, "state_dict") else None
         self.num_epochs = num_epochs
-        self.state = {"epoch": 0, "record": 0}
+        self.state = {"epoch": 0, "record": 0, "stream": None}
         self._it = None
+        self._tracked = False  # whether self.ds.state_dict() is this source's position
+
+    def state_dict(self) -> dict:
+        sd = dict(self.state)
+        if self._it is not None and self._tracked:
+            sd["stream"] = self.ds.state_dict()  # just past the last record handed out
+        return sd
 
     def next(self):
         s = self.state
@@ -226,17 +242,28 @@ class HFSource(_Positioned):
             if self.num_epochs != -1 and s["epoch"] >= self.num_epochs:
                 return None
             if self._it is None:
-                ds = self.ds.skip(s["record"]) if s["record"] else self.ds
-                self._it = iter(ds)
+                self._it = iter(self._open(s))
             obj = next(self._it, None)
             if obj is None:
                 self._it = None
                 if s["record"] == 0:
                     raise DataError(f"{self.label}: no records for this data-parallel rank")
-                s.update(epoch=s["epoch"] + 1, record=0)
+                s.update(epoch=s["epoch"] + 1, record=0, stream=None)
                 continue
             s["record"] += 1
             return dict(obj), f"{self.label}#{s['record']}"
+
+    def _open(self, s: dict):
+        """The stream from the state's position: its saved stream state, else a replay."""
+        if self._start is not None:
+            if s["record"] and s.get("stream"):
+                self.ds.load_state_dict(s["stream"])
+                self._tracked = True
+                return self.ds
+            self.ds.load_state_dict(self._start)
+        # the start of an epoch, or a position saved without the stream's own state
+        self._tracked = self._start is not None and not s["record"]
+        return self.ds.skip(s["record"]) if s["record"] else self.ds
 
 
 class ShuffleBuffer:
