@@ -132,3 +132,20 @@ def test_rope_compiled_real_form_equals_eager_complex_form():
     c4, s4 = c[:, :, None, :], s[:, :, None, :]
     textbook = torch.stack((x0 * c4 - x1 * s4, x0 * s4 + x1 * c4), -1).flatten(-2)
     assert torch.allclose(eager, textbook, atol=1e-6) and torch.allclose(compiled, textbook, atol=1e-6)
+
+
+def test_sdpa_gqa_fast_path_equals_expanded_heads():
+    """The CPU causal path passes grouped k/v to SDPA (enable_gqa); it equals expanding
+    each k/v head over its query group, forward and backward."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 8, 32, 16, generator=g, requires_grad=True)
+    k = torch.randn(2, 2, 32, 16, generator=g, requires_grad=True)
+    v = torch.randn(2, 2, 32, 16, generator=g, requires_grad=True)
+    fast = SDPAAttention().attend(q, k, v, None)
+    grads_fast = torch.autograd.grad(fast.square().sum(), (q, k, v))
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(4, dim=1), v.repeat_interleave(4, dim=1), is_causal=True)
+    grads_ref = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads_fast, grads_ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

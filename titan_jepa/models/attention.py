@@ -62,7 +62,13 @@ class SDPAAttention:
 
     def attend(self, q, k, v, mask) -> torch.Tensor:
         # q: (B, Hq, S, D); k, v: (B, Hkv, S, D)
-        if k.shape[1] != q.shape[1]:
+        gqa = k.shape[1] != q.shape[1]
+        if mask is None and gqa and q.device.type == "cpu":
+            # the CPU flash kernel reads each k/v head for its whole query group (enable_gqa);
+            # on CUDA only some kernels take enable_gqa (others fall back to the O(S^2) math
+            # kernel), so there k/v are expanded as below, as torchtitan does
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        if gqa:
             rep = q.shape[1] // k.shape[1]
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
