@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,6 +29,9 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+from bench_common import median_step_times, objective_step, train_step  # noqa: E402
 
 from titan_jepa.config import load_config  # noqa: E402
 from titan_jepa.data.batch import IGNORE_INDEX  # noqa: E402
@@ -102,18 +103,7 @@ def step_reference(model, opt, batch, cfg):
     ntp = F.cross_entropy(logits[:n].flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
     idx = torch.arange(n)
     pred, target = hidden[n + idx, pred_at], hidden[2 * n + idx, code_at]
-    loss = ntp + cfg.jepa.lambda_ * jepa_distance_sum(pred, target, cfg.jepa.distance) / n
-    loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-
-
-def step_packed(model, opt, batch, cfg):
-    obj = Objective(cfg)
-    loss, _ = obj(model, batch, obj.counts(batch))
-    loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
+    train_step(opt, ntp + cfg.jepa.lambda_ * jepa_distance_sum(pred, target, cfg.jepa.distance) / n)
 
 
 def main() -> None:
@@ -142,34 +132,32 @@ def main() -> None:
     ntp_cfg = replace(base, jepa=replace(base.jepa, enable=False))
     shared_cfg = replace(base, jepa=replace(base.jepa, views="shared_prefix"))
     ratio_cfg = replace(base, jepa=replace(base.jepa, jepa_ratio=0.25))
-    variants = {
-        "next-token only": (step_packed, packed_batch(records, ntp_cfg, tok, args.seq_len, False), ntp_cfg),
-        "reference style (3 padded groups)": (step_reference, reference_batch(records, base, tok), base),
-        "packed separate": (step_packed, packed_batch(records, base, tok, args.seq_len, True), base),
-        "packed shared_prefix": (step_packed, packed_batch(records, shared_cfg, tok, args.seq_len, True), shared_cfg),
-        "packed, jepa_ratio 0.25": (step_packed, packed_batch(records, ratio_cfg, tok, args.seq_len, True), ratio_cfg),
+    reference = reference_batch(records, base, tok)
+    packed = {  # name: (config, packed batch)
+        "next-token only": (ntp_cfg, packed_batch(records, ntp_cfg, tok, args.seq_len, False)),
+        "packed separate": (base, packed_batch(records, base, tok, args.seq_len, True)),
+        "packed shared_prefix": (shared_cfg, packed_batch(records, shared_cfg, tok, args.seq_len, True)),
+        "packed, jepa_ratio 0.25": (ratio_cfg, packed_batch(records, ratio_cfg, tok, args.seq_len, True)),
     }
-    shapes = {name: tuple(v[1][0].shape) if isinstance(v[1], tuple) else tuple(v[1].tokens.shape)
-              for name, v in variants.items()}
+    steps = {name: (lambda o=Objective(cfg), b=batch: objective_step(model, opt, o, b))
+             for name, (cfg, batch) in packed.items()}
+    steps["reference style (3 padded groups)"] = lambda: step_reference(model, opt, reference, base)
+    shapes = {name: tuple(batch.tokens.shape) for name, (_, batch) in packed.items()}
+    shapes["reference style (3 padded groups)"] = tuple(reference[0].shape)
+    order = ["next-token only", "reference style (3 padded groups)", "packed separate",
+             "packed shared_prefix", "packed, jepa_ratio 0.25"]
     print(f"model {args.flavor}: {margs.num_params() / 1e6:.1f}M params; {torch.get_num_threads()} threads")
 
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for r in range(args.rounds + 1):  # round 0 is the warm-up
-        for name, (fn, batch, cfg) in variants.items():
-            t0 = time.perf_counter()
-            fn(model, opt, batch, cfg)
-            if r:
-                times[name].append(time.perf_counter() - t0)
-    base_t = statistics.median(times["next-token only"])
+    times = median_step_times({name: steps[name] for name in order}, args.rounds)
+    base_t = times["next-token only"]
     print(f"\n| variant | tokens per step (rows x len) | step time (s) | ratio to next-token |")
     print("|---|---|---|---|")
-    for name, ts in times.items():
-        t = statistics.median(ts)
+    for name, t in times.items():
         rows, width = shapes[name]
         print(f"| {name} | {rows} x {width} = {rows * width} | {t:.3f} | {t / base_t:.2f}x |")
-    sep = statistics.median(times["packed separate"]) / base_t
-    ref = statistics.median(times["reference style (3 padded groups)"]) / base_t
-    shp = statistics.median(times["packed shared_prefix"]) / base_t
+    sep = times["packed separate"] / base_t
+    ref = times["reference style (3 padded groups)"] / base_t
+    shp = times["packed shared_prefix"] / base_t
     print(f"\ngoals: packed separate <= 2.0x: {sep:.2f}x ({'met' if sep <= 2.0 else 'NOT met'}); "
           f"faster than the reference style ({ref:.2f}x): {'yes' if sep < ref else 'NO'}; "
           f"shared_prefix <= 1.5x: {shp:.2f}x ({'met' if shp <= 1.5 else 'NOT met'})")

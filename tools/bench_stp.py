@@ -11,9 +11,7 @@ interleaved after a warm-up; medians are compared (the machine is noisy).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
+from bench_common import median_step_times, objective_step  # noqa: E402
 from titan_jepa.config import load_config  # noqa: E402
 from titan_jepa.data.loader import build_dataloader  # noqa: E402
 from titan_jepa.data.tokenizer import build_tokenizer  # noqa: E402
@@ -70,26 +69,17 @@ def main() -> None:
         "STP curvature": Objective(replace(base, stp=replace(base.stp, mode="curvature"))),
     }
     curv_batch = next(build_dataloader(replace(base, stp=replace(base.stp, mode="curvature")), tok))
-    times = {name: [] for name in variants}
-    for r in range(args.rounds + 1):
-        for name, obj in variants.items():
-            b = curv_batch if "curvature" in name else batch
-            t0 = time.perf_counter()
-            loss, _ = obj(model, b, obj.counts(b))
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if r:
-                times[name].append(time.perf_counter() - t0)
+    times = median_step_times(
+        {name: (lambda o=obj, b=curv_batch if "curvature" in name else batch: objective_step(model, opt, o, b))
+         for name, obj in variants.items()}, args.rounds)
     n_spans = batch.extras["stp_weight"].shape[0]
     print(f"model {args.flavor} ({margs.num_params() / 1e6:.1f}M), batch {args.batch} x {args.seq_len}, "
           f"{n_spans} spans, {torch.get_num_threads()} threads")
-    base_t = statistics.median(times["next-token only"])
+    base_t = times["next-token only"]
     print("| variant | step time (s) | ratio to next-token |\n|---|---|---|")
-    for name, ts in times.items():
-        t = statistics.median(ts)
+    for name, t in times.items():
         print(f"| {name} | {t:.3f} | {t / base_t:.3f}x |")
-    ratio = statistics.median(times["STP random_span (+ linear predictor)"]) / base_t
+    ratio = times["STP random_span (+ linear predictor)"] / base_t
     print(f"\ngoal: STP <= 1.05x next-token: {ratio:.3f}x ({'met' if ratio <= 1.05 else 'NOT met'})")
 
 
