@@ -6,9 +6,9 @@ high precision). The output projection stays in high precision, as in torchtitan
 logits are sensitive to quantisation and its vocab-sized shape gains little.
 
 It is applied before tensor parallelism and FSDP (see parallelize.py), under the plain TP
-styles (TP=2 gives the 1-rank losses to 1e-4 in the CPU test). The checks come first, each one line
-naming the fix: CUDA only, torchao installed, and a GPU whose compute capability is at
-least 8.9 (Ada, Hopper and later have float8 tensor cores). ``convert_to_float8`` alone
+styles (TP=2 gives the 1-rank losses to 1e-4 in the CPU test). The checks come first, each
+one line naming the fix: CUDA only, torchao installed, and a GPU whose compute capability
+is at least 8.9 (Ada, Hopper and later have float8 tensor cores). ``convert_to_float8`` alone
 skips them: tests/test_ops.py trains this path on CPU under FSDP2 and TP.
 
 Not done here: float8 FSDP all-gathers (``enable_fsdp_float8_all_gather``), which need a

@@ -80,8 +80,8 @@ def keep_grad_in_param_layout(param: DTensor) -> None:
     """DTensor's embedding backward returns a Replicate (whole-vocab) gradient for a
     vocab-sharded weight. Slice it back to the weight's layout as it is produced (a local
     slice, no communication), so a TP-only run stores and updates 1/tp of it, not a full
-    vocab x dim gradient per rank. (Under FSDP the hook sits on the sharded parameter and
-    never fires: FSDP's reduce-scatter already redistributes to the parameter's layout.)"""
+    vocab x dim gradient per rank. (With FSDP on top, its reduce-scatter brings the gradient
+    to the parameter's layout in any case; the FSDP x TP test covers that combination.)"""
     placements = param.placements
     param.register_hook(
         lambda grad: grad if grad.placements == placements else grad.redistribute(placements=placements))
