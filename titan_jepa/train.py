@@ -76,8 +76,12 @@ def forward_backward(model, objective: Objective, micro_batches: list, dp, metri
     and the global FLOP counts (see flops.py)."""
     device = micro_batches[0].tokens.device
     # each loss term is a sum over its items (target tokens, JEPA samples, STP spans)
-    # divided by the number of items summed over the micro-batches and the dp group
-    counts = dp.all_reduce_sum(torch.stack([objective.counts(mb) for mb in micro_batches]).sum(0))
+    # divided by the number of items summed over the micro-batches and the dp group; the
+    # FLOP counts depend on the batches alone, so they travel in the same all-reduce
+    local_counts = torch.stack([objective.counts(mb) for mb in micro_batches]).sum(0)
+    local_flops = torch.stack([flop_counts(mb) for mb in micro_batches]).sum(0).to(device)
+    counts, flops = dp.all_reduce_sum(torch.cat([local_counts, local_flops])).split(
+        [local_counts.numel(), local_flops.numel()])
     sums = torch.zeros(len(SUMS), dtype=torch.float64, device=device)
     flop_counter = FlopCounterMode(display=False) if count_flops else None
     with flop_counter or contextlib.nullcontext():
@@ -89,12 +93,11 @@ def forward_backward(model, objective: Objective, micro_batches: list, dp, metri
             sums += mb_sums
             metrics.count_tokens(mb.tokens.numel())
     step_metrics = objective.metrics(dp.all_reduce_sum(sums), counts)
-    flops = dp.all_reduce_sum(torch.stack([flop_counts(mb) for mb in micro_batches]).sum(0).to(device)).cpu()
     if flop_counter is not None:
         # every rank counted its own share (a tp rank a slice of each matmul)
         world = dist.get_world_size() if dist.is_initialized() else 1
         step_metrics["flops_counted"] = float(flop_counter.get_total_flops()) * world
-    return step_metrics, flops
+    return step_metrics, flops.cpu()
 
 
 def train(cfg: JobConfig) -> list[float]:
