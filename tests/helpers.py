@@ -60,6 +60,9 @@ def _worker(rank: int, world: int, port: int, fn, cfg_dict: dict, out: str):
     import torch.distributed as dist
 
     if dist.is_initialized():
+        # tear down together: a rank that leaves while another still talks to the store
+        # (hosted by rank 0) can abort the other in gloo's teardown
+        dist.barrier()
         dist.destroy_process_group()
     if rank == 0:
         Path(out).write_text(json.dumps(result))
