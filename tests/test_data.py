@@ -276,7 +276,7 @@ def test_chat_packing_and_masks(demo, tok):
             for r in range(2):
                 check_row_invariants(b, r, 128)
             cols = {c: i for i, c in enumerate(SAMPLE_COLUMNS)}
-            for j, s in enumerate(b.extras["samples"].tolist()):
+            for j, s in enumerate(b.samples.table.tolist()):
                 row, seg, start, length = s[cols["row"]], s[cols["segment"]], s[cols["start"]], s[cols["length"]]
                 enc = tok.encode_chat(lines[k]["messages"])
                 ids = b.tokens[row, start:start + length].tolist()
@@ -287,8 +287,8 @@ def test_chat_packing_and_masks(demo, tok):
                 us, ue, as_, ae = (s[cols[c]] for c in ("user_start", "user_end", "assistant_start", "assistant_end"))
                 assert tok.decode(b.tokens[row, us:ue].tolist()) == lines[k]["messages"][1]["content"]
                 assert tok.decode(b.tokens[row, as_:ae].tolist()) == lines[k]["messages"][2]["content"]
-                assert b.extras["text_ids"][j] == b.tokens[row, us:ue].tolist()
-                assert b.extras["code_ids"][j] == b.tokens[row, as_:ae].tolist()
+                assert b.samples.text_ids[j] == b.tokens[row, us:ue].tolist()
+                assert b.samples.code_ids[j] == b.tokens[row, as_:ae].tolist()
                 targets = [i for i, t in enumerate(lab) if t != IGNORE_INDEX]
                 if loss_on == "assistant":  # targets = assistant content + its <|eot_id|>
                     assert [start + i + 1 for i in targets] == list(range(as_, ae + 1))
@@ -318,7 +318,7 @@ def test_chat_view_override(tmp_path, tok):
             "text": [{"role": "user", "content": "ctx"}], "code": [{"role": "assistant", "content": "x"}]}
     p.write_text(json.dumps(line) + "\n")
     b = next(build_dataloader(make_cfg(p, "chat", seq_len=64, bs=1), tok))
-    assert b.extras["text_ids"][0] == tok.encode("ctx") and b.extras["code_ids"][0] == tok.encode("x")
+    assert b.samples.text_ids[0] == tok.encode("ctx") and b.samples.code_ids[0] == tok.encode("x")
 
 
 # ---------------------------------------------------------------- bad input
@@ -369,7 +369,7 @@ def test_bad_lines_chat(tmp_path, tok):
     p.write_text("\n".join(BAD_CHAT) + "\n")
     loader = build_dataloader(make_cfg(p, "chat", seq_len=64, bs=2, num_epochs=1), tok)
     batches = list(loader)
-    assert sum(len(b.extras["samples"]) for b in batches) == 2
+    assert sum(len(b.samples.table) for b in batches) == 2
     assert loader.stats()["bad_lines"] == {
         "malformed JSON": 1, "no messages": 1, "no user message before the assistant message": 1,
         "no assistant message": 1, "empty user message": 1, "sample longer than max_sample_len (64 tokens)": 1}
@@ -394,9 +394,9 @@ def test_missing_path_and_all_bad(tmp_path, tok):
 def _equal(a, b):
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.labels, b.labels)
     assert torch.equal(a.positions, b.positions) and torch.equal(a.segment_ids, b.segment_ids)
-    if a.extras is not None:
-        assert torch.equal(a.extras["samples"], b.extras["samples"])
-        assert a.extras["text_ids"] == b.extras["text_ids"] and a.extras["code_ids"] == b.extras["code_ids"]
+    if a.samples is not None:
+        assert torch.equal(a.samples.table, b.samples.table)
+        assert a.samples.text_ids == b.samples.text_ids and a.samples.code_ids == b.samples.code_ids
 
 
 @pytest.mark.parametrize("kind,shuffle", [("text", 0), ("text", 16), ("chat", 0), ("chat", 8)])
@@ -445,4 +445,4 @@ def test_shared_llm_jepa_files(tok):
         loader = build_dataloader(cfg, tok)
         for b in take(loader, 5):
             assert b.tokens.shape == (4, 512) and b.num_targets > 0
-            assert len(b.extras["text_ids"]) == b.extras["samples"].shape[0] > 0
+            assert len(b.samples.text_ids) == b.samples.table.shape[0] > 0

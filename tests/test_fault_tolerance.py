@@ -14,7 +14,6 @@ import torch
 
 from helpers import ROOT, launch, tiny_config, write_toml
 from titan_jepa.checkpoint import complete_checkpoints
-from titan_jepa.preemption import KILL_ENV, KILL_SIGNAL_ENV
 
 STEPS = 8
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
@@ -47,17 +46,20 @@ def _rows(run_dir):
     return [json.loads(line) for line in (run_dir / "t" / "metrics.jsonl").read_text().splitlines()]
 
 
-def _torchrun(extra_args=()):
+KILL_ENTRY = str(ROOT / "tests" / "kill_entry.py")  # titan_jepa.train with a fault-injection hook
+
+
+def _torchrun(extra_args=(), entry=("-m", "titan_jepa.train")):
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-            *extra_args, "-m", "titan_jepa.train"]
+            *extra_args, *entry]
 
 
 def test_sigkilled_rank_restarts_and_resumes_to_the_same_loss(demo_dir, tmp_path):
     run_dir = tmp_path / "killed"
     cfg = _config(run_dir, demo_dir)
     toml = write_toml(cfg, tmp_path / "cfg.toml")
-    proc = subprocess.run(_torchrun(["--max-restarts=1"]) + ["--config", str(toml)], cwd=ROOT,
-                          env=_env(**{KILL_ENV: "5"}), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.run(_torchrun(["--max-restarts=1"], [KILL_ENTRY, "--kill-at-step", "5"])
+                          + ["--config", str(toml)], cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=300)
     log = proc.stdout
     assert proc.returncode == 0, log[-4000:]
@@ -78,8 +80,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(demo_dir, tmp_path, one_th
     # one process: SIGTERM at the start of step 3 (the test hook signals the process itself)
     cfg = _config(tmp_path, demo_dir, interval=100)
     toml = write_toml(cfg, tmp_path / "cfg.toml")
-    proc = subprocess.run([sys.executable, "-m", "titan_jepa.train", "--config", str(toml)], cwd=ROOT,
-                          env=_env(**{KILL_ENV: "3", KILL_SIGNAL_ENV: "SIGTERM"}),
+    proc = subprocess.run([sys.executable, KILL_ENTRY, "--kill-at-step", "3", "--kill-signal", "SIGTERM",
+                           "--config", str(toml)], cwd=ROOT, env=_env(),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert "SIGTERM received" in proc.stdout

@@ -46,7 +46,7 @@ def reference_loss(model, batch, cfg, tok):
     preds = tok.predictor_token_ids(j.k)
     ntp_sum, targets, dists = 0.0, 0, []
     for (row, _seg, start, length, us, ue, _as, _ae), text, code in zip(
-            batch.extras["samples"].tolist(), batch.extras["text_ids"], batch.extras["code_ids"]):
+            batch.samples.table.tolist(), batch.samples.text_ids, batch.samples.code_ids):
         full = batch.tokens[row, start:start + length][None]
         labels = batch.labels[row, start:start + length]
         logits = model(full)[0]
@@ -70,8 +70,7 @@ def reference_loss(model, batch, cfg, tok):
 
 def packed_loss(model, batch, cfg):
     obj = Objective(cfg)
-    counts = obj.counts(batch)
-    loss, _ = obj(model, batch, counts)
+    loss, _ = obj(model, batch, batch.counts.vector())
     return loss
 
 
@@ -83,7 +82,7 @@ def test_packed_equals_three_forwards(demo_dir, tmp_path, views, k, distance):
     cfg = jepa_cfg(demo_dir, tmp_path, views=views, k=k, distance=distance)
     tok = build_tokenizer(cfg.tokenizer)
     batch = next(build_dataloader(cfg, tok))
-    assert batch.extras["jepa_pred"].shape[0] == batch.extras["samples"].shape[0] >= 4
+    assert batch.jepa.pred.shape[0] == batch.samples.table.shape[0] >= 4
     model = fresh_model()
     packed = packed_loss(model, batch, cfg)
     packed.backward()
@@ -99,7 +98,7 @@ def test_packed_equals_three_forwards(demo_dir, tmp_path, views, k, distance):
 def test_one_row_holds_several_samples_with_views(demo_dir, tmp_path):
     cfg = jepa_cfg(demo_dir, tmp_path)
     batch = next(build_dataloader(cfg, build_tokenizer(cfg.tokenizer)))
-    rows = batch.extras["samples"][:, 0]
+    rows = batch.samples.table[:, 0]
     assert torch.bincount(rows).max() >= 2
     # three segments per sample: full, Text(+pred), Code; positions restart in each
     seg = batch.segment_ids[0]
@@ -113,7 +112,7 @@ def test_reverse_and_front_pred_indices(demo_dir, tmp_path):
     for opts, pred_token_is_pred in (({"reverse_pred": True}, True), ({"front_pred": True}, False)):
         cfg = jepa_cfg(demo_dir, tmp_path, **opts)
         batch = next(build_dataloader(cfg, tok))
-        p, t = batch.extras["jepa_pred"], batch.extras["jepa_target"]
+        p, t = batch.jepa.pred, batch.jepa.target
         at_pred = batch.tokens[p[:, 0], p[:, 1]]
         at_target = batch.tokens[t[:, 0], t[:, 1]]
         assert ((at_pred == pred_id).all().item()) == pred_token_is_pred
@@ -127,8 +126,8 @@ def test_last_token_offset_matches_computed_index(demo_dir, tmp_path):
     a = next(build_dataloader(jepa_cfg(demo_dir, tmp_path), build_tokenizer(jepa_cfg(demo_dir, tmp_path).tokenizer)))
     cfg = jepa_cfg(demo_dir, tmp_path, last_token=-2)
     b = next(build_dataloader(cfg, build_tokenizer(cfg.tokenizer)))
-    assert torch.equal(a.extras["jepa_pred"], b.extras["jepa_pred"])
-    assert torch.equal(a.extras["jepa_target"], b.extras["jepa_target"])
+    assert torch.equal(a.jepa.pred, b.jepa.pred)
+    assert torch.equal(a.jepa.target, b.jepa.target)
 
 
 def test_dropped_samples_add_no_tokens(demo_dir, tmp_path):
@@ -141,18 +140,18 @@ def test_dropped_samples_add_no_tokens(demo_dir, tmp_path):
     dropped = [next(it) for it in [build_dataloader(cfg, tok)] for _ in range(3)]
     for a, b in zip(plain, dropped):
         assert torch.equal(a.tokens, b.tokens) and torch.equal(a.segment_ids, b.segment_ids)
-        assert b.extras["token_kinds"][1] == 0 and b.extras["jepa_pred"].shape[0] == 0
+        assert b.counts.view_tokens == 0 and b.jepa.pred.shape[0] == 0
     # half the samples: view tokens are exactly those of the kept samples
     cfg = jepa_cfg(demo_dir, tmp_path, jepa_ratio=0.5)
     batches = [next(it) for it in [build_dataloader(cfg, tok)] for _ in range(8)]
-    kept = sum(b.extras["jepa_pred"].shape[0] for b in batches)
-    total = sum(b.extras["samples"].shape[0] for b in batches)
+    kept = sum(b.jepa.pred.shape[0] for b in batches)
+    total = sum(b.samples.table.shape[0] for b in batches)
     assert 0.25 < kept / total < 0.75
     for b in batches:
-        view_tokens = int(b.extras["token_kinds"][1])
+        view_tokens = int(b.counts.view_tokens)
         segs_per_row = [int(s.max()) + 1 for s in b.segment_ids]
-        assert view_tokens == 0 or b.extras["jepa_pred"].shape[0] > 0
-        assert sum(segs_per_row) >= b.extras["samples"].shape[0] + 2 * b.extras["jepa_pred"].shape[0]
+        assert view_tokens == 0 or b.jepa.pred.shape[0] > 0
+        assert sum(segs_per_row) >= b.samples.table.shape[0] + 2 * b.jepa.pred.shape[0]
 
 
 def test_views_resume_identically(demo_dir, tmp_path):
@@ -166,7 +165,7 @@ def test_views_resume_identically(demo_dir, tmp_path):
     b = build_dataloader(cfg, tok)
     b.load_state_dict(state)
     for x, y in zip(expect, (next(b) for _ in range(3))):
-        assert torch.equal(x.tokens, y.tokens) and torch.equal(x.extras["jepa_pred"], y.extras["jepa_pred"])
+        assert torch.equal(x.tokens, y.tokens) and torch.equal(x.jepa.pred, y.jepa.pred)
 
 
 @pytest.mark.parametrize("distance", ["cosine", "l2", "mse", "infonce"])
@@ -255,13 +254,13 @@ def test_paraphrase_pairs_equal_separate_forwards(demo_dir, tmp_path, views):
         jepa={"enable": True, "k": 2, "views": views}))
     tok = build_tokenizer(cfg.tokenizer)
     batch = next(build_dataloader(cfg, tok))
-    assert batch.extras["jepa_pred"].shape[0] >= 4
+    assert batch.jepa.pred.shape[0] >= 4
     model = fresh_model()
     packed = packed_loss(model, batch, cfg)
     preds = tok.predictor_token_ids(2)
     ntp, targets, dists = 0.0, 0, []
     for (row, _seg, start, _len, _us, _ue, _as, _ae), a_txt, b_txt in zip(
-            batch.extras["samples"].tolist(), batch.extras["text_ids"], batch.extras["code_ids"]):
+            batch.samples.table.tolist(), batch.samples.text_ids, batch.samples.code_ids):
         a = [tok.bos_id, *a_txt, tok.eos_id]
         b = [tok.bos_id, *b_txt, tok.eos_id]
         assert batch.tokens[row, start:start + len(a)].tolist() == a

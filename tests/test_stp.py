@@ -11,13 +11,14 @@ import torch.nn.functional as F
 from helpers import launch, tiny_config
 from titan_jepa.config import load_config
 from titan_jepa.data.loader import build_dataloader
-from titan_jepa.data.spans import range_terms, sample_span, span_weight, stp_extras
+from titan_jepa.data.batch import StpSpans
+from titan_jepa.data.spans import range_terms, sample_span, span_weight, stp_spans
 from titan_jepa.data.tokenizer import build_tokenizer
 from titan_jepa.objectives.stp import curvature_sum, pair_vectors, tube_loss_sum
 
 
-def hidden_and_extras(parts, pairs, seq=12, dim=6, weights=None):
-    """Build the STP extras for explicit (target_range, predicting_ranges) pairs."""
+def hidden_and_spans(parts, pairs, seq=12, dim=6, weights=None):
+    """Build the StpSpans of explicit (target_range, predicting_ranges) pairs."""
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(1, seq, dim, generator=g)
     index, coef, slots = [], [], []
@@ -25,10 +26,9 @@ def hidden_and_extras(parts, pairs, seq=12, dim=6, weights=None):
         for which, terms in ((0, target), (1, predicting)):
             for pos, c in terms:
                 index.append(pos), coef.append(c), slots.append(2 * k + which)
-    extras = {"stp_index": torch.tensor(index), "stp_coef": torch.tensor(coef),
-              "stp_slot": torch.tensor(slots),
-              "stp_weight": torch.tensor(weights or [1.0] * len(pairs))}
-    return hidden, extras
+    spans = StpSpans(index=torch.tensor(index), coef=torch.tensor(coef), slot=torch.tensor(slots),
+                     weight=torch.tensor(weights or [1.0] * len(pairs)), triples=torch.zeros(0, 3, dtype=torch.long))
+    return hidden, spans
 
 
 def cos_loss(a, b):
@@ -40,14 +40,14 @@ def test_random_span_one_document(s, t):
     # a document at positions 2..9: anchor 2, then 7 steps
     parts = [(2, list(range(3, 10)))]
     n = 7
-    hidden, extras = hidden_and_extras(parts, [(range_terms(parts, s, t),
+    hidden, spans = hidden_and_spans(parts, [(range_terms(parts, s, t),
                                                 range_terms(parts, 0, s) + range_terms(parts, t, n))])
-    target, predicting = pair_vectors(hidden, extras)
+    target, predicting = pair_vectors(hidden, spans)
     x = hidden[0, 2:10]  # x[j] = the state after j steps
     span, before, after = x[t] - x[s], x[s] - x[0], x[n] - x[t]
     torch.testing.assert_close(target[0], span)
     torch.testing.assert_close(predicting[0], before + after)
-    got = tube_loss_sum(target, predicting, extras["stp_weight"])
+    got = tube_loss_sum(target, predicting, spans.weight)
     torch.testing.assert_close(got, cos_loss(before + after, span))
 
 
@@ -55,9 +55,9 @@ def test_span_across_user_assistant_boundary_is_split():
     # user content 2..4 (anchor 1), template tokens 5..6 skipped, assistant 7..9 (anchor 6)
     parts = [(1, [2, 3, 4]), (6, [7, 8, 9])]
     s, t = 1, 5  # from after user token 1 to assistant token 2
-    hidden, extras = hidden_and_extras(parts, [(range_terms(parts, s, t),
+    hidden, spans = hidden_and_spans(parts, [(range_terms(parts, s, t),
                                                 range_terms(parts, 0, s) + range_terms(parts, t, 6))])
-    target, predicting = pair_vectors(hidden, extras)
+    target, predicting = pair_vectors(hidden, spans)
     h = hidden[0]
     torch.testing.assert_close(target[0], (h[4] - h[2]) + (h[8] - h[6]))
     torch.testing.assert_close(predicting[0], (h[2] - h[1]) + (h[9] - h[8]))
@@ -65,13 +65,13 @@ def test_span_across_user_assistant_boundary_is_split():
 
 def test_e2e_and_linear_predictor():
     parts = [(1, [2, 3, 4]), (6, [7, 8, 9])]
-    hidden, extras = hidden_and_extras(parts, [(range_terms(parts, 3, 6), range_terms(parts, 0, 3))])
-    target, predicting = pair_vectors(hidden, extras)
+    hidden, spans = hidden_and_spans(parts, [(range_terms(parts, 3, 6), range_terms(parts, 0, 3))])
+    target, predicting = pair_vectors(hidden, spans)
     h = hidden[0]
     user, assistant = h[4] - h[1], h[9] - h[6]
-    torch.testing.assert_close(tube_loss_sum(target, predicting, extras["stp_weight"]), cos_loss(user, assistant))
+    torch.testing.assert_close(tube_loss_sum(target, predicting, spans.weight), cos_loss(user, assistant))
     lin = torch.nn.Linear(6, 6, bias=False)
-    torch.testing.assert_close(tube_loss_sum(target, predicting, extras["stp_weight"], lin),
+    torch.testing.assert_close(tube_loss_sum(target, predicting, spans.weight, lin),
                                cos_loss(lin(user), assistant))
 
 
@@ -81,11 +81,11 @@ def test_length_weighting():
     assert span_weight(1, 3, "jaccard_like") == pytest.approx(1 - 2 / 4)
     parts = [(0, list(range(1, 8)))]
     pairs = [(range_terms(parts, 1, 3), range_terms(parts, 0, 1) + range_terms(parts, 3, 7))]
-    hidden, extras = hidden_and_extras(parts, pairs, weights=[0.25])
-    target, predicting = pair_vectors(hidden, extras)
+    hidden, spans = hidden_and_spans(parts, pairs, weights=[0.25])
+    target, predicting = pair_vectors(hidden, spans)
     x = hidden[0, 0:8]
     want = 0.25 * cos_loss((x[1] - x[0]) + (x[7] - x[3]), x[3] - x[1])
-    torch.testing.assert_close(tube_loss_sum(target, predicting, extras["stp_weight"]), want)
+    torch.testing.assert_close(tube_loss_sum(target, predicting, spans.weight), want)
 
 
 def test_curvature_equals_mean_angle():
@@ -123,10 +123,10 @@ def test_spans_stay_inside_documents(demo_dir, tmp_path):
         batch = next(loader)
         seg = batch.segment_ids.flatten()
         row = torch.arange(batch.tokens.numel()) // batch.tokens.shape[1]
-        ex = batch.extras
-        assert ex["stp_weight"].shape[0] > 0
-        for pair in range(ex["stp_weight"].shape[0]):
-            pos = ex["stp_index"][(ex["stp_slot"] // 2) == pair]
+        ex = batch.stp
+        assert ex.weight.shape[0] > 0 and batch.counts.stp_items == ex.weight.shape[0]
+        for pair in range(ex.weight.shape[0]):
+            pos = ex.index[(ex.slot // 2) == pair]
             assert len(set(seg[pos].tolist())) == 1 and len(set(row[pos].tolist())) == 1
         # several documents per row, so the check has something to catch
         assert int(batch.segment_ids.max()) >= 1
@@ -142,10 +142,10 @@ def test_spans_depend_only_on_seed_slot_and_batch(demo_dir, tmp_path):
     b2 = build_dataloader(cfg, tok)
     b2.load_state_dict(b.state_dict())
     for x, y in zip(first[1:], (next(b2) for _ in range(2))):
-        assert torch.equal(x.extras["stp_index"], y.extras["stp_index"])
-        assert torch.equal(x.extras["stp_coef"], y.extras["stp_coef"])
-    again = stp_extras(first[0], cfg.stp, cfg.job.seed, 0, 0)
-    assert torch.equal(again["stp_index"], first[0].extras["stp_index"])
+        assert torch.equal(x.stp.index, y.stp.index)
+        assert torch.equal(x.stp.coef, y.stp.coef)
+    again = stp_spans(first[0], cfg.stp, cfg.job.seed, 0, 0)
+    assert torch.equal(again.index, first[0].stp.index)
 
 
 def test_chat_mask_views_are_packed_in_the_row(demo_dir, tmp_path):
@@ -154,12 +154,12 @@ def test_chat_mask_views_are_packed_in_the_row(demo_dir, tmp_path):
                                         stp={"enable": True, "mode": "random_span_mask"}))
     tok = build_tokenizer(cfg.tokenizer)
     batch = next(build_dataloader(cfg, tok))
-    ex = batch.extras
-    n = ex["stp_weight"].shape[0]
-    assert n == ex["samples"].shape[0]
+    ex = batch.stp
+    n = ex.weight.shape[0]
+    assert n == batch.samples.table.shape[0] == batch.counts.stp_items
     flat = batch.tokens.flatten()
     seg = batch.segment_ids.flatten()
-    pred, target = ex["stp_index"][1::2], ex["stp_index"][0::2]
+    pred, target = ex.index[1::2], ex.index[0::2]
     # the masked view holds exactly one <|mask|>, and the pred token ends it (before <|eot_id|>)
     assert (flat[pred + 1] == tok.eot_id).all()
     row = torch.arange(flat.numel()) // batch.tokens.shape[1]

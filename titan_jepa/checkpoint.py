@@ -13,7 +13,8 @@ loads (DCP or Hugging Face), model-only export and seed checkpoints.
 Layout (``<ckpt>`` is ``checkpoint.folder``, relative to the run folder unless absolute):
 
     <ckpt>/step-<N>/                  a complete checkpoint (only these names are loaded)
-        .metadata, __<rank>_0.distcp  DCP: "model.<fqn>" and "optimizer.<...>" entries
+        .metadata, __<rank>_0.distcp  DCP: "model.<fqn>", "heads.<fqn>" (the objectives' heads,
+                                      objectives/heads.py) and "optimizer.<...>" entries
         train_state.json              {"step", "lr_scheduler", "num_slots", "world_size", "model_keys", "extra"}
         dataloader/slot_<k>.json      data-loader state of batch slot k: {"dp_rank_<k>": "<json>"}
         rng/rank_<r>.pt               torch CPU (+ CUDA) and python ``random`` states of rank r
@@ -26,7 +27,7 @@ Layout (``<ckpt>`` is ``checkpoint.folder``, relative to the run folder unless a
 LoRA (``[lora]`` enabled):
   * ``save_adapters_only`` with a ``checkpoint.initial_load_path`` (the base model): the
     "model." part of training checkpoints holds the trainable parameters alone (the
-    adapters, and a trainable STP predictor if any); train_state.json says
+    adapters; the heads are always saved whole); train_state.json says
     ``"model_keys": "trainable"``. On resume the frozen base is first re-loaded from
     initial_load_path, then the adapters, optimizer and the rest from the checkpoint; keep
     initial_load_path as it was. Without initial_load_path (a base from the seeded init, as
@@ -41,7 +42,9 @@ LoRA (``[lora]`` enabled):
 A checkpoint without train_state.json (seed, export) is *model-only*: loading it restores the
 weights and starts training at step N + 1 with a fresh optimizer, schedule and data.
 Model-only and Hugging Face loads may lack LoRA adapter weights (a base model); the adapters
-then keep their initialisation. A full checkpoint must match the model exactly.
+then keep their initialisation. A full checkpoint must match the model exactly, and hold the
+heads the run has (none when it has none); one saved when the STP predictor lived on the
+model (a "model.stp_predictor.weight" entry) resumes with that entry loaded into the heads.
 
 Atomicity: every rank writes into ``step-<N>.tmp``; DCP's save returns on rank 0 only after
 every rank's files are written and ``.metadata`` is written, and then rank 0 renames the
@@ -172,6 +175,16 @@ def trainable_keys(model: torch.nn.Module) -> set[str]:
     return {_clean_fqn(n) for n, p in model.named_parameters() if p.requires_grad}
 
 
+class _WithHeads(torch.nn.Module):
+    """The model's and the heads' children side by side: the optimizer's parameter names
+    (its DCP state) are the model's own and the heads' own (``stp_predictor.weight``)."""
+
+    def __init__(self, model: torch.nn.Module, heads: torch.nn.Module):
+        super().__init__()
+        for name, child in [*model.named_children(), *heads.named_children()]:
+            self.add_module(name, child)
+
+
 def _check_model_matches(path: Path, model_sd: dict, what: str, base_only: bool = False) -> tuple[str, set]:
     """Compare the checkpoint's model entries with the model; returns their key prefix
     ("model." for ours, "" for model-only DCP folders with top-level keys, as torchtitan's)
@@ -203,11 +216,14 @@ class Checkpointer:
     """Saves and restores everything a run needs to continue bit-identically."""
 
     def __init__(self, cfg: JobConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler, loaders: list, extra: dict | None = None):
+                 scheduler, loaders: list, extra: dict | None = None, heads: torch.nn.Module | None = None):
         """``extra``: more small objects with state_dict()/load_state_dict() (the same on
-        every rank, JSON-able), kept in train_state.json under their names."""
+        every rank, JSON-able), kept in train_state.json under their names. ``heads``: the
+        objectives' trainable modules (objectives/heads.py), saved under "heads"."""
         self.cfg, self.ckpt = cfg, cfg.checkpoint
         self.model, self.optimizer, self.scheduler, self.loaders = model, optimizer, scheduler, loaders
+        self.heads = heads
+        self._optim_owner = model if heads is None else _WithHeads(model, heads)
         self.extra = extra or {}
         self.rank, self.world = _rank_world()
         self.folder = checkpoint_folder(cfg)
@@ -279,11 +295,20 @@ class Checkpointer:
                                       f"the base model the run started from")
             self._initial_load()
         model_sd = self._model_state(trainable_only)
-        _check_model_matches(path, model_sd, "checkpoint")  # adapters included, when LoRA is on
-        state = {"model": model_sd, "optimizer": get_optimizer_state_dict(self.model, self.optimizer)}
+        heads_sd, legacy = self._heads_to_load(path)
+        # adapters included, when LoRA is on; an old checkpoint's predictor among the model's
+        _check_model_matches(path, {**model_sd, **heads_sd} if legacy else model_sd, "checkpoint")
+        state = {"model": {**model_sd, **heads_sd} if legacy else model_sd,
+                 "optimizer": get_optimizer_state_dict(self._optim_owner, self.optimizer)}
+        if heads_sd and not legacy:
+            state["heads"] = heads_sd
         dcp.load(state, checkpoint_id=str(path), no_dist=self.world == 1)
+        if legacy:
+            state["heads"] = {k: state["model"].pop(k) for k in heads_sd}
         set_model_state_dict(self.model, state["model"], options=StateDictOptions(strict=not trainable_only))
-        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
+        if self.heads is not None:
+            set_model_state_dict(self.heads, state["heads"], options=StateDictOptions(strict=True))
+        set_optimizer_state_dict(self._optim_owner, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(train_state["lr_scheduler"])
         for name, obj in self.extra.items():
             if name in train_state.get("extra", {}):
@@ -303,6 +328,20 @@ class Checkpointer:
         logger.info(f"resumed from {path} (saved with world size {train_state['world_size']}); "
                     f"training continues at step {step + 1}")
         return step
+
+    def _heads_to_load(self, path: Path) -> tuple[dict, bool]:
+        """(the heads' state dict to fill, whether the checkpoint keeps it in "model.")."""
+        keys = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+        saved = any(k.startswith("heads.") for k in keys)
+        heads_sd = get_model_state_dict(self.heads) if self.heads is not None else {}
+        legacy = bool(heads_sd) and not saved and all(f"model.{k}" in keys for k in heads_sd)
+        if heads_sd and not saved and not legacy:
+            raise CheckpointError(f"checkpoint '{path}' has no STP linear predictor; resume it with "
+                                  f"stp.linear_predictor = false")
+        if not heads_sd and (saved or "model.stp_predictor.weight" in keys):
+            raise CheckpointError(f"checkpoint '{path}' holds an STP linear predictor; resume it with "
+                                  f"stp.enable = true and stp.linear_predictor = true")
+        return heads_sd, legacy
 
     def _load_model_only(self, path: Path, what: str) -> None:
         """Weights alone; LoRA adapters missing from a base-model checkpoint keep their init."""
@@ -354,9 +393,13 @@ class Checkpointer:
         return {k: v for k, v in sd.items() if k in self.trainable} if trainable_only else sd
 
     # ---- saving ------------------------------------------------------------------------
+    def due(self, step: int) -> bool:
+        """Whether ``maybe_save(step)`` saves."""
+        return self.ckpt.enable and (step % self.ckpt.interval == 0 or step == self.cfg.training.steps)
+
     def maybe_save(self, step: int) -> None:
         """Save at every checkpoint.interval steps and at the last step (when enabled)."""
-        if self.ckpt.enable and (step % self.ckpt.interval == 0 or step == self.cfg.training.steps):
+        if self.due(step):
             self.save(step)
 
     def save(self, step: int) -> None:
@@ -368,7 +411,9 @@ class Checkpointer:
         tmp.mkdir(parents=True, exist_ok=True)
         self._write_side_files(tmp, step)
         state = {"model": self._model_state(self.adapters_only),
-                 "optimizer": get_optimizer_state_dict(self.model, self.optimizer)}
+                 "optimizer": get_optimizer_state_dict(self._optim_owner, self.optimizer)}
+        if self.heads is not None:
+            state["heads"] = get_model_state_dict(self.heads)
         writer = dcp.FileSystemWriter(str(tmp))
         if self.ckpt.async_mode:
             # the state is copied to CPU memory before this returns; the files are written
@@ -444,9 +489,8 @@ def export_model(model: torch.nn.Module, folder: Path, step: int,
     every rank calls it. Usable as checkpoint.initial_load_path or as a seed checkpoint.
     ``lora`` (the enabled [lora] section) of a model with adapters: ``merge_on_export`` writes
     the merged base weights (gathered on rank 0), else ``save_adapters_only`` the adapters alone.
-    Modules an objective attached to the model (the STP predictor) are not exported."""
+    The objectives' heads (the STP predictor) are not part of the model, so never exported."""
     from titan_jepa.lora import is_lora_name, lora_modules, merge_lora_state_dict
-    from titan_jepa.models.llama import is_llama_key
 
     rank, world = _rank_world()
     tmp, final = folder / f"step-{step}{TMP}", folder / f"step-{step}"
@@ -454,12 +498,12 @@ def export_model(model: torch.nn.Module, folder: Path, step: int,
         # full tensors on rank 0's CPU (the other ranks get nothing), merged there
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if rank == 0:
-            sd = {k: v.to(dtype) for k, v in merge_lora_state_dict(full, lora.alpha).items() if is_llama_key(k)}
+            sd = {k: v.to(dtype) for k, v in merge_lora_state_dict(full, lora.alpha).items()}
             del full
             dcp.save({"model": sd}, storage_writer=dcp.FileSystemWriter(str(tmp)), no_dist=True)
             _rename_into_place(tmp, final)
         return final
-    sd = {k: v.detach().to(dtype) for k, v in get_model_state_dict(model).items() if is_llama_key(k)}
+    sd = {k: v.detach().to(dtype) for k, v in get_model_state_dict(model).items()}
     if lora is not None and lora_modules(model) and lora.save_adapters_only:
         sd = {k: v for k, v in sd.items() if is_lora_name(k)}
     dcp.save({"model": sd}, storage_writer=dcp.FileSystemWriter(str(tmp)), no_dist=world == 1)

@@ -97,6 +97,9 @@ class Compile:
 @dataclass
 class Metrics:
     log_freq: int = 1
+    # host syncs (loss NaN check, metrics, SIGTERM agreement, same-FLOP milestones) run on the
+    # log steps, checkpoint steps and the last step; > 0: also every sync_every steps
+    sync_every: int = 0
     enable_tensorboard: bool = True
     enable_jsonl: bool = True
     gpu_peak_flops: float = -1.0  # -1: look the device up in the peak-FLOPs table
@@ -447,6 +450,8 @@ def validate(cfg: JobConfig) -> None:
             raise ConfigError(f"training.{name} must be positive, got {getattr(t, name)}")
     if cfg.metrics.log_freq <= 0:
         raise ConfigError("metrics.log_freq must be positive")
+    if cfg.metrics.sync_every < 0:
+        raise ConfigError("metrics.sync_every must be >= 0 (0: sync on the log steps only)")
     if cfg.lr_scheduler.warmup_steps < 0:
         raise ConfigError("lr_scheduler.warmup_steps must be >= 0")
     if not 0.0 <= cfg.lr_scheduler.min_lr_ratio <= 1.0:

@@ -18,21 +18,30 @@ and on CUDA it charges attention for every (query, key) pair of the row whatever
 The "next-token equivalent" of a micro-batch counts only its full sequences (no view
 segments, no padding): what an ideally packed next-token-only run over the same samples
 spends. ``jepa.same_flop`` compares the two.
+
+All four counts are made on the CPU when the batch is collated (``BatchCounts`` in
+data/batch.py; ``visible_pairs`` below computes the pairs from a Batch, for checking). The
+step all-reduces them with the loss counts before the forward and hands the global counts
+of each step to the tracker at sync steps (train.py), so counting costs no host sync.
 """
 
 from __future__ import annotations
 
 import torch
 
-from titan_jepa.data.batch import Batch
+from titan_jepa.data.batch import COUNT_FIELDS, Batch
 from titan_jepa.models.llama import ModelArgs
 
-# counts per micro-batch, summed over micro-batches and ranks
+# counts per micro-batch (BatchCounts fields), summed over micro-batches and ranks
 FLOP_COUNTS = ("tokens", "pairs", "ntp_tokens", "ntp_pairs")
+# their places in Batch.count_vector (consecutive: a slice is a view, no index tensor)
+FLOP_SLICE = slice(COUNT_FIELDS.index(FLOP_COUNTS[0]), COUNT_FIELDS.index(FLOP_COUNTS[0]) + len(FLOP_COUNTS))
+assert COUNT_FIELDS[FLOP_SLICE] == FLOP_COUNTS
 
 
 def visible_pairs(batch: Batch) -> int:
-    """(query, key) pairs the attention mask allows in the micro-batch."""
+    """(query, key) pairs the attention mask allows in a micro-batch on the CPU (a check of
+    ``BatchCounts.pairs``, which collate computes from the rows)."""
     bsz, seq = batch.tokens.shape
     if batch.segment_ids is None:
         return bsz * seq * (seq + 1) // 2
@@ -46,14 +55,9 @@ def visible_pairs(batch: Batch) -> int:
 
 
 def flop_counts(batch: Batch) -> torch.Tensor:
-    """FLOP_COUNTS of one micro-batch (float64)."""
-    tokens, pairs = batch.tokens.numel(), visible_pairs(batch)
-    ex = batch.extras or {}
-    if "token_kinds" in ex:
-        ntp_tokens, ntp_pairs = int(ex["token_kinds"][0]), ex["ntp_pairs"]
-    else:
-        ntp_tokens, ntp_pairs = tokens, pairs
-    return torch.tensor([tokens, pairs, ntp_tokens, ntp_pairs], dtype=torch.float64)
+    """FLOP_COUNTS of one collated micro-batch (float64, CPU), from its BatchCounts."""
+    c = batch.counts
+    return torch.tensor([c.tokens, c.pairs, c.ntp_tokens, c.ntp_pairs], dtype=torch.float64)
 
 
 def training_flops(args: ModelArgs, tokens: float, pairs: float) -> float:
@@ -73,9 +77,10 @@ class SameFlopTracker:
         self.flops = self.ntp_flops = 0.0
         self.next_milestone = interval
 
-    def update(self, step: int, counts: torch.Tensor) -> list[int]:
-        """Add one step's global FLOP_COUNTS; returns the milestones passed at this step."""
-        tokens, pairs, ntp_tokens, ntp_pairs = counts.tolist()
+    def update(self, step: int, counts) -> list[int]:
+        """Add one step's global FLOP_COUNTS (4 numbers); returns the milestones passed at
+        this step."""
+        tokens, pairs, ntp_tokens, ntp_pairs = counts.tolist() if isinstance(counts, torch.Tensor) else counts
         self.flops += training_flops(self.args, tokens, pairs)
         self.ntp_flops += training_flops(self.args, ntp_tokens, ntp_pairs)
         ntp_per_step = self.ntp_flops / step

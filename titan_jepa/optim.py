@@ -10,7 +10,9 @@ from torch import nn
 from titan_jepa.config import JobConfig
 
 
-def build_optimizer(model: nn.Module, cfg: JobConfig, device_type: str) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: JobConfig, device_type: str,
+                    heads: nn.Module | None = None) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters of the model, then of the objectives' heads."""
     o = cfg.optimizer
     impl = o.implementation
     if impl == "auto":
@@ -18,7 +20,8 @@ def build_optimizer(model: nn.Module, cfg: JobConfig, device_type: str) -> torch
         impl = "fused" if device_type == "cuda" else "foreach"
     kwargs = {"fused": impl == "fused", "foreach": impl == "foreach"}
     # no weight decay on norms (1-D weights), as usual for Llama training
-    params = [p for p in model.parameters() if p.requires_grad]
+    modules = [model] if heads is None else [model, heads]
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": o.weight_decay},

@@ -8,8 +8,18 @@ slot), the number of target tokens is summed over the data-parallel group, each
 micro-batch's loss is its sum over targets divided by that global count, gradients are
 clipped over the sharded parameters, and the optimizer and schedule step.
 
-SIGTERM (preemption): the step in progress finishes, every rank agrees to stop after it,
-a checkpoint of that step is saved and the process exits with code 0 (titan_jepa/preemption.py).
+Host syncs: a step only queues work on the device. Anything that needs a Python number
+from it (the NaN check of the loss, the logged metrics, grad_norm, the same-FLOP milestones,
+the SIGTERM agreement between ranks) waits for a *sync step*: a log step (metrics.log_freq),
+a checkpoint step, the last step, and every metrics.sync_every steps when that is > 0. There
+the global losses and FLOP counts of every step since the last sync come to the host in one
+copy: a NaN is reported at that step, naming the step where it first appeared; same-FLOP
+milestones are found for the steps that passed them, and their checkpoint is saved at that
+sync step. The batch counts are made on the CPU by the data pipeline (data/batch.py).
+
+SIGTERM (preemption): the step in progress finishes, every rank agrees to stop after it (at the
+next sync step when there are several processes), a checkpoint of that step is saved and the
+process exits with code 0 (titan_jepa/preemption.py).
 """
 
 from __future__ import annotations
@@ -17,8 +27,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import sys
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -29,17 +40,17 @@ from titan_jepa.config import ConfigError, JobConfig, config_from_argv, write_co
 from titan_jepa.data.loader import build_dataloader, count_batches
 from titan_jepa.data.sources import DataError
 from titan_jepa.data.tokenizer import TokenizerError, build_tokenizer
-from titan_jepa.flops import SameFlopTracker, flop_counts, training_flops
+from titan_jepa.flops import FLOP_SLICE, SameFlopTracker, training_flops
 from titan_jepa.lora import apply_lora
 from titan_jepa.metrics import MetricsLogger
 from titan_jepa.models.llama import ModelArgs, build_model, model_args_for
 from titan_jepa.objectives.combined import SUMS, Objective
-from titan_jepa.objectives.stp import attach_predictor, init_predictor
+from titan_jepa.objectives.heads import build_heads
 from titan_jepa.optim import build_lr_scheduler, build_optimizer
 from titan_jepa.parallel.collectives import make_all_gather
 from titan_jepa.parallel.mesh import ParallelDims, build_mesh, dp_info, init_distributed
-from titan_jepa.parallel.parallelize import clip_grad_norm_, parallelize, write_sharded
-from titan_jepa.preemption import Preemption, maybe_kill_for_test
+from titan_jepa.parallel.parallelize import clip_grad_norm_, parallelize, parallelize_heads, write_sharded
+from titan_jepa.preemption import Preemption
 from titan_jepa.profiling import StepProfiler
 
 logger = logging.getLogger("titan_jepa")
@@ -47,6 +58,16 @@ logger = logging.getLogger("titan_jepa")
 
 class TrainingError(RuntimeError):
     """The run cannot go on (a NaN loss, for example); the message says what to change."""
+
+
+@dataclass
+class TrainHooks:
+    """Callbacks a caller injects into the loop (tests: fault injection, sync counting).
+
+    on_step_start(step): at the start of every step, before its batches are read.
+    """
+
+    on_step_start: Callable[[int], None] | None = None
 
 
 def model_args_from_config(cfg: JobConfig, vocab_size: int) -> ModelArgs:
@@ -71,18 +92,15 @@ def setup_logging(rank: int) -> None:
 
 
 def forward_backward(model, objective: Objective, micro_batches: list, dp, metrics: MetricsLogger,
-                     count_flops: bool) -> tuple[dict[str, float], torch.Tensor]:
-    """Forward and backward over the step's micro-batches; returns the global step metrics
-    and the global FLOP counts (see flops.py)."""
-    device = micro_batches[0].tokens.device
+                     count_flops: bool) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+    """Forward and backward over the step's micro-batches; returns the global loss sums (SUMS
+    order) and counts (Batch.count_vector order, FLOP counts included) as device tensors,
+    and torch's FLOP count of this rank times the world size when ``count_flops``."""
     # each loss term is a sum over its items (target tokens, JEPA samples, STP spans)
     # divided by the number of items summed over the micro-batches and the dp group; the
-    # FLOP counts depend on the batches alone, so they travel in the same all-reduce
-    local_counts = torch.stack([objective.counts(mb) for mb in micro_batches]).sum(0)
-    local_flops = torch.stack([flop_counts(mb) for mb in micro_batches]).sum(0).to(device)
-    counts, flops = dp.all_reduce_sum(torch.cat([local_counts, local_flops])).split(
-        [local_counts.numel(), local_flops.numel()])
-    sums = torch.zeros(len(SUMS), dtype=torch.float64, device=device)
+    # FLOP counts travel in the same all-reduce (the counts were made on the CPU by collate)
+    counts = dp.all_reduce_sum(torch.stack([mb.count_vector for mb in micro_batches]).sum(0))
+    sums = torch.zeros(len(SUMS), dtype=torch.float64, device=counts.device)
     flop_counter = FlopCounterMode(display=False) if count_flops else None
     with flop_counter or contextlib.nullcontext():
         for mb in micro_batches:
@@ -92,16 +110,17 @@ def forward_backward(model, objective: Objective, micro_batches: list, dp, metri
             (mb_loss * dp.size).backward()
             sums += mb_sums
             metrics.count_tokens(mb.tokens.numel())
-    step_metrics = objective.metrics(dp.all_reduce_sum(sums), counts)
+    counted = None
     if flop_counter is not None:
         # every rank counted its own share (a tp rank a slice of each matmul)
         world = dist.get_world_size() if dist.is_initialized() else 1
-        step_metrics["flops_counted"] = float(flop_counter.get_total_flops()) * world
-    return step_metrics, flops.cpu()
+        counted = float(flop_counter.get_total_flops()) * world
+    return dp.all_reduce_sum(sums), counts, counted
 
 
-def train(cfg: JobConfig) -> list[float]:
-    """Run the job described by ``cfg``; returns the global loss of every step."""
+def train(cfg: JobConfig, hooks: TrainHooks | None = None) -> list[float]:
+    """Run the job described by ``cfg``; returns the global loss of every step it ran."""
+    hooks = hooks or TrainHooks()
     # ---- processes, mesh and every check that needs no heavy work ----------------------
     rank, world, device = init_distributed(cfg)
     setup_logging(rank)
@@ -140,60 +159,82 @@ def train(cfg: JobConfig) -> list[float]:
     # ---- model: built on the meta device, parallelised, then materialised ------------
     model = build_model(model_args, device="meta")
     apply_lora(model, cfg.lora)  # [lora]: adapters on the meta model, the rest frozen
-    if cfg.stp.enable and cfg.stp.linear_predictor:
-        attach_predictor(model, model_args.dim)  # [stp]: trained with the model
+    heads = build_heads(cfg, model_args.dim)  # [stp] linear_predictor: the objective's, trained with the model
     logger.info(f"model {cfg.model.flavor}: {model_args.num_params() / 1e6:,.1f}M parameters")
     parallelize(model, dims, mesh, cfg)
     model.to_empty(device=device)
     model.init_weights(seed=cfg.job.seed, buffer_device=device, write=write_sharded)
-    init_predictor(model, write=write_sharded)
     model.train()
+    if heads is not None:
+        parallelize_heads(heads, dims, mesh, cfg)
+        heads.to_empty(device=device)
+        heads.init_weights(write=write_sharded)
 
-    optimizer = build_optimizer(model, cfg, device.type)
+    optimizer = build_optimizer(model, cfg, device.type, heads)
     scheduler = build_lr_scheduler(optimizer, cfg)
-    params = [p for p in model.parameters() if p.requires_grad]
-    objective = Objective(cfg, gather=make_all_gather(dp.group) if dp.size > 1 else None, rank=dp.rank)
+    params = [p for m in (model, heads) if m is not None for p in m.parameters() if p.requires_grad]
+    objective = Objective(cfg, heads, gather=make_all_gather(dp.group) if dp.size > 1 else None, rank=dp.rank)
     metrics = MetricsLogger(cfg.run_folder, rank, cfg.metrics.enable_tensorboard,
                             cfg.metrics.enable_jsonl, model_args.flops_per_token(cfg.training.seq_len),
                             device, cfg.metrics.gpu_peak_flops)
 
     # ---- checkpoint: resume (model, optimizer, schedule, loaders, RNG) or initial load --
     same_flop = SameFlopTracker(model_args, cfg.checkpoint.interval)
-    checkpointer = Checkpointer(cfg, model, optimizer, scheduler, loaders, extra={"same_flop": same_flop})
+    checkpointer = Checkpointer(cfg, model, optimizer, scheduler, loaders, extra={"same_flop": same_flop},
+                                heads=heads)
     done_steps = checkpointer.load()  # the step of the checkpoint resumed from, else 0
 
     # ---- the loop ----------------------------------------------------------------------
     losses = []
+    pending = []  # (step, global loss, global FLOP counts) as device tensors, since the last sync
     preempted = False
     preemption = Preemption(device)  # SIGTERM: stop after the current step with a checkpoint
     profiler = StepProfiler(cfg, rank, device, first_step=done_steps + 1)  # [profiling] steps
     for step in range(done_steps + 1, cfg.training.steps + 1):
-        maybe_kill_for_test(step, rank, world)  # TITAN_JEPA_TEST_KILL_AT_STEP (tests only)
+        if hooks.on_step_start is not None:
+            hooks.on_step_start(step)
         micro_batches = [next(loader).to(device) for loader in loaders]
-        step_metrics, flops = forward_backward(model, objective, micro_batches, dp, metrics,
-                                               count_flops=step <= cfg.metrics.flop_counter_steps)
-        loss = step_metrics["loss"]
-        if not math.isfinite(loss):
-            raise TrainingError(f"step {step}: loss is {loss}; lower optimizer.lr, check "
-                                f"the data, or keep training.max_norm > 0")
+        sums, counts, flops_counted = forward_backward(model, objective, micro_batches, dp, metrics,
+                                                       count_flops=step <= cfg.metrics.flop_counter_steps)
         grad_norm = clip_grad_norm_(params, cfg.training.max_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         profiler.step(step)
+        pending.append((step, objective.loss(sums, counts), counts[FLOP_SLICE]))
 
-        losses.append(loss)
-        same_flop_milestones = same_flop.update(step, flops)
-        if step % cfg.metrics.log_freq == 0 or step == cfg.training.steps:
-            metrics.log(step, {**step_metrics, "flops": training_flops(model_args, *flops[:2].tolist()),
+        # ---- sync steps: the only place the host reads device numbers ----
+        log_step = step % cfg.metrics.log_freq == 0 or step == cfg.training.steps
+        sync = log_step or checkpointer.due(step) or (
+            cfg.metrics.sync_every > 0 and step % cfg.metrics.sync_every == 0)
+        last = step == cfg.training.steps
+        # one process: the SIGTERM flag is a plain read, checked every step
+        stop = not last and (sync or not preemption.collective) and preemption.stop_requested()
+        if not (sync or stop):
+            continue
+        milestones, step_flops = [], None
+        for (s, loss, flops), (value, *flop_values) in zip(pending, torch.stack(
+                [torch.cat([loss.reshape(1), flops]) for _, loss, flops in pending]).tolist()):
+            if not math.isfinite(value):
+                raise TrainingError(f"step {step}: loss is {value}; lower optimizer.lr, check the data, or "
+                                    f"keep training.max_norm > 0 (it first appeared at step {s}; the loss "
+                                    f"is checked at sync steps, see metrics.sync_every)")
+            losses.append(value)
+            milestones += same_flop.update(s, flop_values)
+            step_flops = flop_values
+        pending.clear()
+        if log_step:
+            metrics.log(step, {**objective.metrics(sums, counts),
+                               **({"flops_counted": flops_counted} if flops_counted is not None else {}),
+                               "flops": training_flops(model_args, *step_flops[:2]),
                                "flops_vs_ntp": same_flop.ratio,
                                "grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0]})
         checkpointer.maybe_save(step)  # every checkpoint.interval steps and at the last one
-        if cfg.jepa.same_flop and same_flop_milestones:
-            # this run's FLOPs now equal a next-token run's at these steps
-            logger.info(f"step {step}: same FLOPs as next-token step(s) {same_flop_milestones}")
+        if cfg.jepa.same_flop and milestones:
+            # this run's FLOPs now equal a next-token run's at these steps (found at this sync step)
+            logger.info(f"step {step}: same FLOPs as next-token step(s) {milestones}")
             checkpointer.save(step)
-        if step < cfg.training.steps and preemption.stop_requested():  # collective: all ranks agree
+        if stop:  # all ranks agree
             preempted = True
             if cfg.checkpoint.enable:
                 checkpointer.save(step)  # a no-op when this step was just saved
@@ -220,10 +261,10 @@ def train(cfg: JobConfig) -> list[float]:
     return losses
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, hooks: TrainHooks | None = None) -> None:
     try:
         cfg = config_from_argv(argv)
-        train(cfg)
+        train(cfg, hooks)
     except (ConfigError, DataError, TokenizerError, TrainingError) as e:
         # one clear line, not a traceback, for mistakes a user can fix
         print(f"error: {e}", file=sys.stderr)

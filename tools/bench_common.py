@@ -18,7 +18,7 @@ def train_step(opt, loss) -> None:
 
 def objective_step(model, opt, objective, batch) -> None:
     """One training step of ``objective`` (titan_jepa.objectives.combined.Objective)."""
-    loss, _ = objective(model, batch, objective.counts(batch))
+    loss, _ = objective(model, batch, batch.counts.vector())
     train_step(opt, loss)
 
 

@@ -35,7 +35,7 @@ from bench_common import median_step_times, objective_step, train_step  # noqa: 
 
 from titan_jepa.config import load_config  # noqa: E402
 from titan_jepa.data.batch import IGNORE_INDEX  # noqa: E402
-from titan_jepa.data.chat import ChatSamples, chat_extras  # noqa: E402
+from titan_jepa.data.chat import ChatSamples, with_chat_fields  # noqa: E402
 from titan_jepa.data.packing import SamplePacker, collate  # noqa: E402
 from titan_jepa.data.sources import BadLines  # noqa: E402
 from titan_jepa.data.tokenizer import build_tokenizer  # noqa: E402
@@ -68,9 +68,7 @@ def packed_batch(records, cfg, tok, seq_len, jepa: bool):
     items = iter([encode(r, "bench") for r in records])
     packer = SamplePacker(seq_len, tok.pad_id, lambda: next(items, None))
     rows = list(iter(packer.next_row, None))
-    batch = collate(rows, len(rows), seq_len, tok.pad_id)
-    batch.extras = chat_extras(rows, seq_len)
-    return batch
+    return with_chat_fields(collate(rows, len(rows), seq_len, tok.pad_id), rows)
 
 
 def reference_batch(records, cfg, tok):

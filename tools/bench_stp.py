@@ -27,7 +27,7 @@ from titan_jepa.data.loader import build_dataloader  # noqa: E402
 from titan_jepa.data.tokenizer import build_tokenizer  # noqa: E402
 from titan_jepa.models.llama import build_model, model_args_for  # noqa: E402
 from titan_jepa.objectives.combined import Objective  # noqa: E402
-from titan_jepa.objectives.stp import attach_predictor, init_predictor  # noqa: E402
+from titan_jepa.objectives.heads import build_heads  # noqa: E402
 
 
 def main() -> None:
@@ -57,22 +57,22 @@ def main() -> None:
     batch = next(build_dataloader(base, tok))  # carries the STP span indices
     margs = model_args_for(args.flavor, vocab_size=tok.vocab_size, max_seq_len=max(args.seq_len, 2048))
     model = build_model(margs, "meta")
-    attach_predictor(model, margs.dim)
+    heads = build_heads(base, margs.dim, device="cpu")  # the STP linear predictor
+    heads.init_weights(write=lambda p, full: p.copy_(full))
     model.to_empty(device="cpu")
     model.init_weights(0)
-    init_predictor(model, write=lambda p, full: p.copy_(full))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    opt = torch.optim.AdamW([*model.parameters(), *heads.parameters()], lr=1e-4, foreach=True)
 
     variants = {
         "next-token only": Objective(replace(base, stp=replace(base.stp, enable=False))),
-        "STP random_span (+ linear predictor)": Objective(base),
+        "STP random_span (+ linear predictor)": Objective(base, heads),
         "STP curvature": Objective(replace(base, stp=replace(base.stp, mode="curvature"))),
     }
     curv_batch = next(build_dataloader(replace(base, stp=replace(base.stp, mode="curvature")), tok))
     times = median_step_times(
         {name: (lambda o=obj, b=curv_batch if "curvature" in name else batch: objective_step(model, opt, o, b))
          for name, obj in variants.items()}, args.rounds)
-    n_spans = batch.extras["stp_weight"].shape[0]
+    n_spans = batch.stp.weight.shape[0]
     print(f"model {args.flavor} ({margs.num_params() / 1e6:.1f}M), batch {args.batch} x {args.seq_len}, "
           f"{n_spans} spans, {torch.get_num_threads()} threads")
     base_t = times["next-token only"]

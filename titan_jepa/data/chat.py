@@ -19,28 +19,23 @@ the full sequence.
 Bad input: no/ill-formed ``messages``, no user or no assistant message, an empty user or
 assistant message, or a sample longer than ``max_len`` tokens.
 
-``Batch.extras`` for chat batches (``chat_extras``):
-  "samples":  int64 tensor (N, 8), one row per sample in the batch, columns SAMPLE_COLUMNS:
-              row, segment (its segment id in the row), start (offset in the row), length,
-              user_start, user_end, assistant_start, assistant_end (content spans, end
-              exclusive, as offsets in the row: tokens[row, user_start:user_end] is the
-              user content; its last content token is user_end - 1, the <|eot_id|> follows).
-  "text_ids", "code_ids": list (N) of lists of token ids of the Text and Code views.
-  "jepa_pred", "jepa_target": int64 tensors (M, 2) of (row, column) of the Pred(Enc(Text))
-              and Enc(Code) tokens of the M samples that carry JEPA views (data/views.py).
-  "token_kinds": int64 tensor (3,): tokens of full sequences, of view segments, of padding.
-  "ntp_pairs":   attention pairs of the full sequences alone (flops.py's next-token equivalent).
+The batch fields of chat/pairs batches (``with_chat_fields``, see data/batch.py):
+  ``samples``: a SampleTable (the content spans of every sample, its Text/Code view ids);
+  ``jepa``: JepaIndices of the M samples that carry JEPA views (data/views.py);
+  ``counts``: samples, jepa_samples, the token kinds (full sequences, view segments, padding)
+  and the next-token-equivalent tokens and pairs (the full sequences alone).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
-from titan_jepa.data.batch import IGNORE_INDEX
+from titan_jepa.data.batch import IGNORE_INDEX, SAMPLE_COLUMNS, Batch, JepaIndices, SampleTable
 from titan_jepa.data.sources import BadLines
 
-SAMPLE_COLUMNS = ("row", "segment", "start", "length", "user_start", "user_end",
-                  "assistant_start", "assistant_end")
+__all__ = ["SAMPLE_COLUMNS", "ChatSamples", "check_messages", "with_chat_fields"]
 
 
 def check_messages(obj: dict) -> str | None:
@@ -101,8 +96,9 @@ class ChatSamples:
                 "assistant": list(enc.assistant_span), "text_ids": text_ids, "code_ids": code_ids}
 
 
-def chat_extras(rows, seq_len: int) -> dict:
-    """Per-sample metadata of packed rows (see the module docstring)."""
+def with_chat_fields(batch: Batch, rows) -> Batch:
+    """``batch`` (collated from ``rows``) with its samples, JEPA pairs and counts (see the
+    module docstring); padding rows added by collate count as padding tokens."""
     table, text_ids, code_ids, pred, target = [], [], [], [], []
     full_tokens = view_tokens = ntp_pairs = 0
     for r, row in enumerate(rows):
@@ -119,10 +115,11 @@ def chat_extras(rows, seq_len: int) -> dict:
             if "jepa" in s:
                 pred.append([r, start + s["jepa"][0]])
                 target.append([r, start + s["jepa"][1]])
-    samples = torch.tensor(table, dtype=torch.int64).reshape(-1, len(SAMPLE_COLUMNS))
-    padding = len(rows) * seq_len - full_tokens - view_tokens
-    return {"samples": samples, "text_ids": text_ids, "code_ids": code_ids,
-            "jepa_pred": torch.tensor(pred, dtype=torch.int64).reshape(-1, 2),
-            "jepa_target": torch.tensor(target, dtype=torch.int64).reshape(-1, 2),
-            "token_kinds": torch.tensor([full_tokens, view_tokens, padding], dtype=torch.int64),
-            "ntp_pairs": ntp_pairs}
+    counts = replace(batch.counts, samples=len(table), jepa_samples=len(pred), full_tokens=full_tokens,
+                     view_tokens=view_tokens, pad_tokens=batch.tokens.numel() - full_tokens - view_tokens,
+                     ntp_tokens=full_tokens, ntp_pairs=ntp_pairs)
+    samples = SampleTable(torch.tensor(table, dtype=torch.int64).reshape(-1, len(SAMPLE_COLUMNS)),
+                          text_ids, code_ids)
+    jepa = JepaIndices(torch.tensor(pred, dtype=torch.int64).reshape(-1, 2),
+                       torch.tensor(target, dtype=torch.int64).reshape(-1, 2))
+    return replace(batch, samples=samples, jepa=jepa, counts=counts)

@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 
 from titan_jepa.data.batch import Batch
-from titan_jepa.data.chat import ChatSamples, chat_extras
+from titan_jepa.data.chat import ChatSamples, with_chat_fields
 from titan_jepa.data.packing import DocPacker, SamplePacker, collate
 from titan_jepa.data.sources import BadLines, DataError, build_source
 from titan_jepa.data.text import TextDocs
 from titan_jepa.data.pairs import PairSamples
-from titan_jepa.data.spans import MaskViews, mask_view_extras, stp_extras
+from titan_jepa.data.spans import MaskViews, mask_view_spans, stp_spans
 from titan_jepa.data.views import JepaViews
 
 STATE_VERSION = 1
@@ -109,15 +110,14 @@ class DataLoader:
             raise StopIteration
         batch = collate(rows, self.batch_size, self.seq_len, self.pad_id)
         if self.kind in ("chat", "pairs"):
-            # padding rows added by collate count as padding tokens
-            batch.extras = chat_extras(rows, self.seq_len)
-            batch.extras["token_kinds"][2] += (self.batch_size - len(rows)) * self.seq_len
+            batch = with_chat_fields(batch, rows)
         if self.stp is not None:  # spans depend only on (seed, slot, batch index)
             if self.stp.mode == "random_span_mask":
-                stp = mask_view_extras(rows, self.seq_len)
+                spans = mask_view_spans(rows, self.seq_len)
             else:
-                stp = stp_extras(batch, self.stp, self.seed, self.rank, self.batches)
-            batch.extras = {**(batch.extras or {}), **stp}
+                spans = stp_spans(batch, self.stp, self.seed, self.rank, self.batches)
+            items = spans.triples.shape[0] if self.stp.mode == "curvature" else spans.weight.shape[0]
+            batch = replace(batch, stp=spans, counts=replace(batch.counts, stp_items=items))
         self.batches += 1
         return batch
 

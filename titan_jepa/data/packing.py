@@ -17,12 +17,13 @@ with IGNORE_INDEX labels.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
-from titan_jepa.data.batch import IGNORE_INDEX, Batch
+from titan_jepa.data.batch import IGNORE_INDEX, Batch, BatchCounts
 
 
 @dataclass
@@ -145,14 +146,33 @@ class SamplePacker:
         self.pending = sd["pending"]
 
 
+def row_pairs(row: Row) -> int:
+    """(query, key) pairs the row's mask lets through: block-causal per segment, plus the
+    shared-prefix context (flops.visible_pairs computes the same from a Batch)."""
+    pairs = 0
+    for _, run in itertools.groupby(row.segment_ids):
+        n = sum(1 for _ in run)
+        pairs += n * (n + 1) // 2
+    if row.context_segment is not None:
+        pairs += sum(n for c, n in zip(row.context_segment, row.context_len) if c >= 0)
+    return pairs
+
+
 def collate(rows: list[Row], batch_size: int, seq_len: int, pad_id: int) -> Batch:
-    """Stack rows (adding all-padding rows up to batch_size) into CPU tensors."""
+    """Stack rows (adding all-padding rows up to batch_size) into CPU tensors, with the
+    BatchCounts of text data (every token a full-sequence token; the loader refines the
+    token kinds of chat/pairs batches)."""
     rows = rows + [Row().pad_to(seq_len, pad_id) for _ in range(batch_size - len(rows))]
+    tokens = batch_size * seq_len
+    pairs = sum(row_pairs(r) for r in rows)
+    targets = sum(1 for r in rows for t in r.labels if t != IGNORE_INDEX)
     batch = Batch(
         tokens=torch.tensor([r.tokens for r in rows], dtype=torch.int64),
         labels=torch.tensor([r.labels for r in rows], dtype=torch.int64),
         positions=torch.tensor([r.positions for r in rows], dtype=torch.int64),
         segment_ids=torch.tensor([r.segment_ids for r in rows], dtype=torch.int32),
+        counts=BatchCounts(targets=targets, full_tokens=tokens, tokens=tokens, pairs=pairs,
+                           ntp_tokens=tokens, ntp_pairs=pairs),
     )
     if any(r.context_segment is not None for r in rows):
         batch.context_segment = torch.tensor(

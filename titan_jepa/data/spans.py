@@ -11,13 +11,10 @@ then token to token). A span [s, t) (0 <= s < t <= N) covers steps s+1..t; its d
 is h[t-1] - h[s-1] within a part (a span crossing the user/assistant boundary is split into
 its per-part displacements). The rest of the sequence is the steps before s and after t.
 
-The losses (objectives/stp.py) only see index tensors in ``Batch.extras``:
-
-  "stp_index", "stp_coef", "stp_slot": (T,) flat token index (row * S + column), sign
-      (+1 / -1), and output vector (2 * pair + 0 for the target side, + 1 for the
-      predicting side); vector[slot] = sum of coef * h[index].
-  "stp_weight": (P,) weight of each pair (span-length weighting, else 1).
-  "stp_triples": (C, 3) flat indices of successive tokens (curvature).
+The losses (objectives/stp.py) only see the index tensors of ``Batch.stp``, an ``StpSpans``
+(data/batch.py): flat token indices (row * S + column), signs and output slots of the two
+vectors of each pair, the pair weights (span-length weighting, else 1), and for curvature
+the triples of successive tokens.
 
 Which spans are drawn depends only on (seed, slot, batch index), so resumed and re-laid
 out runs draw the same spans.
@@ -29,7 +26,7 @@ import random
 
 import torch
 
-from titan_jepa.data.batch import IGNORE_INDEX
+from titan_jepa.data.batch import IGNORE_INDEX, StpSpans
 
 Part = tuple[int, list[int]]  # (anchor position, positions of the tokens that follow)
 
@@ -90,17 +87,16 @@ def chat_sequences(batch) -> list[list[Part]]:
     """One virtual sequence per chat sample: the user content, then the assistant content."""
     seq_len = batch.tokens.shape[1]
     seqs = []
-    for row, _seg, _start, _len, us, ue, as_, ae in batch.extras["samples"].tolist():
+    for row, _seg, _start, _len, us, ue, as_, ae in batch.samples.table.tolist():
         base = row * seq_len
         seqs.append([(base + us - 1, list(range(base + us, base + ue))),
                      (base + as_ - 1, list(range(base + as_, base + ae)))])
     return seqs
 
 
-def stp_extras(batch, stp_cfg, seed: int, slot: int, batch_index: int) -> dict:
+def stp_spans(batch, stp_cfg, seed: int, slot: int, batch_index: int) -> StpSpans:
     """The STP index tensors of one collated batch (see the module docstring)."""
-    seqs = text_sequences(batch, stp_cfg.min_doc_len) if batch.extras is None or "samples" not in batch.extras \
-        else chat_sequences(batch)
+    seqs = text_sequences(batch, stp_cfg.min_doc_len) if batch.samples is None else chat_sequences(batch)
     rng = random.Random(f"stp:{seed}:{slot}:{batch_index}")
     index, coef, slots, weight, triples = [], [], [], [], []
 
@@ -129,13 +125,9 @@ def stp_extras(batch, stp_cfg, seed: int, slot: int, batch_index: int) -> dict:
             for anchor, points in parts:
                 chain = [anchor] + points
                 triples += [chain[i - 2:i + 1] for i in range(2, len(chain))]
-    return {
-        "stp_index": torch.tensor(index, dtype=torch.int64),
-        "stp_coef": torch.tensor(coef, dtype=torch.float32),
-        "stp_slot": torch.tensor(slots, dtype=torch.int64),
-        "stp_weight": torch.tensor(weight, dtype=torch.float32),
-        "stp_triples": torch.tensor(triples, dtype=torch.int64).reshape(-1, 3),
-    }
+    return StpSpans(index=torch.tensor(index, dtype=torch.int64), coef=torch.tensor(coef, dtype=torch.float32),
+                    slot=torch.tensor(slots, dtype=torch.int64), weight=torch.tensor(weight, dtype=torch.float32),
+                    triples=torch.tensor(triples, dtype=torch.int64).reshape(-1, 3))
 
 
 class MaskViews:
@@ -185,7 +177,7 @@ class MaskViews:
         return sample
 
 
-def mask_view_extras(rows, seq_len: int) -> dict:
+def mask_view_spans(rows, seq_len: int) -> StpSpans:
     """The random_span_mask pairs of packed rows as STP index tensors (one term per side)."""
     index, slots = [], []
     for r, row in enumerate(rows):
@@ -195,10 +187,6 @@ def mask_view_extras(rows, seq_len: int) -> dict:
                 pair = len(index) // 2
                 index += [r * seq_len + start + target_at, r * seq_len + start + pred_at]
                 slots += [2 * pair, 2 * pair + 1]
-    return {
-        "stp_index": torch.tensor(index, dtype=torch.int64),
-        "stp_coef": torch.ones(len(index), dtype=torch.float32),
-        "stp_slot": torch.tensor(slots, dtype=torch.int64),
-        "stp_weight": torch.ones(len(index) // 2, dtype=torch.float32),
-        "stp_triples": torch.zeros(0, 3, dtype=torch.int64),
-    }
+    return StpSpans(index=torch.tensor(index, dtype=torch.int64), coef=torch.ones(len(index), dtype=torch.float32),
+                    slot=torch.tensor(slots, dtype=torch.int64), weight=torch.ones(len(index) // 2, dtype=torch.float32),
+                    triples=torch.zeros(0, 3, dtype=torch.int64))

@@ -200,14 +200,6 @@ class TransformerBlock(nn.Module):
         return h + self.feed_forward(self.ffn_norm(h))
 
 
-# the Transformer's own children; anything else on it was attached from outside (the STP predictor)
-LLAMA_CHILDREN = ("tok_embeddings", "layers", "norm", "output")
-
-
-def is_llama_key(name: str) -> bool:
-    return name.split(".", 1)[0] in LLAMA_CHILDREN
-
-
 def default_write(param: torch.Tensor, full: torch.Tensor) -> None:
     param.copy_(full)
 
@@ -241,11 +233,8 @@ class Transformer(nn.Module):
         device = device or self.rope_cos.device
         self.rope_cos, self.rope_sin = rope_tables(self.args, device=device)
 
-    def _init_std(self, name: str) -> tuple[str, float] | None:
-        """(kind, std) for a parameter: torchtitan-style depth-scaled init; None for a
-        module attached from outside (its owner initialises it)."""
-        if not is_llama_key(name):
-            return None
+    def _init_std(self, name: str) -> tuple[str, float]:
+        """(kind, std) for a parameter: torchtitan-style depth-scaled init."""
         if name.endswith("norm.weight"):
             return "ones", 0.0
         if name.endswith("lora_b.weight"):  # LoRA adapters (titan_jepa/lora.py): B = 0
@@ -274,10 +263,7 @@ class Transformer(nn.Module):
         for name, param in self.named_parameters():
             # wrappers (activation checkpointing, compile) must not change the draw
             name = name.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", "")
-            spec = self._init_std(name)
-            if spec is None:
-                continue
-            kind, std = spec
+            kind, std = self._init_std(name)
             full = torch.empty(param.shape, dtype=torch.float32, device=param.device)
             gen = torch.Generator(device=param.device)
             gen.manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63))

@@ -8,7 +8,8 @@ displacement; the masked view's embedding). The loss of a pair is
 
     weight * (1 - cos(P(predicting), target))
 
-with P the optional bias-free linear predictor (identity otherwise). ``curvature`` is the
+with P the optional bias-free linear predictor (identity otherwise; a module of the
+objective's heads, objectives/heads.py, not of the model). ``curvature`` is the
 mean over successive token triples of acos(cos(h_i - h_{i-1}, h_{i-1} - h_{i-2})).
 Both return sums, divided by a global count by the caller.
 """
@@ -19,16 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PREDICTOR = "stp_predictor"
+from titan_jepa.data.batch import StpSpans
 
 
-def pair_vectors(hidden: torch.Tensor, extras: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_vectors(hidden: torch.Tensor, spans: StpSpans) -> tuple[torch.Tensor, torch.Tensor]:
     """(target, predicting) vectors, each (P, D), from hidden (B, S, D)."""
     flat = hidden.flatten(0, 1).float()
-    n = extras["stp_weight"].shape[0]
-    terms = flat[extras["stp_index"]] * extras["stp_coef"][:, None]
+    n = spans.weight.shape[0]
+    terms = flat[spans.index] * spans.coef[:, None]
     vec = torch.zeros(2 * n, flat.shape[1], dtype=flat.dtype, device=flat.device)
-    vec = vec.index_add(0, extras["stp_slot"], terms).view(n, 2, -1)
+    vec = vec.index_add(0, spans.slot, terms).view(n, 2, -1)
     return vec[:, 0], vec[:, 1]
 
 
@@ -47,17 +48,3 @@ def curvature_sum(hidden: torch.Tensor, triples: torch.Tensor) -> torch.Tensor:
     cos = F.cosine_similarity(c - b, b - a, dim=-1)
     # clamp inside (-1, 1): acos has an infinite gradient at the ends
     return torch.acos(cos.clamp(-1 + 1e-6, 1 - 1e-6)).sum()
-
-
-def attach_predictor(model: nn.Module, dim: int) -> None:
-    """Add the trainable linear predictor to the model from outside (before parallelising),
-    so FSDP, the optimizer and checkpoints treat it like any other weight."""
-    model.add_module(PREDICTOR, nn.Linear(dim, dim, bias=False))
-
-
-@torch.no_grad()
-def init_predictor(model: nn.Module, write) -> None:
-    """Identity: training starts from the predictor-free loss."""
-    if hasattr(model, PREDICTOR):
-        w = getattr(model, PREDICTOR).weight
-        write(w, torch.eye(w.shape[0], dtype=w.dtype, device=w.device))

@@ -19,17 +19,11 @@ from torch.distributed.tensor.parallel import (
 )
 
 from titan_jepa.config import JobConfig
-from titan_jepa.models.llama import LLAMA_CHILDREN
 from titan_jepa.lora import LoRALinear, is_lora_name, lora_modules
 from titan_jepa.parallel.float8 import apply_float8
 from titan_jepa.parallel.mesh import ParallelDims, device_type_for
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def attached_modules(model: nn.Module) -> list[nn.Module]:
-    """Direct children an objective attached to the model (e.g. the STP predictor)."""
-    return [m for name, m in model.named_children() if name not in LLAMA_CHILDREN]
 
 
 def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
@@ -71,9 +65,6 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
         model.output.weight = model.tok_embeddings.weight
     elif model.tok_embeddings.weight.requires_grad:  # (frozen under LoRA)
         keep_grad_in_param_layout(model.tok_embeddings.weight)
-    for module in attached_modules(model):
-        # modules the objectives attach (the STP predictor): whole on every tp rank
-        parallelize_module(module, tp_mesh, ColwiseParallel(output_layouts=Replicate()))
 
 
 def keep_grad_in_param_layout(param: DTensor) -> None:
@@ -149,9 +140,6 @@ def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, param_dtype: torch.dtype,
         # the last block is needed again at once by backward: keep it gathered
         last = i == len(blocks) - 1 and reshard == "default"
         fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=not last and reshard_after_forward)
-    for module in attached_modules(model):
-        # called by the loss outside the model's forward: its own FSDP unit gathers it
-        fully_shard(module, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
 
 
@@ -165,11 +153,29 @@ def parallelize(model: nn.Module, dims: ParallelDims, mesh: DeviceMesh | None, c
     if cfg.compile.enable:
         apply_compile(model)
     if dims.fsdp_enabled:
-        dp_mesh = mesh["dp_replicate", "dp_shard"] if dims.dp_replicate > 1 else mesh["dp_shard"]
-        apply_fsdp(model, dp_mesh, DTYPES[cfg.training.mixed_precision_param],
+        apply_fsdp(model, _fsdp_mesh(dims, mesh), DTYPES[cfg.training.mixed_precision_param],
                    DTYPES[cfg.training.mixed_precision_reduce],
                    cfg.parallelism.fsdp_reshard_after_forward)
     return model
+
+
+def _fsdp_mesh(dims: ParallelDims, mesh: DeviceMesh) -> DeviceMesh:
+    return mesh["dp_replicate", "dp_shard"] if dims.dp_replicate > 1 else mesh["dp_shard"]
+
+
+def parallelize_heads(heads: nn.Module, dims: ParallelDims, mesh: DeviceMesh | None, cfg: JobConfig) -> nn.Module:
+    """The objectives' heads (objectives/heads.py; each a bias-free d x d Linear the loss calls
+    outside the model's forward): whole on every tp rank (colwise, output replicated), and
+    each its own FSDP unit on the dp mesh, with the model's mixed precision."""
+    for module in heads.values():
+        if dims.tp > 1:
+            parallelize_module(module, mesh["tp"], ColwiseParallel(output_layouts=Replicate()))
+        if dims.fsdp_enabled:
+            mp = MixedPrecisionPolicy(param_dtype=DTYPES[cfg.training.mixed_precision_param],
+                                      reduce_dtype=DTYPES[cfg.training.mixed_precision_reduce])
+            fully_shard(module, mesh=_fsdp_mesh(dims, mesh), mp_policy=mp,
+                        reshard_after_forward=cfg.parallelism.fsdp_reshard_after_forward != "never")
+    return heads
 
 
 def write_sharded(param: torch.Tensor, full: torch.Tensor) -> None:
