@@ -169,3 +169,43 @@ def test_missing_initial_load_path_is_one_line(demo_dir, tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "initial_load_path" in err[0] and "does not exist" in err[0], err
+
+
+def test_stp_predictor_is_a_head_saved_resumed_and_never_exported(demo_dir, tmp_path):
+    """The STP linear predictor lives beside the model: its own "heads." entry (and optimizer
+    state) in checkpoints, not in the export; resumes from new and old-format checkpoints are
+    exact, and a predictor-less run refuses its checkpoint in one line."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save, torch_save_to_dcp
+
+    stp = {"enable": True, "linear_predictor": True, "lambda": 0.5}
+    ckpt = {"enable": True, "interval": 2, "keep_latest_k": 0, "model_only_export": True}
+    cfg = config(tmp_path, demo_dir, training={"steps": 4}, stp=stp, checkpoint=ckpt)
+    full = launch(1, cfg, tmp_path)
+    folder = tmp_path / "t" / "checkpoint"
+    md = FileSystemReader(str(folder / "step-2")).read_metadata().state_dict_metadata
+    assert "heads.stp_predictor.weight" in md and "model.stp_predictor.weight" not in md
+    assert "optimizer.state.stp_predictor.weight.exp_avg" in md
+    exported = FileSystemReader(str(folder / "model-only" / "step-4")).read_metadata().state_dict_metadata
+    assert "model.output.weight" in exported and not any("stp_predictor" in k for k in exported)
+
+    cfg["checkpoint"]["load_step"] = 2
+    assert launch(1, cfg, tmp_path) == full[2:]
+
+    # the old layout: the predictor inside the model's state ("model.stp_predictor.weight")
+    old = tmp_path / "old" / "t" / "checkpoint" / "step-2"
+    shutil.copytree(folder / "step-2", old)
+    dcp_to_torch_save(str(old), str(tmp_path / "state.pt"))
+    state = torch.load(tmp_path / "state.pt", weights_only=False)
+    state["model"].update(state.pop("heads"))
+    for f in old.glob("*.distcp"):
+        f.unlink()
+    (old / ".metadata").unlink()
+    torch.save(state, tmp_path / "state.pt")
+    torch_save_to_dcp(str(tmp_path / "state.pt"), str(old))
+    assert "model.stp_predictor.weight" in FileSystemReader(str(old)).read_metadata().state_dict_metadata
+    old_cfg = config(tmp_path / "old", demo_dir, training={"steps": 4}, stp=stp, checkpoint=ckpt)
+    assert launch(1, old_cfg, tmp_path) == full[2:]
+
+    no_predictor = dict(cfg, stp={"enable": True, "lambda": 0.5})
+    with pytest.raises(CheckpointError, match=r"holds an STP linear predictor; resume it with .*linear_predictor = true"):
+        launch(1, no_predictor, tmp_path)

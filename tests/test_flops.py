@@ -78,3 +78,46 @@ def test_same_flop_run_saves_at_milestones(demo_dir, tmp_path):
     launch(1, dict(first, training=dict(first["training"], steps=5)), tmp_path)
     resumed = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "r" / "t" / "checkpoint").glob("step-*"))
     assert resumed == saved
+
+
+@pytest.mark.parametrize("sections", [
+    {"stp": {"enable": True}},
+    {"data": {"kind": "chat"}, "training": {"seq_len": 256}, "jepa": {"enable": True, "views": "shared_prefix"}},
+], ids=["text-stp", "chat-jepa"])
+def test_collated_counts_and_the_one_copy_move(demo_dir, tmp_path, sections):
+    """BatchCounts, made from the rows on the CPU, equal what the batch tensors say; Batch.to
+    moves every tensor through one buffer with values, dtypes and shapes unchanged."""
+    from titan_jepa.config import load_config
+    from titan_jepa.data.batch import IGNORE_INDEX, BatchCounts
+    from titan_jepa.data.loader import build_dataloader
+    from titan_jepa.data.tokenizer import build_tokenizer
+
+    if "data" in sections:
+        sections["data"]["path"] = str(demo_dir / "regex_train.jsonl")
+    training = {"seq_len": 64, **sections.pop("training", {})}
+    cfg = load_config(extra=tiny_config(tmp_path, demo_dir, training=training, **sections))
+    batch = next(build_dataloader(cfg, build_tokenizer(cfg.tokenizer)))
+    c = batch.counts
+    assert c.pairs == visible_pairs(batch) and c.tokens == batch.tokens.numel()
+    assert c.targets == int((batch.labels != IGNORE_INDEX).sum()) > 0
+    assert c.full_tokens + c.view_tokens + c.pad_tokens == c.tokens
+    if batch.jepa is not None:
+        assert c.jepa_samples == batch.jepa.pred.shape[0] == c.samples > 0 and c.view_tokens > 0
+        assert batch.context_segment is not None and c.ntp_tokens == c.full_tokens < c.tokens
+    else:
+        assert c.stp_items == batch.stp.weight.shape[0] > 0 and (c.ntp_tokens, c.ntp_pairs) == (c.tokens, c.pairs)
+    moved = batch.to("cpu")
+    assert torch.equal(moved.count_vector, torch.tensor([float(v) for v in vars(c).values()], dtype=torch.float64))
+    assert moved.counts == c and isinstance(c, BatchCounts) and moved.samples is batch.samples
+    pairs = [(moved.tokens, batch.tokens), (moved.labels, batch.labels), (moved.positions, batch.positions),
+             (moved.segment_ids, batch.segment_ids)]
+    if batch.jepa is not None:
+        pairs += [(moved.jepa.pred, batch.jepa.pred), (moved.jepa.target, batch.jepa.target),
+                  (moved.context_len, batch.context_len), (moved.context_segment, batch.context_segment)]
+    if batch.stp is not None:
+        pairs += [(getattr(moved.stp, f), getattr(batch.stp, f)) for f in ("index", "coef", "slot", "weight", "triples")]
+    storages = set()
+    for got, want in pairs:
+        assert got.dtype == want.dtype and torch.equal(got, want)
+        storages.add(got.untyped_storage().data_ptr())
+    assert len(storages) == 1  # one buffer, one copy

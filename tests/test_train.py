@@ -1,6 +1,8 @@
 """The training loop: learning, outputs in the run folder, and clear failures."""
 
 import json
+import math
+import re
 import subprocess
 import sys
 
@@ -73,3 +75,97 @@ def test_cli_user_errors_are_one_line(tmp_path, override, message):
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), out.stderr
+
+
+class HostReads:
+    """Counts the host reads of tensors (.item/.tolist/.cpu, bool/float/int conversion) that
+    titan_jepa's own code makes outside its CPU data pipeline (titan_jepa/data/), while on.
+    Each is a host sync when the tensor is on a GPU."""
+
+    NAMES = ("item", "tolist", "cpu", "__bool__", "__float__", "__int__")
+
+    def __init__(self):
+        import torch
+
+        self.on, self.calls, self.saved = False, [], {}
+        self.torch = torch
+
+    def __enter__(self):
+        import os
+        import sys
+
+        pkg = os.path.dirname(os.path.abspath(train.__code__.co_filename))
+        data = os.path.join(pkg, "data")
+
+        def wrap(name, original):
+            def counted(t, *args, **kwargs):
+                if self.on:
+                    where = sys._getframe(1).f_code.co_filename
+                    if where.startswith(pkg) and not where.startswith(data):
+                        self.calls.append(f"{name} in {os.path.relpath(where, pkg)}:{sys._getframe(1).f_lineno}")
+                return original(t, *args, **kwargs)
+            return counted
+
+        for name in self.NAMES:
+            self.saved[name] = self.torch.Tensor.__dict__.get(name)  # None: inherited
+            setattr(self.torch.Tensor, name, wrap(name, getattr(self.torch.Tensor, name)))
+        return self
+
+    def __exit__(self, *exc):
+        for name, original in self.saved.items():
+            if original is None:
+                delattr(self.torch.Tensor, name)
+            else:
+                setattr(self.torch.Tensor, name, original)
+
+
+@pytest.mark.parametrize("sections", [
+    {"stp": {"enable": True, "linear_predictor": True}},
+    {"data": {"kind": "chat"}, "training": {"seq_len": 256}, "jepa": {"enable": True}},
+], ids=["stp", "jepa"])
+def test_no_host_reads_between_sync_steps(demo_dir, tmp_path, sections):
+    """Steps 1-3 and 5-7 of 8 (log_freq 4, a checkpoint at 4 and 8) read nothing from tensors;
+    the sync steps 4 and 8 do (so the counter can see them) and still log step 4."""
+    from titan_jepa.train import TrainHooks
+
+    if sections.get("data", {}).get("kind") == "chat":
+        sections["data"]["path"] = str(demo_dir / "regex_train.jsonl")
+    training = {"steps": 8, **sections.pop("training", {})}
+    cfg = tiny_config(tmp_path, demo_dir, training=training, metrics={"log_freq": 4},
+                      checkpoint={"enable": True, "interval": 4}, **sections)
+    reads = HostReads()
+
+    def on_step_start(step):  # a step runs from its start to the next step's start
+        reads.on = step % 4 != 0
+
+    with reads:
+        losses = train(load_config(extra=cfg), hooks=TrainHooks(on_step_start=on_step_start))
+        reads.on = False
+    assert reads.calls == [], reads.calls
+    assert len(losses) == 8 and all(math.isfinite(x) for x in losses)
+    rows = [json.loads(line) for line in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [4, 8] and rows[0]["loss"] == pytest.approx(losses[3])
+    # the same counter does see the sync step's reads
+    reads.calls.clear()
+    with reads:
+        reads.on = True
+        train(load_config(extra=dict(cfg, training=dict(cfg["training"], steps=1),
+                                     job=dict(cfg["job"], dump_folder=str(tmp_path / "one")))))
+        reads.on = False
+    assert any(c.startswith("tolist") for c in reads.calls), reads.calls
+
+
+def test_nan_found_at_a_later_sync_step_names_its_first_step(demo_dir, tmp_path):
+    """The NaN check runs at sync steps only: with log_freq 5 it is reported at the next
+    multiple of 5, naming the step where it first appeared (the step log_freq 1 stops at)."""
+    cfg = tiny_config(tmp_path, demo_dir, training={"steps": 20, "max_norm": 0.0},
+                      optimizer={"lr": 1e12, "weight_decay": 0.0}, lr_scheduler={"warmup_steps": 0})
+    with pytest.raises(TrainingError) as every_step:
+        train(load_config(extra=cfg))
+    first = int(re.match(r"step (\d+): loss is", str(every_step.value)).group(1))
+    assert f"first appeared at step {first};" in str(every_step.value)
+    cfg["metrics"]["log_freq"] = 5
+    detected = (first + 4) // 5 * 5
+    with pytest.raises(TrainingError, match=rf"^step {detected}: loss is (nan|inf); lower optimizer.lr, "
+                                            rf".*first appeared at step {first};"):
+        train(load_config(extra=cfg))

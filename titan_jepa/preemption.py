@@ -47,10 +47,12 @@ class Preemption:
             return
         self.signalled = True
         # no logging here: a handler may interrupt the logging machinery itself
-        os.write(2, b"[titan_jepa] SIGTERM received: stopping after this step with a checkpoint\n")
+        os.write(2, b"[titan_jepa] SIGTERM received: stopping with a checkpoint after this step (several "
+                    b"processes: after the next sync step)\n")
 
     def stop_requested(self) -> bool:
-        """Collective when the world is larger than one: every rank must call it once per step."""
+        """Collective (and a host sync) when the world is larger than one: every rank must call
+        it at the same steps (train.py: the sync steps)."""
         if self._world == 1:
             return self.signalled
         flag = torch.tensor([1.0 if self.signalled else 0.0], device=self.device)

@@ -118,6 +118,24 @@ def forward_backward(model, objective: Objective, micro_batches: list, dp, metri
     return dp.all_reduce_sum(sums), counts, counted
 
 
+def read_pending(pending: list, step: int, losses: list[float],
+                 same_flop: SameFlopTracker) -> tuple[list[int], list[float]]:
+    """At sync step ``step``: bring the losses and FLOP counts of the ``pending`` steps to the
+    host in one copy, stop at the first non-finite loss, append the losses to ``losses`` and
+    feed the same-FLOP tracker. Returns the milestones passed and this step's FLOP counts."""
+    values = torch.stack([torch.cat([loss.reshape(1), flops]) for _, loss, flops in pending]).tolist()
+    milestones = []
+    for (s, _, _), (loss, *flops) in zip(pending, values):
+        if not math.isfinite(loss):
+            raise TrainingError(f"step {step}: loss is {loss}; lower optimizer.lr, check the data, or keep "
+                                f"training.max_norm > 0 (it first appeared at step {s}; the loss is checked "
+                                f"at sync steps, see metrics.sync_every)")
+        losses.append(loss)
+        milestones += same_flop.update(s, flops)
+    pending.clear()
+    return milestones, flops
+
+
 def train(cfg: JobConfig, hooks: TrainHooks | None = None) -> list[float]:
     """Run the job described by ``cfg``; returns the global loss of every step it ran."""
     hooks = hooks or TrainHooks()
@@ -212,17 +230,7 @@ def train(cfg: JobConfig, hooks: TrainHooks | None = None) -> list[float]:
         stop = not last and (sync or not preemption.collective) and preemption.stop_requested()
         if not (sync or stop):
             continue
-        milestones, step_flops = [], None
-        for (s, loss, flops), (value, *flop_values) in zip(pending, torch.stack(
-                [torch.cat([loss.reshape(1), flops]) for _, loss, flops in pending]).tolist()):
-            if not math.isfinite(value):
-                raise TrainingError(f"step {step}: loss is {value}; lower optimizer.lr, check the data, or "
-                                    f"keep training.max_norm > 0 (it first appeared at step {s}; the loss "
-                                    f"is checked at sync steps, see metrics.sync_every)")
-            losses.append(value)
-            milestones += same_flop.update(s, flop_values)
-            step_flops = flop_values
-        pending.clear()
+        milestones, step_flops = read_pending(pending, step, losses, same_flop)
         if log_step:
             metrics.log(step, {**objective.metrics(sums, counts),
                                **({"flops_counted": flops_counted} if flops_counted is not None else {}),
