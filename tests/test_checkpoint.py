@@ -95,7 +95,8 @@ def test_resume_on_another_layout(fsdp_run, demo_dir, tmp_path, world, paralleli
 
 def test_killed_save_leaves_last_checkpoint(baseline, demo_dir, tmp_path):
     cfg = config(tmp_path, demo_dir, checkpoint={"enable": True, "interval": 2, "keep_latest_k": 1})
-    env = {**os.environ, STALL_ENV: "6"}
+    # one thread, as the in-process baseline: another thread count changes float reductions
+    env = {**os.environ, STALL_ENV: "6", "OMP_NUM_THREADS": "1"}
     env.pop("RANK", None), env.pop("WORLD_SIZE", None)
     proc = subprocess.Popen([sys.executable, "-m", "titan_jepa.train", "--config", toml_for(cfg, tmp_path)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
