@@ -37,6 +37,7 @@ from titan_jepa.objectives.combined import SUMS, Objective
 from titan_jepa.objectives.stp import attach_predictor, init_predictor
 from titan_jepa.optim import build_lr_scheduler, build_optimizer
 from titan_jepa.parallel.collectives import make_all_gather
+from titan_jepa.parallel.loss_parallel import loss_context
 from titan_jepa.parallel.mesh import ParallelDims, build_mesh, dp_info, init_distributed
 from titan_jepa.parallel.parallelize import clip_grad_norm_, parallelize, write_sharded
 from titan_jepa.preemption import Preemption, maybe_kill_for_test
@@ -86,10 +87,11 @@ def forward_backward(model, objective: Objective, micro_batches: list, dp, metri
     flop_counter = FlopCounterMode(display=False) if count_flops else None
     with flop_counter or contextlib.nullcontext():
         for mb in micro_batches:
-            mb_loss, mb_sums = objective(model, mb, counts)
-            # FSDP averages gradients over the dp ranks; scaling by dp.size makes the
-            # result the gradient of the global loss
-            (mb_loss * dp.size).backward()
+            with loss_context(model):  # loss parallel under TP: forward and backward inside
+                mb_loss, mb_sums = objective(model, mb, counts)
+                # FSDP averages gradients over the dp ranks; scaling by dp.size makes the
+                # result the gradient of the global loss
+                (mb_loss * dp.size).backward()
             sums += mb_sums
             metrics.count_tokens(mb.tokens.numel())
     step_metrics = objective.metrics(dp.all_reduce_sum(sums), counts)

@@ -41,7 +41,10 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
         # the final norm runs sequence-parallel; its output is gathered so the hidden
         # states the objectives read are whole on every rank
         "norm": SequenceParallel(),
-        "output": ColwiseParallel(input_layouts=Replicate(), output_layouts=Replicate()),
+        # the logits stay vocab-sharded (a DTensor Shard(-1)): no rank holds B x S x V of
+        # them; the cross entropy runs on the shards (parallel/loss_parallel.py)
+        "output": ColwiseParallel(input_layouts=Replicate(), output_layouts=Shard(-1),
+                                  use_local_output=False),
     })
     parallelize_module(model.norm, tp_mesh, PrepareModuleOutput(
         output_layouts=Shard(1), desired_output_layouts=Replicate(), use_local_output=True))
