@@ -35,7 +35,8 @@ def attached_modules(model: nn.Module) -> list[nn.Module]:
 def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
     """Megatron-style TP with sequence parallelism: the residual stream is sharded on the
     sequence dimension between blocks; attention and MLP gather it and shard their heads
-    (colwise wq/wk/wv/w1/w3, rowwise wo/w2)."""
+    (colwise wq/wk/wv/w1/w3, rowwise wo/w2). The output projection is colwise and its
+    logits stay vocab-sharded for loss parallel (``loss_parallel.loss_context``)."""
     parallelize_module(model, tp_mesh, {
         "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
         # the final norm runs sequence-parallel; its output is gathered so the hidden
