@@ -156,6 +156,8 @@ def test_plan_8b_at_64_and_8_ranks(tmp_path):
     # tp=2 x dp_shard=4 is 8 shards too; full checkpointing and SP shrink the activations
     assert tp["param_bytes"] == pytest.approx(p8["param_bytes"], rel=1e-3)
     assert tp["activation_bytes"] < p8["activation_bytes"]
+    # loss parallel: the logits are vocab-sharded, half the vocabulary on each tp rank
+    assert 2 * tp["logits_bytes"] == p8["logits_bytes"] == 2 * 8192 * 128256 * (2 + 8)
     assert "world size 12 is not divisible" in bad["error"]
 
 
@@ -167,12 +169,15 @@ def test_plan_cli_errors_are_one_line():
 
 
 def measure_worker(cases):
-    """One real training step per config on this rank; every rank's measured state bytes."""
+    """One real training step per config on this rank; every rank's measured state bytes
+    and the number of logits elements it held."""
     import torch.distributed as dist
 
     from titan_jepa.config import load_config
     from titan_jepa.models.llama import build_model
+    from titan_jepa.objectives.next_token import next_token_loss_sum
     from titan_jepa.optim import build_optimizer
+    from titan_jepa.parallel.loss_parallel import loss_context
     from titan_jepa.parallel.mesh import ParallelDims, build_mesh, init_distributed
     from titan_jepa.parallel.parallelize import parallelize, write_sharded
     from titan_jepa.plan import measured_state_bytes
@@ -190,11 +195,18 @@ def measure_worker(cases):
         model.to_empty(device=device)
         model.init_weights(seed=0, buffer_device=device, write=write_sharded)
         optimizer = build_optimizer(model, cfg, "cpu")
-        tokens = torch.randint(0, args.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
-        model(tokens).float().square().mean().backward()
+        # one micro-batch of the config's shape; the output's hook sees this rank's logits
+        shape = (cfg.training.local_batch_size, cfg.training.seq_len)
+        tokens = torch.randint(0, args.vocab_size, shape, generator=torch.Generator().manual_seed(0))
+        logits_elems = []
+        model.output.register_forward_hook(lambda m, i, out: logits_elems.append(
+            out.to_local().numel() if hasattr(out, "to_local") else out.numel()))
+        with loss_context(model):
+            next_token_loss_sum(model(tokens), tokens.roll(-1, 1)).backward()
         optimizer.step()
         everyone = [None] * world
-        dist.all_gather_object(everyone, measured_state_bytes(model, optimizer))
+        dist.all_gather_object(everyone, {**measured_state_bytes(model, optimizer),
+                                          "logits_elems": logits_elems[0]})
         results.append(everyone)
     return results
 
@@ -230,11 +242,17 @@ def test_plan_bytes_equal_a_real_two_rank_run(demo_dir, tmp_path):
             got, want = planned[name][rank], measured[name][rank]
             for key in ("local_param_elems", "param_bytes", "grad_bytes", "optimizer_bytes"):
                 assert got[key] == want[key], (name, rank, key, got[key], want[key])
+            # the head term counts the logits elements this rank really holds (fp32 logits
+            # + fp32 copy + fp32 log-probabilities: 12 bytes each)
+            assert got["logits_bytes"] == want["logits_elems"] * 12, (name, rank)
     # FSDP halves the state (up to padding), and the padding lands on rank 1's storage
     fsdp = planned["fsdp"]
     assert fsdp[0]["param_bytes"] == fsdp[1]["param_bytes"]
     assert fsdp[0]["local_param_elems"] > fsdp[1]["local_param_elems"]
     assert planned["tp"][0]["grad_bytes"] > planned["tp"][0]["param_bytes"]
+    # loss parallel: under TP each rank holds half the vocabulary of the logits
+    assert [measured["tp"][r]["logits_elems"] for r in range(2)] == [4 * 64 * 2304 // 2] * 2
+    assert measured["fsdp"][0]["logits_elems"] == 4 * 64 * 2305
 
 
 # ---- float8 ---------------------------------------------------------------------------

@@ -42,8 +42,11 @@ Byte accounting for one rank:
       recomputed in full during backward (added once when any block is checkpointed).
     - ``selective`` checkpoints the blocks whose index is a multiple of selective_every
       (as ``apply_ac`` does); ``full`` checkpoints all of them.
-    - the head: logits T x V x e, their float32 copy for the cross entropy and its float32
-      log-probabilities, T x V x (e + 8) bytes (the output is gathered whole on each TP rank).
+    - the head: the logits, their float32 copy for the cross entropy and its float32
+      log-probabilities, T x V/t x (e + 8) bytes. Under TP the logits stay vocab-sharded
+      and the cross entropy runs on the shards (loss parallel, parallel/loss_parallel.py),
+      so each rank holds V/t of the vocabulary (rounded up: the first shards are the
+      largest) and no rank gathers T x V logits; ``logits_bytes`` reports this term.
   torch.compile fuses element-wise ops and usually needs somewhat less; JEPA views are
   packed inside the same rows, so seq_len already covers them.
 * fits: the total against the GPU's memory less a 10 % reserve (CUDA context, NCCL
@@ -99,6 +102,7 @@ class Plan:
     optimizer_bytes: int
     fsdp_transient_bytes: int
     activation_bytes: int
+    logits_bytes: int  # the head's part of activation_bytes
     total_bytes: int
     gpu_bytes: int
     usable_bytes: int
@@ -222,8 +226,15 @@ def activation_bytes(args: ModelArgs, cfg: JobConfig, tp: int) -> int:
         total += ckpt_block if ckpt else full_block
     if any_ckpt:
         total += full_block  # the block being recomputed in backward
-    head = tokens * args.vocab_size * (e + 8)
-    return total + head
+    return total + head_activation_bytes(args, cfg, tp)
+
+
+def head_activation_bytes(args: ModelArgs, cfg: JobConfig, tp: int) -> int:
+    """One micro-batch's logits, their float32 copy and float32 log-probabilities on one
+    rank: T x ceil(V / tp) x (e + 8) bytes (vocab-sharded under TP, see the module doc)."""
+    e = DTYPES[cfg.training.mixed_precision_param].itemsize
+    tokens = cfg.training.local_batch_size * cfg.training.seq_len
+    return tokens * -(-args.vocab_size // tp) * (e + 8)
 
 
 def plan(cfg: JobConfig, world_size: int, rank: int = 0, gpu: str = "H200") -> Plan:
@@ -262,7 +273,8 @@ def plan(cfg: JobConfig, world_size: int, rank: int = 0, gpu: str = "H200") -> P
                 dp_shard=dims.dp_shard, tp=dims.tp, num_params=args.num_params(),
                 local_param_elems=sb["local_param_elems"], param_bytes=sb["param_bytes"],
                 grad_bytes=sb["grad_bytes"], optimizer_bytes=sb["optimizer_bytes"],
-                fsdp_transient_bytes=transient, activation_bytes=act, total_bytes=total,
+                fsdp_transient_bytes=transient, activation_bytes=act,
+                logits_bytes=head_activation_bytes(args, cfg, dims.tp), total_bytes=total,
                 gpu_bytes=GPUS[gpu], usable_bytes=usable, fits=total <= usable,
                 tokens_per_microbatch=cfg.training.local_batch_size * cfg.training.seq_len,
                 grad_accum=grad_accum)
@@ -279,7 +291,8 @@ def format_plan(p: Plan, cfg: JobConfig) -> str:
         (f"FSDP unsharded transient ({pdt} / {t.mixed_precision_reduce})", p.fsdp_transient_bytes),
         (f"activations, estimate ({p.tokens_per_microbatch} tokens, AC {acs})", p.activation_bytes),
     ]
-    width = max(len(r[0]) for r in rows) + 2
+    head = (f"  of which logits + fp32 loss copies (vocab / tp {p.tp})", p.logits_bytes)
+    width = max(len(r[0]) for r in [*rows, head]) + 2
     lines = [
         f"plan for rank {p.rank} of {p.world_size}: model {cfg.model.flavor} "
         f"({p.num_params / 1e9:.2f}B parameters), mesh dp_replicate {p.dp_replicate} x dp_shard "
@@ -289,7 +302,7 @@ def format_plan(p: Plan, cfg: JobConfig) -> str:
         "",
         f"{'per rank':<{width}}{'GiB':>10}{'bytes':>18}",
     ]
-    for name, b in rows:
+    for name, b in [*rows, head]:
         lines.append(f"{name:<{width}}{b / GiB:>10.2f}{b:>18,}")
     lines.append("-" * (width + 28))
     lines.append(f"{'total':<{width}}{p.total_bytes / GiB:>10.2f}{p.total_bytes:>18,}")

@@ -48,6 +48,7 @@ from titan_jepa.objectives.combined import SUMS, Objective
 from titan_jepa.objectives.heads import build_heads
 from titan_jepa.optim import build_lr_scheduler, build_optimizer
 from titan_jepa.parallel.collectives import make_all_gather
+from titan_jepa.parallel.loss_parallel import loss_context
 from titan_jepa.parallel.mesh import ParallelDims, build_mesh, dp_info, init_distributed
 from titan_jepa.parallel.parallelize import clip_grad_norm_, parallelize, parallelize_heads, write_sharded
 from titan_jepa.preemption import Preemption
@@ -104,10 +105,11 @@ def forward_backward(model, objective: Objective, micro_batches: list, dp, metri
     flop_counter = FlopCounterMode(display=False) if count_flops else None
     with flop_counter or contextlib.nullcontext():
         for mb in micro_batches:
-            mb_loss, mb_sums = objective(model, mb, counts)
-            # FSDP averages gradients over the dp ranks; scaling by dp.size makes the
-            # result the gradient of the global loss
-            (mb_loss * dp.size).backward()
+            with loss_context(model):  # loss parallel under TP: forward and backward inside
+                mb_loss, mb_sums = objective(model, mb, counts)
+                # FSDP averages gradients over the dp ranks; scaling by dp.size makes the
+                # result the gradient of the global loss
+                (mb_loss * dp.size).backward()
             sums += mb_sums
             metrics.count_tokens(mb.tokens.numel())
     counted = None

@@ -29,13 +29,17 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
     """Megatron-style TP with sequence parallelism: the residual stream is sharded on the
     sequence dimension between blocks; attention and MLP gather it and shard their heads
-    (colwise wq/wk/wv/w1/w3, rowwise wo/w2)."""
+    (colwise wq/wk/wv/w1/w3, rowwise wo/w2). The output projection is colwise and its
+    logits stay vocab-sharded for loss parallel (``loss_parallel.loss_context``)."""
     parallelize_module(model, tp_mesh, {
         "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
         # the final norm runs sequence-parallel; its output is gathered so the hidden
         # states the objectives read are whole on every rank
         "norm": SequenceParallel(),
-        "output": ColwiseParallel(input_layouts=Replicate(), output_layouts=Replicate()),
+        # the logits stay vocab-sharded (a DTensor Shard(-1)): no rank holds B x S x V of
+        # them; the cross entropy runs on the shards (parallel/loss_parallel.py)
+        "output": ColwiseParallel(input_layouts=Replicate(), output_layouts=Shard(-1),
+                                  use_local_output=False),
     })
     parallelize_module(model.norm, tp_mesh, PrepareModuleOutput(
         output_layouts=Shard(1), desired_output_layouts=Replicate(), use_local_output=True))
