@@ -17,6 +17,8 @@ from titan_jepa.eval.run import evaluate, generation_prompt, read_rows
 from titan_jepa.weights import load_model
 
 
+# DCP warns on every single-process load
+pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 # the FLOP counter of the first step costs seconds on CPU; these tests do not need it
 FAST_METRICS = {"flop_counter_steps": 0}
 
