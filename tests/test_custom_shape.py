@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
@@ -135,9 +136,10 @@ def test_custom_shape_trains_exports_and_matches_transformers(demo_dir, tmp_path
     # --to-hf needs no option: the shape is the export's model_args.json; --config gives the same
     r = _convert("--to-hf", "--src", export, "--dst", tmp_path / "hf")
     assert r.returncode == 0, r.stderr
-    r = _convert("--to-hf", "--src", run / "checkpoint" / "step-2", "--dst", tmp_path / "hf2",
-                 "--config", run / "config.toml")
-    assert r.returncode == 0, r.stderr
+    from convert_hf import main as convert_main  # (tools/ is on sys.path: tests/helpers.py)
+
+    convert_main(["--to-hf", "--src", str(run / "checkpoint" / "step-2"), "--dst", str(tmp_path / "hf2"),
+                  "--config", str(run / "config.toml")])
     hf_cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert hf_cfg == json.loads((tmp_path / "hf2" / "config.json").read_text())
     assert (hf_cfg["hidden_size"], hf_cfg["num_attention_heads"], hf_cfg["num_key_value_heads"],
@@ -156,8 +158,21 @@ def test_custom_shape_trains_exports_and_matches_transformers(demo_dir, tmp_path
         from_ckpt, _ = load_model(JobConfig(), run / "checkpoint", 0, torch.device("cpu"), torch.float32)
         assert torch.equal(from_ckpt(tokens), want)
 
-    # starting another shape from this HF folder is one line naming the settings to change
+    # a run starting from this HF folder with no model.flavor takes the shape of its config.json
     from titan_jepa.models.llama import build_model, model_args_for
+
+    start = load_config(extra={"checkpoint": {"initial_load_path": str(tmp_path / "hf"),
+                                              "initial_load_format": "hf"}})
+    args = model_args_from_config(start, 0)
+    # (config.json has the FFN size alone: other multiple_of / ffn_dim_multiplier giving it)
+    assert args.ffn_hidden_dim == 384
+    assert replace(args, multiple_of=32, ffn_dim_multiplier=1.5) == ours.args
+    fresh = build_model(args, "cpu")
+    load_hf(fresh, tmp_path / "hf", "checkpoint.initial_load_path")
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(tokens[:, :40]), want[:, :40], rtol=0, atol=1e-5)
+
+    # starting another shape from it is one line naming the settings to change
 
     debug = build_model(model_args_for("debug"), "cpu")
     with pytest.raises(CheckpointError, match=r"config.json has dim 96, n_layers 2, n_heads 6, tie_embeddings "

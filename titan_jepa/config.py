@@ -36,10 +36,12 @@ class Job:
 
 @dataclass
 class Model:
-    """The model shape: a flavor (titan_jepa.models.llama.FLAVORS), with any field below
-    overriding it (-1, "" or unset: the flavor's). titan_jepa/model_config.py resolves it."""
+    """The model shape: a base (the flavor) with any field below overriding it (-1, "" or
+    unset: the base's). titan_jepa/model_config.py resolves it."""
 
-    flavor: str = "debug"  # see titan_jepa.models.llama.FLAVORS
+    # titan_jepa.models.llama.FLAVORS; "": the config.json of checkpoint.initial_load_path
+    # when initial_load_format = "hf", else "debug"
+    flavor: str = ""
     attn_backend: str = "sdpa"  # "sdpa" (any device) or "flex" (FlexAttention, CUDA fast path)
     vocab_size: int = -1  # -1: the flavor's (or the tokenizer's, when it is smaller) size
     max_seq_len: int = -1  # -1: the flavor's; RoPE tables are built for this length

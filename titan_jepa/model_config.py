@@ -1,7 +1,8 @@
 """The model shape of a run: ``[model]`` of the config resolved onto its flavor.
 
     [model]
-    flavor = "debug"          # the base: titan_jepa.models.llama.FLAVORS
+    flavor = "debug"          # the base: titan_jepa.models.llama.FLAVORS (unset: the
+                              # config.json of an hf initial_load_path, else "debug")
     dim = 96                  # any field set overrides the flavor's
     n_heads = 6
     n_kv_heads = 2
@@ -17,7 +18,9 @@ eval and tools/convert_hf.py --config all resolve the shape through this one fun
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
+from titan_jepa import hf_convert
 from titan_jepa.config import ConfigError, JobConfig
 from titan_jepa.models.llama import FLAVORS, ModelArgs, RopeScaling, model_args_for
 
@@ -30,14 +33,31 @@ _ROPE = {"rope_factor": "factor", "rope_low_freq_factor": "low_freq_factor",
          "rope_original_max_seq_len": "original_max_position_embeddings"}
 
 
+def _base(cfg: JobConfig) -> tuple[ModelArgs, str]:
+    """(the shape the [model] fields override, what it is): model.flavor; unset, the
+    Hugging Face config.json the run starts from, else the debug flavor."""
+    m, ck = cfg.model, cfg.checkpoint
+    if m.flavor:
+        if m.flavor not in FLAVORS:
+            raise ConfigError(f"model.flavor: unknown model flavor '{m.flavor}'; choose one of "
+                              f"{', '.join(FLAVORS)} (and set model.dim, model.n_heads, ... for another shape)")
+        return model_args_for(m.flavor), f"flavor '{m.flavor}'"
+    if ck.initial_load_path and ck.initial_load_format == "hf":
+        path = Path(ck.initial_load_path)
+        try:
+            return hf_convert.model_args_from_hf_config(hf_convert.load_hf_config(path)), f"'{path / 'config.json'}'"
+        except (OSError, KeyError, ValueError) as e:
+            raise ConfigError(f"checkpoint.initial_load_path '{path}': cannot read the model shape from its "
+                              f"config.json ({e}); point it at a Hugging Face Llama folder or set model.flavor") from None
+    return model_args_for("debug"), "flavor 'debug'"
+
+
 def model_args_from_config(cfg: JobConfig, vocab_size: int) -> ModelArgs:
     """ModelArgs of ``cfg.model`` (flavor + overrides), checked; ``vocab_size`` is the
     tokenizer's (0: unknown), which the model's vocabulary must hold."""
     m = cfg.model
-    if m.flavor not in FLAVORS:
-        raise ConfigError(f"model.flavor: unknown model flavor '{m.flavor}'; choose one of {', '.join(FLAVORS)} "
-                          f"(and set model.dim, model.n_heads, ... for another shape)")
-    args = model_args_for(m.flavor, attn_backend=m.attn_backend)
+    args, base = _base(cfg)
+    args = replace(args, attn_backend=m.attn_backend)
     overrides = {k: getattr(m, k) for k in _SAME_NAME if getattr(m, k) != -1}
     if m.ffn_dim_multiplier != -1:
         overrides["ffn_dim_multiplier"] = None if m.ffn_dim_multiplier == 0 else m.ffn_dim_multiplier
@@ -52,8 +72,8 @@ def model_args_from_config(cfg: JobConfig, vocab_size: int) -> ModelArgs:
         scaling = None
     elif m.rope_scaling == "llama3" or rope_set:
         if scaling is None and m.rope_scaling != "llama3":
-            raise ConfigError(f"model.{next(k for k, f in _ROPE.items() if f in rope_set)} is set but flavor "
-                              f"'{m.flavor}' has no RoPE scaling; also set model.rope_scaling = 'llama3'")
+            raise ConfigError(f"model.{next(k for k, f in _ROPE.items() if f in rope_set)} is set but {base} "
+                              f"has no RoPE scaling; also set model.rope_scaling = 'llama3'")
         scaling = replace(scaling or RopeScaling(), **rope_set)
     overrides["rope_scaling"] = scaling
     args = replace(args, **overrides)
