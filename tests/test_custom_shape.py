@@ -109,7 +109,7 @@ def test_removed_model_name_is_ignored_with_a_warning(tmp_path):
         warnings.simplefilter("always")
         cfg = load_config(tmp_path / "old.toml")
     assert cfg.model.flavor == "debug" and not hasattr(cfg.model, "name")
-    assert [str(w.message) for w in caught if w.category is DeprecationWarning] == [
+    assert [str(w.message) for w in caught if w.category is FutureWarning] == [
         f"{tmp_path / 'old.toml'}: model.name is ignored (the model is always Llama; its shape is "
         f"model.flavor plus the model.* fields): delete it from the config"]
 

@@ -93,7 +93,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from titan_jepa.config import ConfigError, JobConfig, Lora
 from titan_jepa.models.llama import LLAMA_CHILDREN, clean_name
-from titan_jepa.weights import (  # noqa: F401  (complete_checkpoints, CheckpointError: re-exported)
+from titan_jepa.weights import (  # CheckpointError, complete_checkpoints: also imported from here
     STEP_RE,
     CheckpointError,
     check_dcp,

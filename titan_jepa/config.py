@@ -361,7 +361,8 @@ def _toml_key(name: str) -> str:
     return name[:-1] if name.endswith("_") and keyword.iskeyword(name[:-1]) else name
 
 
-# keys an older config may still hold: ignored with a warning that says what to do
+# keys an older config may still hold: ignored with a warning (FutureWarning: shown to
+# users by default) that says what to do
 REMOVED: dict[tuple[str, str], str] = {
     ("model", "name"): "model.name is ignored (the model is always Llama; its shape is model.flavor "
                        "plus the model.* fields): delete it from the config",
@@ -371,7 +372,7 @@ REMOVED: dict[tuple[str, str], str] = {
 def _apply(cfg: JobConfig, section: str, key: str, value: Any, from_cli: bool, origin: str):
     key = _field_name(key)
     if (section, key) in REMOVED:
-        warnings.warn(f"{origin}: {REMOVED[section, key]}", DeprecationWarning, stacklevel=3)
+        warnings.warn(f"{origin}: {REMOVED[section, key]}", FutureWarning, stacklevel=3)
         return
     sections = _section_types()
     if section not in sections:
