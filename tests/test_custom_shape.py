@@ -4,6 +4,7 @@ LlamaForCausalLM computes our logits; bad combinations are one-line ConfigErrors
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -157,6 +158,21 @@ def test_custom_shape_trains_exports_and_matches_transformers(demo_dir, tmp_path
         # the training checkpoint (model + optimizer entries) loads to the same model
         from_ckpt, _ = load_model(JobConfig(), run / "checkpoint", 0, torch.device("cpu"), torch.float32)
         assert torch.equal(from_ckpt(tokens), want)
+
+    # a DCP folder without model_args.json (older runs): the shape comes from [model] of the
+    # config, and a wrong shape is one line; convert_hf then needs --config
+    bare = tmp_path / "bare"
+    shutil.copytree(export, bare)
+    (bare / "model_args.json").unlink()
+    with pytest.raises(CheckpointError, match=r"different model .*shape tok_embeddings.weight \(2304, 96\) vs "
+                                              r"model \(2304, 128\)"):
+        load_model(JobConfig(), bare, 0, torch.device("cpu"), torch.float32)
+    again, _ = load_model(load_config(run / "config.toml"), bare, 0, torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        torch.testing.assert_close(again(tokens[:, :40]), want[:, :40], rtol=0, atol=1e-5)
+    with pytest.raises(SystemExit):
+        convert_main(["--to-hf", "--src", str(bare), "--dst", str(tmp_path / "hf3")])
+    assert not (tmp_path / "hf3").exists()
 
     # a run starting from this HF folder with no model.flavor takes the shape of its config.json
     from titan_jepa.models.llama import build_model, model_args_for
