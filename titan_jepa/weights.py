@@ -50,8 +50,8 @@ warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavai
 
 STEP_RE = re.compile(r"^step-(\d+)$")
 MODEL_ARGS = "model_args.json"
-# the shape fields a Hugging Face config.json must agree on with the model, and the
-# [model] setting that changes each
+# the shape fields a Hugging Face config.json must agree on with the model (each is the
+# [model] field of the same name, but ffn_hidden_dim: multiple_of / ffn_dim_multiplier)
 _SHAPE_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "ffn_hidden_dim", "tie_embeddings")
 
 
