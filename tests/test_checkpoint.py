@@ -210,3 +210,46 @@ def test_stp_predictor_is_a_head_saved_resumed_and_never_exported(demo_dir, tmp_
     no_predictor = dict(cfg, stp={"enable": True, "lambda": 0.5})
     with pytest.raises(CheckpointError, match=r"holds an STP linear predictor; resume it with .*linear_predictor = true"):
         launch(1, no_predictor, tmp_path)
+
+
+def test_weights_load_is_strict_with_one_line_errors(tmp_path):
+    """titan_jepa/weights.py: missing and unexpected keys are named; LoRA adapters a base
+    model lacks keep their init; the format of a path is detected."""
+    import torch.distributed.checkpoint as dcp
+
+    from titan_jepa.config import Lora
+    from titan_jepa.lora import apply_lora
+    from titan_jepa.models.llama import ModelArgs, build_model
+    from titan_jepa.weights import load_dcp, load_weights, resolve
+
+    args = ModelArgs(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=64, multiple_of=16,
+                     ffn_dim_multiplier=None, max_seq_len=32)
+    src = build_model(args, "cpu")
+    src.init_weights(seed=1)
+    sd = dict(src.state_dict())
+    dcp.save({"model": sd}, checkpoint_id=str(tmp_path / "full"), no_dist=True)
+    sd.pop("norm.weight")
+    dcp.save({"model": {**sd, "extra.weight": torch.zeros(2)}}, checkpoint_id=str(tmp_path / "bad"), no_dist=True)
+    assert resolve(tmp_path / "full") == ("dcp", tmp_path / "full")
+
+    target = build_model(args, "cpu")
+    with pytest.raises(CheckpointError) as e:
+        load_dcp(target, tmp_path / "bad", "checkpoint.initial_load_path")
+    assert str(e.value) == (f"checkpoint.initial_load_path '{tmp_path / 'bad'}' was saved from a different "
+                            f"model (missing ['norm.weight']; unexpected ['extra.weight']); use the model.flavor / "
+                            f"model.* settings it was saved with (its model_args.json or the run's config.toml)")
+    with pytest.raises(CheckpointError, match=r"is not a DCP folder \(no .metadata\); for safetensors set "
+                                              r"checkpoint.initial_load_format = 'hf'"):
+        load_weights(target, tmp_path, "checkpoint.initial_load_path", "dcp")
+
+    # a base model into a LoRA model: every base weight loaded, the adapters keep their init
+    lora = build_model(args, "meta")
+    apply_lora(lora, Lora(enable=True, rank=2, target_modules=["wq"]))
+    lora.to_empty(device="cpu")
+    lora.init_weights(seed=0)
+    a_before = lora.layers["0"].attention.wq.lora_a.weight.clone()
+    loaded = load_weights(lora, tmp_path / "full", "base")
+    assert loaded == set(src.state_dict())
+    for k, v in src.state_dict().items():
+        assert torch.equal(lora.state_dict()[k], v), k
+    assert torch.equal(lora.layers["0"].attention.wq.lora_a.weight, a_before)

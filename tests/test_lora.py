@@ -51,6 +51,34 @@ def test_apply_lora_names_init_and_freezing():
     torch.testing.assert_close(model(tokens), base(tokens))
 
 
+def test_lora_linear_owns_its_init():
+    """LoRALinear.init_weights draws its adapters as before the move out of the model's init
+    (A: kaiming-uniform from the generator seeded by (seed, name), B = 0), and
+    Transformer.init_weights hands every parameter, adapters included, to ``write`` once."""
+    import math
+    import zlib
+
+    from titan_jepa.lora import lora_modules
+
+    model = _lora_model(["wq", "w2"], seed=3)
+    layers = lora_modules(model)
+    assert sorted(layers) == [f"layers.{i}.{m}" for i in (0, 1) for m in ("attention.wq", "feed_forward.w2")]
+    for name, layer in layers.items():
+        want = torch.empty(layer.lora_a.weight.shape)
+        gen = torch.Generator().manual_seed((3 * 1_000_003 + zlib.crc32(f"{name}.lora_a.weight".encode())) % 2**63)
+        torch.nn.init.kaiming_uniform_(want, a=math.sqrt(5), generator=gen)
+        assert torch.equal(layer.lora_a.weight, want), name
+        assert torch.count_nonzero(layer.lora_b.weight) == 0
+        with torch.no_grad():
+            layer.lora_a.weight.zero_()
+            layer.lora_b.weight.fill_(1.0)
+        layer.init_weights(seed=3, prefix=name)  # its own reset gives the same draw
+        assert torch.equal(layer.lora_a.weight, want) and torch.count_nonzero(layer.lora_b.weight) == 0
+    written = []
+    model.init_weights(seed=3, write=lambda p, full: written.append(id(p)) or p.copy_(full))
+    assert sorted(written) == sorted(id(p) for p in model.parameters())  # each exactly once
+
+
 def test_base_frozen_only_adapters_train():
     model = _lora_model()
     cfg = load_config(extra={"optimizer": {"lr": 1e-2}})

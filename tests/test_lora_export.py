@@ -14,7 +14,7 @@ from torch.distributed.checkpoint import FileSystemReader
 from helpers import ROOT, launch, tiny_config
 from titan_jepa.checkpoint import CheckpointError, complete_checkpoints, export_model
 from titan_jepa.config import Lora, load_config
-from titan_jepa.eval.run import _dcp_load_into, load_model
+from titan_jepa.weights import load_dcp, load_model
 from titan_jepa.lora import apply_lora, is_lora_name
 from titan_jepa.models.llama import build_model, model_args_for
 
@@ -53,9 +53,10 @@ def _lora_model(base_path=None, adapters_path=None, seed=0):
     model.to_empty(device="cpu")
     model.init_weights(seed=seed)
     if base_path is not None:
-        _dcp_load_into(model, base_path, "base")
+        load_dcp(model, base_path, "base")  # the adapters keep their init
     if adapters_path is not None:
-        assert all(is_lora_name(k) for k in _dcp_load_into(model, adapters_path, "adapters"))
+        loaded = load_dcp(model, adapters_path, "adapters", may_lack=lambda k: not is_lora_name(k))
+        assert loaded and all(is_lora_name(k) for k in loaded)
     return model
 
 

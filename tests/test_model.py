@@ -101,6 +101,18 @@ def test_init_is_seeded_by_name():
             assert not torch.equal(p, r), n
 
 
+@pytest.mark.parametrize("tie", [False, True])
+def test_init_writes_every_parameter_once(tie):
+    """The init rules (by state-dict name) cover every weight of the model: none is left
+    as to_empty() made it, none is written twice (tied embeddings: one parameter)."""
+    model = build_model(model_args_for("debug", n_layers=2, tie_embeddings=tie), "meta")
+    model.to_empty(device="cpu")
+    written = []
+    model.init_weights(seed=0, write=lambda p, full: written.append(id(p)) or p.copy_(full))
+    assert sorted(written) == sorted(id(p) for p in model.parameters())
+    assert len(written) == 2 * 9 + 3 - tie
+
+
 def test_flavor_shapes():
     """Meta's published parameter counts."""
     expect = {"1B": 1.236e9, "3B": 3.213e9, "8B": 8.030e9, "70B": 70.554e9}

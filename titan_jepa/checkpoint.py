@@ -15,6 +15,7 @@ Layout (``<ckpt>`` is ``checkpoint.folder``, relative to the run folder unless a
     <ckpt>/step-<N>/                  a complete checkpoint (only these names are loaded)
         .metadata, __<rank>_0.distcp  DCP: "model.<fqn>", "heads.<fqn>" (the objectives' heads,
                                       objectives/heads.py) and "optimizer.<...>" entries
+        model_args.json               the resolved model shape (ModelArgs; in every export too)
         train_state.json              {"step", "lr_scheduler", "num_slots", "world_size", "model_keys", "extra"}
         dataloader/slot_<k>.json      data-loader state of batch slot k: {"dp_rank_<k>": "<json>"}
         rng/rank_<r>.pt               torch CPU (+ CUDA) and python ``random`` states of rank r
@@ -38,6 +39,10 @@ LoRA (``[lora]`` enabled):
     gathered to rank 0's CPU memory for this, and rank 0 writes the folder. Otherwise, with
     ``save_adapters_only``, the export holds the lora_a / lora_b weights alone (the eval
     takes the base from checkpoint.initial_load_path); with neither, base and adapters.
+
+Reading weights (formats, the strict key / shape check, Hugging Face folders, LoRA
+adapters) is titan_jepa/weights.py, shared with the eval and tools/convert_hf.py; this
+module adds the resume of everything else.
 
 A checkpoint without train_state.json (seed, export) is *model-only*: loading it restores the
 weights and starts training at step N + 1 with a fresh optimizer, schedule and data.
@@ -72,18 +77,15 @@ import json
 import logging
 import os
 import random
-import re
 import shutil
 import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -93,36 +95,28 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from titan_jepa.config import ConfigError, JobConfig, Lora
+from titan_jepa.models.llama import clean_name
+from titan_jepa.weights import (  # CheckpointError, complete_checkpoints: also imported from here
+    STEP_RE,
+    CheckpointError,
+    check_dcp,
+    complete_checkpoints,
+    load_dcp,
+    load_weights,
+    write_model_args,
+)
 
 logger = logging.getLogger("titan_jepa")
-# DCP warns on every single-process save/load; that is the intended use here
-warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
-STEP_RE = re.compile(r"^step-(\d+)$")
 TMP = ".tmp"
 TRAIN_STATE = "train_state.json"
 STALL_ENV = "TITAN_JEPA_TEST_STALL_SAVE_STEP"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-class CheckpointError(ConfigError):
-    """A checkpoint cannot be loaded as asked; the message is one line naming the fix."""
-
-
 def checkpoint_folder(cfg: JobConfig) -> Path:
     folder = Path(cfg.checkpoint.folder)
     return folder if folder.is_absolute() else cfg.run_folder / folder
-
-
-def complete_checkpoints(folder: Path) -> dict[int, Path]:
-    """{step: path} of the finished checkpoints in ``folder`` (unfinished ones end in .tmp)."""
-    found = {}
-    if folder.is_dir():
-        for p in folder.iterdir():
-            m = STEP_RE.match(p.name)
-            if m and (p / ".metadata").is_file():
-                found[int(m.group(1))] = p
-    return dict(sorted(found.items()))
 
 
 def _rank_world() -> tuple[int, int]:
@@ -158,21 +152,9 @@ def _remove_unfinished(folder: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def is_adapter(key: str) -> bool:
-    """LoRA adapter weights (titan_jepa/lora.py): absent from base-model checkpoints."""
-    return ".lora_a." in key or ".lora_b." in key
-
-
-def _clean_fqn(name: str) -> str:
-    # wrappers (activation checkpointing, torch.compile) that state-dict keys do not show
-    for w in ("_checkpoint_wrapped_module.", "_orig_mod."):
-        name = name.replace(w, "")
-    return name
-
-
 def trainable_keys(model: torch.nn.Module) -> set[str]:
     """State-dict keys of the parameters that require grad."""
-    return {_clean_fqn(n) for n, p in model.named_parameters() if p.requires_grad}
+    return {clean_name(n) for n, p in model.named_parameters() if p.requires_grad}
 
 
 class _WithHeads(torch.nn.Module):
@@ -183,33 +165,6 @@ class _WithHeads(torch.nn.Module):
         super().__init__()
         for name, child in [*model.named_children(), *heads.named_children()]:
             self.add_module(name, child)
-
-
-def _check_model_matches(path: Path, model_sd: dict, what: str, base_only: bool = False) -> tuple[str, set]:
-    """Compare the checkpoint's model entries with the model; returns their key prefix
-    ("model." for ours, "" for model-only DCP folders with top-level keys, as torchtitan's)
-    and the model keys the checkpoint holds. ``base_only``: it may lack LoRA adapters."""
-    md = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
-    prefix = "model." if any(k.startswith("model.") for k in md) else ""
-    saved = {k[len(prefix):]: tuple(v.size) for k, v in md.items()
-             if k.startswith(prefix) and isinstance(v, TensorStorageMetadata)}
-    if prefix == "":
-        saved = {k: v for k, v in saved.items() if not k.startswith("optimizer.")}
-    want = {k: tuple(v.shape) for k, v in model_sd.items()}
-    missing = [k for k in want if k not in saved and not (base_only and is_adapter(k))]
-    unexpected = [k for k in saved if k not in want]
-    shapes = [f"{k} {saved[k]} vs model {want[k]}" for k in want if k in saved and saved[k] != want[k]]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}")
-        if unexpected:
-            parts.append(f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
-        if shapes:
-            parts.append(f"shape {shapes[0]}{' (and more)' if len(shapes) > 1 else ''}")
-        raise CheckpointError(f"{what} '{path}' was saved from a different model ({'; '.join(parts)}); "
-                              f"use the model.flavor / model.* settings it was saved with")
-    return prefix, set(saved) & set(want)
 
 
 class Checkpointer:
@@ -270,19 +225,13 @@ class Checkpointer:
         """checkpoint.initial_load_path, when set (else the weights keep their seeded init)."""
         if self.ckpt.initial_load_path:
             path = Path(self.ckpt.initial_load_path)
-            if self.ckpt.initial_load_format == "hf":
-                self._load_hf(path)
-            else:
-                if not (path / ".metadata").is_file():
-                    raise CheckpointError(f"checkpoint.initial_load_path '{path}' is not a DCP folder (no "
-                                          f".metadata); for safetensors set checkpoint.initial_load_format = 'hf'")
-                self._load_model_only(path, "checkpoint.initial_load_path")
+            load_weights(self.model, path, "checkpoint.initial_load_path", self.ckpt.initial_load_format)
             logger.info(f"initial weights loaded from {path} ({self.ckpt.initial_load_format})")
 
     def _load_checkpoint(self, path: Path) -> int:
         step = int(STEP_RE.match(path.name).group(1))
         if not (path / TRAIN_STATE).is_file():
-            self._load_model_only(path, "checkpoint")
+            load_dcp(self.model, path, "checkpoint")  # LoRA adapters it lacks keep their init
             logger.info(f"loaded the model-only checkpoint {path}; training starts at step {step + 1}")
             return step
         train_state = json.loads((path / TRAIN_STATE).read_text())
@@ -297,9 +246,9 @@ class Checkpointer:
         model_sd = self._model_state(trainable_only)
         heads_sd, legacy = self._heads_to_load(path)
         # adapters included, when LoRA is on; an old checkpoint's predictor among the model's
-        _check_model_matches(path, {**model_sd, **heads_sd} if legacy else model_sd, "checkpoint")
-        state = {"model": {**model_sd, **heads_sd} if legacy else model_sd,
-                 "optimizer": get_optimizer_state_dict(self._optim_owner, self.optimizer)}
+        want = {**model_sd, **heads_sd} if legacy else model_sd
+        check_dcp(path, want, "checkpoint")
+        state = {"model": want, "optimizer": get_optimizer_state_dict(self._optim_owner, self.optimizer)}
         if heads_sd and not legacy:
             state["heads"] = heads_sd
         dcp.load(state, checkpoint_id=str(path), no_dist=self.world == 1)
@@ -342,41 +291,6 @@ class Checkpointer:
             raise CheckpointError(f"checkpoint '{path}' holds an STP linear predictor; resume it with "
                                   f"stp.enable = true and stp.linear_predictor = true")
         return heads_sd, legacy
-
-    def _load_model_only(self, path: Path, what: str) -> None:
-        """Weights alone; LoRA adapters missing from a base-model checkpoint keep their init."""
-        model_sd = get_model_state_dict(self.model)
-        prefix, present = _check_model_matches(path, model_sd, what, base_only=True)
-        model_sd = {k: v for k, v in model_sd.items() if k in present}
-        if prefix:
-            state = {"model": model_sd}
-            dcp.load(state, checkpoint_id=str(path), no_dist=self.world == 1)
-            model_sd = state["model"]
-        else:
-            dcp.load(model_sd, checkpoint_id=str(path), no_dist=self.world == 1)
-        set_model_state_dict(self.model, model_sd, options=StateDictOptions(strict=False))
-
-    def _load_hf(self, path: Path) -> None:
-        from titan_jepa.hf_convert import from_hf_state_dict, load_hf_safetensors
-
-        dtypes = {k: v.dtype for k, v in get_model_state_dict(self.model).items()}
-        sd, err = {}, None
-        if self.rank == 0:  # rank 0 reads the files; set_model_state_dict broadcasts and shards
-            try:
-                sd = from_hf_state_dict(load_hf_safetensors(path), self.model.args)
-                sd = {k: v.to(dtypes[k]) if k in dtypes else v for k, v in sd.items()}
-            except (OSError, KeyError, ValueError) as e:
-                err = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        if self.world > 1:
-            box = [err]
-            dist.broadcast_object_list(box, src=0)
-            err = box[0]
-        if err is not None:
-            raise CheckpointError(f"checkpoint.initial_load_path '{path}' (hf): {err}")
-        # strict=False: LoRA adapters are not in a HF base model (from_hf_state_dict has
-        # checked that every base weight is there)
-        set_model_state_dict(self.model, sd, options=StateDictOptions(
-            full_state_dict=True, broadcast_from_rank0=self.world > 1, strict=False))
 
     def _load_rng(self, path: Path) -> None:
         f = path / "rng" / f"rank_{self.rank}.pt"
@@ -435,6 +349,7 @@ class Checkpointer:
                            "model_keys": "trainable" if self.adapters_only else "all",
                            "extra": {name: obj.state_dict() for name, obj in self.extra.items()}}
             _write(tmp / TRAIN_STATE, json.dumps(train_state).encode())
+            write_model_args(tmp, self.model.args)
         for loader in self.loaders:
             _write(tmp / "dataloader" / f"slot_{loader.rank}.json", json.dumps(loader.state_dict()).encode())
         rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
@@ -501,6 +416,7 @@ def export_model(model: torch.nn.Module, folder: Path, step: int,
             sd = {k: v.to(dtype) for k, v in merge_lora_state_dict(full, lora.alpha).items()}
             del full
             dcp.save({"model": sd}, storage_writer=dcp.FileSystemWriter(str(tmp)), no_dist=True)
+            write_model_args(tmp, model.args)
             _rename_into_place(tmp, final)
         return final
     sd = {k: v.detach().to(dtype) for k, v in get_model_state_dict(model).items()}
@@ -508,6 +424,7 @@ def export_model(model: torch.nn.Module, folder: Path, step: int,
         sd = {k: v for k, v in sd.items() if is_lora_name(k)}
     dcp.save({"model": sd}, storage_writer=dcp.FileSystemWriter(str(tmp)), no_dist=world == 1)
     if rank == 0:
+        write_model_args(tmp, model.args)
         _rename_into_place(tmp, final)
     return final
 
@@ -517,7 +434,7 @@ def create_seed_checkpoint(cfg: JobConfig) -> Path:
     step-0 checkpoint in the checkpoint folder (a run with checkpoint.enable starts from it)."""
     from titan_jepa.data.tokenizer import build_tokenizer
     from titan_jepa.models.llama import build_model
-    from titan_jepa.train import model_args_from_config
+    from titan_jepa.model_config import model_args_from_config
 
     if int(os.environ.get("WORLD_SIZE", 1)) > 1:
         raise CheckpointError("--create-seed-checkpoint runs in one process; launch it with python, not torchrun")

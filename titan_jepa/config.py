@@ -16,6 +16,7 @@ import sys
 import tomllib
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,12 +36,29 @@ class Job:
 
 @dataclass
 class Model:
-    name: str = "llama3"
-    flavor: str = "debug"  # see titan_jepa.models.llama.FLAVORS
+    """The model shape: a base (the flavor) with any field below overriding it (-1, "" or
+    unset: the base's). titan_jepa/model_config.py resolves it."""
+
+    # titan_jepa.models.llama.FLAVORS; "": the config.json of checkpoint.initial_load_path
+    # when initial_load_format = "hf", else "debug"
+    flavor: str = ""
     attn_backend: str = "sdpa"  # "sdpa" (any device) or "flex" (FlexAttention, CUDA fast path)
     vocab_size: int = -1  # -1: the flavor's (or the tokenizer's, when it is smaller) size
     max_seq_len: int = -1  # -1: the flavor's; RoPE tables are built for this length
     norm_eps: float = -1.0  # -1: the flavor's
+    dim: int = -1
+    n_layers: int = -1
+    n_heads: int = -1
+    n_kv_heads: int = -1
+    multiple_of: int = -1  # the FFN hidden size is rounded up to a multiple of this
+    ffn_dim_multiplier: float = -1.0  # 0: none (hidden = 8/3 dim, rounded up to multiple_of)
+    rope_theta: float = -1.0
+    rope_scaling: str = ""  # "none" or "llama3" (Llama-3.1 frequency scaling); "": the flavor's
+    rope_factor: float = -1.0  # llama3 scaling fields; -1: the flavor's (Meta's defaults 8, 1, 4, 8192)
+    rope_low_freq_factor: float = -1.0
+    rope_high_freq_factor: float = -1.0
+    rope_original_max_seq_len: int = -1
+    tie_embeddings: bool | None = None  # None (unset): the flavor's
 
 
 @dataclass
@@ -244,6 +262,7 @@ class JobConfig:
 # Values a string field may take; checked after loading.
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("model", "attn_backend"): ("sdpa", "flex"),
+    ("model", "rope_scaling"): ("", "none", "llama3"),
     ("training", "mixed_precision_param"): ("float32", "bfloat16"),
     ("training", "mixed_precision_reduce"): ("float32",),
     ("training", "device"): ("auto", "cpu", "cuda"),
@@ -345,8 +364,19 @@ def _toml_key(name: str) -> str:
     return name[:-1] if name.endswith("_") and keyword.iskeyword(name[:-1]) else name
 
 
+# keys an older config may still hold: ignored with a warning (FutureWarning: shown to
+# users by default) that says what to do
+REMOVED: dict[tuple[str, str], str] = {
+    ("model", "name"): "model.name is ignored (the model is always Llama; its shape is model.flavor "
+                       "plus the model.* fields): delete it from the config",
+}
+
+
 def _apply(cfg: JobConfig, section: str, key: str, value: Any, from_cli: bool, origin: str):
     key = _field_name(key)
+    if (section, key) in REMOVED:
+        warnings.warn(f"{origin}: {REMOVED[section, key]}", FutureWarning, stacklevel=3)
+        return
     sections = _section_types()
     if section not in sections:
         raise ConfigError(
@@ -442,6 +472,17 @@ def validate(cfg: JobConfig) -> None:
             raise ConfigError(
                 f"{section}.{key} = '{value}' is not one of {', '.join(options)}{_closest(value, list(options))}"
             )
+    m = cfg.model
+    for name in ("vocab_size", "max_seq_len", "dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of",
+                 "rope_original_max_seq_len"):
+        if getattr(m, name) <= 0 and getattr(m, name) != -1:
+            raise ConfigError(f"model.{name} = {getattr(m, name)} must be positive (or -1: the flavor's)")
+    for name in ("norm_eps", "rope_theta", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor"):
+        if getattr(m, name) <= 0 and getattr(m, name) != -1:
+            raise ConfigError(f"model.{name} = {getattr(m, name)} must be positive (or -1: the flavor's)")
+    if m.ffn_dim_multiplier < 0 and m.ffn_dim_multiplier != -1:
+        raise ConfigError(f"model.ffn_dim_multiplier = {m.ffn_dim_multiplier} must be positive, 0 (none) "
+                          f"or -1 (the flavor's)")
     t = cfg.training
     if t.steps == -1 and cfg.data.num_epochs <= 0:
         raise ConfigError("training.steps = -1 (train for whole epochs) needs data.num_epochs > 0")
@@ -512,7 +553,8 @@ def write_config(cfg: JobConfig, folder: Path) -> Path:
     for section, values in cfg.to_dict().items():
         lines.append(f"[{section}]")
         for k, v in values.items():
-            lines.append(f"{_toml_key(k)} = {json.dumps(v)}")
+            if v is not None:  # TOML has no null: an unset optional field stays unset
+                lines.append(f"{_toml_key(k)} = {json.dumps(v)}")
         lines.append("")
     out = folder / "config.toml"
     out.write_text("\n".join(lines))

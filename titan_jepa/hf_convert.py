@@ -74,7 +74,7 @@ def _halves_to_interleaved(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 def _check_shape(name: str, t: torch.Tensor, expected: tuple[int, ...]) -> None:
     if tuple(t.shape) != tuple(expected):
         raise ValueError(f"'{name}' has shape {tuple(t.shape)} but the model args expect "
-                         f"{tuple(expected)}; check the flavor / config")
+                         f"{tuple(expected)}; check the model shape ([model] of the config, or model_args.json)")
 
 
 def _expected_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:

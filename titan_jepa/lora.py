@@ -17,8 +17,10 @@ HF conversion and the TP plan still address it) and adds two children::
 
 The base weight (and every other parameter of the model: embeddings, norms, output) is
 frozen (``requires_grad = False``); the optimizer only receives the adapters (optim.py
-builds it from the parameters that require grad). ``Transformer.init_weights`` knows the
-adapter names, so meta-device init, FSDP2 sharding and TP work as for any other weight;
+builds it from the parameters that require grad). A LoRALinear initialises its adapters
+itself (``LoRALinear.init_weights``, called by ``Transformer.init_weights`` with the same
+seeded-by-name draws and ``write`` hook as every other weight), so meta-device init, FSDP2
+sharding and TP work as for any other weight;
 under TP the adapters follow their base layer (parallel/parallelize.py: a colwise layer's
 ``lora_b`` is sharded on its output rows and ``lora_a`` replicated; a rowwise layer's
 ``lora_a`` is sharded on its input columns and ``lora_b`` replicated).
@@ -33,9 +35,13 @@ from __future__ import annotations
 
 import math
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from titan_jepa.models.llama import default_write, seeded_generator
 
 LORA_TARGETS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 LORA_KEYS = ("lora_a", "lora_b")
@@ -64,13 +70,24 @@ class LoRALinear(nn.Linear):
         new.lora_a = nn.Linear(base.in_features, rank, bias=False, device=w.device, dtype=w.dtype)
         new.lora_b = nn.Linear(rank, base.out_features, bias=False, device=w.device, dtype=w.dtype)
         if w.device.type != "meta":
-            new.reset_lora_parameters()
+            new.init_weights()
         return new
 
     @torch.no_grad()
-    def reset_lora_parameters(self) -> None:
-        nn.init.kaiming_uniform_(self.lora_a.weight, a=math.sqrt(5))
-        nn.init.zeros_(self.lora_b.weight)
+    def init_weights(self, seed: int = 0, prefix: str = "",
+                     write: Callable[[torch.Tensor, torch.Tensor], None] = default_write) -> None:
+        """Initialise the adapters (not the base weight, which is the model's): A
+        kaiming-uniform (as PEFT), B = 0, each drawn whole from the generator seeded by
+        (seed, its state-dict name ``<prefix>.lora_a.weight``) and handed to ``write``
+        (which keeps the local shard of a sharded parameter). Transformer.init_weights
+        calls it with this layer's name as ``prefix``."""
+        for child in LORA_KEYS:
+            param = getattr(self, child).weight
+            full = torch.zeros(param.shape, dtype=torch.float32, device=param.device)
+            if child == "lora_a":
+                name = f"{prefix}.{child}.weight" if prefix else f"{child}.weight"
+                nn.init.kaiming_uniform_(full, a=math.sqrt(5), generator=seeded_generator(seed, name, param.device))
+            write(param, full.to(param.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         base = F.linear(x, self.weight, self.bias)

@@ -245,7 +245,7 @@ def plan(cfg: JobConfig, world_size: int, rank: int = 0, gpu: str = "H200") -> P
         raise ConfigError(f"--gpu {gpu} is not known; choose one of {', '.join(GPUS)}")
     if not 0 <= rank < world_size:
         raise ConfigError(f"--rank {rank} must be in [0, {world_size})")
-    from titan_jepa.train import model_args_from_config
+    from titan_jepa.model_config import model_args_from_config
 
     cfg = copy.deepcopy(cfg)
     cfg.float8.enable = False  # storage bytes are the same; torchao needs CUDA

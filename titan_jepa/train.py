@@ -43,7 +43,8 @@ from titan_jepa.data.tokenizer import TokenizerError, build_tokenizer
 from titan_jepa.flops import FLOP_SLICE, SameFlopTracker, training_flops
 from titan_jepa.lora import apply_lora
 from titan_jepa.metrics import MetricsLogger
-from titan_jepa.models.llama import ModelArgs, build_model, model_args_for
+from titan_jepa.model_config import model_args_from_config
+from titan_jepa.models.llama import build_model
 from titan_jepa.objectives.combined import SUMS, Objective
 from titan_jepa.objectives.heads import build_heads
 from titan_jepa.optim import build_lr_scheduler, build_optimizer
@@ -69,21 +70,6 @@ class TrainHooks:
     """
 
     on_step_start: Callable[[int], None] | None = None
-
-
-def model_args_from_config(cfg: JobConfig, vocab_size: int) -> ModelArgs:
-    m = cfg.model
-    try:
-        args = model_args_for(m.flavor, attn_backend=m.attn_backend,
-                              vocab_size=m.vocab_size if m.vocab_size > 0 else None,
-                              max_seq_len=m.max_seq_len if m.max_seq_len > 0 else None,
-                              norm_eps=m.norm_eps if m.norm_eps > 0 else None)
-    except ValueError as e:
-        raise ConfigError(f"model.flavor: {e}") from None
-    if vocab_size > args.vocab_size:
-        raise ConfigError(f"the tokenizer has {vocab_size} tokens but the model's vocab_size is "
-                          f"{args.vocab_size}; set model.vocab_size >= {vocab_size}")
-    return args
 
 
 def setup_logging(rank: int) -> None:

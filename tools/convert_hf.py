@@ -1,12 +1,16 @@
 """Convert model weights between titan_jepa and Hugging Face Llama checkpoints.
 
 Ours -> Hugging Face (a folder LlamaForCausalLM.from_pretrained can read):
-    python tools/convert_hf.py --to-hf --src outputs/run/checkpoint/step-1000 --dst hf_out --flavor 1B
+    python tools/convert_hf.py --to-hf --src outputs/run/checkpoint/step-1000 --dst hf_out
+    python tools/convert_hf.py --to-hf --src model.pt --dst hf_out --config outputs/run/config.toml
     python tools/convert_hf.py --to-hf --src model.pt --dst hf_out --flavor debug --dtype bfloat16
 
-  --src is a torch.save'd model state dict (.pt), or a torch.distributed.checkpoint (DCP)
-  folder; model weights are taken from keys prefixed ``model.`` or from a top-level ``model``
-  dict. The vocabulary size is read from the weights when it differs from the flavor's.
+  --src is a torch.distributed.checkpoint (DCP) folder (a training checkpoint, a model-only
+  export or a seed checkpoint: read through titan_jepa/weights.py), or a torch.save'd model
+  state dict (.pt: keys prefixed ``model.`` or a top-level ``model`` dict). The model shape
+  is, in this order: --config (a run's resolved config.toml: its [model] section), --flavor
+  (with the vocabulary size read from the weights), or the model_args.json every checkpoint
+  and export of a run holds next to its weights; so any shape exports with no option.
 
 Hugging Face -> ours (a torch.save'd state dict with our names):
     python tools/convert_hf.py --from-hf --src hf_folder --dst model.pt
@@ -17,14 +21,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
+from dataclasses import replace
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from titan_jepa import hf_convert  # noqa: E402
+from titan_jepa import hf_convert, weights  # noqa: E402
+from titan_jepa.config import ConfigError, load_config  # noqa: E402
+from titan_jepa.model_config import model_args_from_config  # noqa: E402
 from titan_jepa.models.llama import FLAVORS, model_args_for  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -67,33 +74,47 @@ def load_ours(src: str) -> dict[str, torch.Tensor]:
     if os.path.isdir(src):
         if not os.path.exists(os.path.join(src, ".metadata")):
             fail(f"'{src}' is a folder but not a DCP checkpoint (no .metadata file)")
-        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
         log(f"reading DCP checkpoint {src}")
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "full.pt")
-            dcp_to_torch_save(src, path)
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        return extract_model_state(weights.read_dcp_state_dict(Path(src)))
+    log(f"reading {src}")
+    return extract_model_state(torch.load(src, map_location="cpu", weights_only=True))
+
+
+def model_args_to_export(a, sd: dict[str, torch.Tensor]):
+    """The shape of --src: --config, --flavor or the model_args.json next to the weights."""
+    overrides = {k: v for k, v in (("max_seq_len", a.max_seq_len), ("norm_eps", a.norm_eps)) if v is not None}
+    if a.config:
+        try:
+            args = model_args_from_config(load_config(a.config), 0)
+        except ConfigError as e:
+            fail(str(e))
+    elif a.flavor:
+        if a.flavor not in FLAVORS:
+            fail(f"unknown flavor '{a.flavor}'; choose one of {', '.join(FLAVORS)}")
+        vocab = a.vocab_size or int(sd["tok_embeddings.weight"].shape[0])
+        if vocab != FLAVORS[a.flavor].vocab_size:
+            log(f"vocab_size {vocab} (flavor default {FLAVORS[a.flavor].vocab_size})")
+        args = model_args_for(a.flavor, vocab_size=vocab)
     else:
-        log(f"reading {src}")
-        obj = torch.load(src, map_location="cpu", weights_only=True)
-    return extract_model_state(obj)
+        try:
+            args = weights.read_model_args("dcp", Path(a.src)) if os.path.isdir(a.src) else None
+        except ConfigError as e:
+            fail(str(e))
+        if args is None:
+            fail(f"'{a.src}' has no {weights.MODEL_ARGS} beside it; pass --config <run>/config.toml "
+                 f"(or --flavor) to give the model shape")
+        log(f"model shape from {os.path.join(a.src, weights.MODEL_ARGS)}")
+    if a.vocab_size:
+        overrides["vocab_size"] = a.vocab_size
+    return replace(args, **overrides)
 
 
 def to_hf(a) -> None:
-    if a.flavor is None:
-        fail(f"--to-hf needs --flavor (one of {', '.join(FLAVORS)})")
-    if a.flavor not in FLAVORS:
-        fail(f"unknown flavor '{a.flavor}'; choose one of {', '.join(FLAVORS)}")
     sd = load_ours(a.src)
-    overrides = {"max_seq_len": a.max_seq_len, "norm_eps": a.norm_eps}
-    vocab = a.vocab_size or int(sd["tok_embeddings.weight"].shape[0])
-    args = model_args_for(a.flavor, vocab_size=vocab, **overrides)
-    if vocab != FLAVORS[a.flavor].vocab_size:
-        log(f"vocab_size {vocab} (flavor default {FLAVORS[a.flavor].vocab_size})")
+    args = model_args_to_export(a, sd)
     if args.tie_embeddings and "output.weight" in sd and not torch.equal(
             sd["output.weight"], sd["tok_embeddings.weight"]):
-        fail(f"flavor '{a.flavor}' ties embeddings but output.weight differs from tok_embeddings")
+        fail("the model ties embeddings but output.weight differs from tok_embeddings")
     n_params = sum(t.numel() for k, t in sd.items() if not (args.tie_embeddings and k == "output.weight"))
     log(f"{len(sd)} tensors, {n_params:,} parameters; writing {a.dst} ({a.dtype})")
     try:
@@ -108,13 +129,11 @@ def to_hf(a) -> None:
 def from_hf(a) -> None:
     if not os.path.isdir(a.src):
         fail(f"--src '{a.src}' is not a Hugging Face checkpoint folder")
+    log(f"reading weights from {a.src}")
     try:
-        cfg = hf_convert.load_hf_config(a.src)
-        args = hf_convert.model_args_from_hf_config(cfg)
-        log(f"reading weights from {a.src}")
-        sd = hf_convert.from_hf_state_dict(hf_convert.load_hf_safetensors(a.src), args)
-    except (KeyError, ValueError, FileNotFoundError) as e:
-        fail(str(e).strip("'\""))
+        sd, args = weights.read_hf_state_dict(Path(a.src))
+    except ConfigError as e:
+        fail(str(e))
     match = [n for n, f in FLAVORS.items() if f == args]
     log(f"model args: {args}" + (f" (flavor '{match[0]}')" if match else ""))
     os.makedirs(os.path.dirname(os.path.abspath(a.dst)), exist_ok=True)
@@ -129,10 +148,11 @@ def main(argv=None) -> None:
     way.add_argument("--from-hf", action="store_true", help="HF folder -> ours (.pt)")
     p.add_argument("--src", required=True)
     p.add_argument("--dst", required=True)
-    p.add_argument("--flavor", help="model flavor of --src (--to-hf)")
-    p.add_argument("--vocab-size", type=int, help="default: rows of tok_embeddings.weight")
-    p.add_argument("--max-seq-len", type=int, help="max_position_embeddings (default: the flavor's)")
-    p.add_argument("--norm-eps", type=float, help="default: the flavor's")
+    p.add_argument("--config", help="--to-hf: the run's config.toml, for the model shape of --src")
+    p.add_argument("--flavor", help="--to-hf: model flavor of --src (default: its model_args.json)")
+    p.add_argument("--vocab-size", type=int, help="with --flavor, default: rows of tok_embeddings.weight")
+    p.add_argument("--max-seq-len", type=int, help="max_position_embeddings (default: the model's)")
+    p.add_argument("--norm-eps", type=float, help="default: the model's")
     p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="HF weight dtype")
     p.add_argument("--max-shard-gb", type=float, default=5.0, help="safetensors shard size")
     p.add_argument("--bos-id", type=int, help="bos_token_id written to config.json")

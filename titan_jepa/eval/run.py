@@ -5,14 +5,14 @@ for hellaswag), scored as the LLM-JEPA paper does, with the reference's bugs fix
         [--scorer auto|exact|startswith|gsm8k|nq_open|hellaswag|spider] [--limit N] \\
         [--batch-size B] [--max-new-tokens 128] [--out results.json] [--sqlite-dir DIR]
 
-CKPT is one of
+CKPT is anything titan_jepa/weights.py reads:
   * a DCP folder (has ``.metadata``): a training checkpoint ``<ckpt>/step-N`` (its "model."
     entries are read, the optimizer is ignored), a model-only export or a seed checkpoint
-    (torchtitan-style top-level keys work too). The model shape comes from ``[model]`` of
-    --config (use the run's resolved ``<run>/config.toml``). LoRA adapters in the checkpoint
-    are applied (rank and targets read from it, alpha from ``[lora]``) and merged; a
-    checkpoint that holds adapters alone takes its base weights from
-    ``checkpoint.initial_load_path``;
+    (torchtitan-style top-level keys work too). The model shape comes from the
+    ``model_args.json`` saved next to the weights, else from ``[model]`` of --config (the
+    run's resolved ``<run>/config.toml``). LoRA adapters in the checkpoint are applied (rank
+    and targets read from it, alpha from ``[lora]``) and merged; a checkpoint that holds
+    adapters alone takes its base weights from ``checkpoint.initial_load_path``;
   * a checkpoint folder holding ``step-N`` folders: the latest complete one;
   * a Hugging Face Llama folder (config.json + *.safetensors): the shape comes from its
     config.json, --config is then only needed for the tokenizer (or pass --tokenizer).
@@ -34,17 +34,14 @@ import sys
 import time
 from pathlib import Path
 
-import warnings
-
 import torch
 
-from titan_jepa.config import ConfigError, JobConfig, Lora, load_config
+from titan_jepa.config import ConfigError, JobConfig, load_config
 from titan_jepa.eval import scorers as S
 from titan_jepa.eval.generate import greedy_generate, next_token_logits
+from titan_jepa.weights import load_model
 
 logger = logging.getLogger("titan_jepa")
-# DCP warns on every single-process load; that is the intended use here
-warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
 
 class EvalError(ConfigError):
@@ -112,150 +109,6 @@ def generation_prompt(tokenizer, messages: list[dict]) -> list[int]:
     """The chat template over the messages before the last assistant one + the assistant header."""
     context = messages[:-1] if messages and messages[-1]["role"] == "assistant" else messages
     return tokenizer.encode_chat(context).ids + assistant_header(tokenizer)
-
-
-# ---- model --------------------------------------------------------------------------------
-def _is_hf_folder(path: Path) -> bool:
-    return (path / "config.json").is_file() and (
-        (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file())
-
-
-def resolve_checkpoint(path: str | Path) -> tuple[str, Path]:
-    """("dcp" | "hf", folder)."""
-    from titan_jepa.checkpoint import complete_checkpoints
-
-    path = Path(path)
-    if not path.exists():
-        raise EvalError(f"--checkpoint '{path}' does not exist")
-    if (path / ".metadata").is_file():
-        return "dcp", path
-    if _is_hf_folder(path):
-        return "hf", path
-    found = complete_checkpoints(path)
-    if found:
-        return "dcp", found[max(found)]
-    raise EvalError(f"--checkpoint '{path}' is neither a DCP folder (.metadata), a folder of step-N "
-                    f"checkpoints, nor a Hugging Face folder (config.json + model.safetensors)")
-
-
-def _dcp_model_entries(path: Path) -> tuple[str, dict[str, tuple]]:
-    """(key prefix, {model fqn: shape}) of a DCP folder ("model." for ours, "" for torchtitan-style)."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
-    md = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
-    prefix = "model." if any(k.startswith("model.") for k in md) else ""
-    out = {k[len(prefix):]: tuple(v.size) for k, v in md.items()
-           if k.startswith(prefix) and isinstance(v, TensorStorageMetadata)
-           and not (prefix == "" and k.startswith("optimizer."))}
-    return prefix, out
-
-
-def _dcp_load_into(model, path: Path, what: str) -> set[str]:
-    """Load the model entries ``path`` holds into ``model``; returns the names loaded."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-        set_model_state_dict,
-    )
-
-    prefix, saved = _dcp_model_entries(path)
-    sd = get_model_state_dict(model)
-    unexpected = [k for k in saved if k not in sd]
-    shapes = [f"{k} {saved[k]} vs model {tuple(sd[k].shape)}" for k in saved
-              if k in sd and tuple(sd[k].shape) != saved[k]]
-    if unexpected or shapes:
-        detail = f"unexpected {unexpected[:3]}" if unexpected else f"shape {shapes[0]}"
-        raise EvalError(f"{what} '{path}' was saved from a different model ({detail}); pass the "
-                        f"--config it was trained with (its [model] section)")
-    sub = {k: v for k, v in sd.items() if k in saved}
-    if prefix:
-        state = {"model": sub}
-        dcp.load(state, checkpoint_id=str(path), no_dist=True)
-        sub = state["model"]
-    else:
-        dcp.load(sub, checkpoint_id=str(path), no_dist=True)
-    set_model_state_dict(model, sub, options=StateDictOptions(strict=False))
-    return set(sub)
-
-
-def _lora_from_entries(saved: dict[str, tuple], alpha: float) -> Lora | None:
-    lora_a = {k: v for k, v in saved.items() if k.endswith(".lora_a.weight")}
-    if not lora_a:
-        return None
-    ranks = {v[0] for v in lora_a.values()}
-    if len(ranks) != 1:
-        raise EvalError(f"the checkpoint's LoRA adapters have several ranks {sorted(ranks)}")
-    targets = sorted({k.split(".")[-3] for k in lora_a})
-    return Lora(enable=True, rank=ranks.pop(), alpha=alpha, target_modules=targets)
-
-
-def load_model(cfg: JobConfig, checkpoint: str | Path, vocab_size: int, device: torch.device,
-               dtype: torch.dtype):
-    """(model in eval mode with merged adapters, description) from a checkpoint."""
-    from titan_jepa.hf_convert import load_hf_checkpoint
-    from titan_jepa.lora import apply_lora, merge_lora
-    from titan_jepa.models.llama import build_model
-
-    kind, path = resolve_checkpoint(checkpoint)
-    if kind == "hf":
-        try:
-            sd, args = load_hf_checkpoint(path)
-        except (OSError, KeyError, ValueError) as e:
-            raise EvalError(f"--checkpoint '{path}' (Hugging Face): {e}") from None
-        if vocab_size > args.vocab_size:
-            raise EvalError(f"the tokenizer has {vocab_size} tokens but the checkpoint's vocab_size is "
-                            f"{args.vocab_size}; pass the tokenizer the model was trained with")
-        model = build_model(args, device="meta")
-        model.to_empty(device="cpu")
-        model.init_buffers("cpu")
-        model.load_state_dict(sd)
-    else:
-        from titan_jepa.train import model_args_from_config
-
-        args = model_args_from_config(cfg, vocab_size)
-        _, saved = _dcp_model_entries(path)
-        model = build_model(args, device="meta")
-        lora = _lora_from_entries(saved, cfg.lora.alpha)
-        if lora is not None:
-            apply_lora(model, lora)
-        model.to_empty(device="cpu")
-        model.init_buffers("cpu")  # the weights all come from the checkpoint (checked below)
-        from titan_jepa.lora import is_lora_name
-
-        base_saved = [k for k in saved if not is_lora_name(k)]
-        if not base_saved:  # adapters alone: the base weights come from the initial load
-            base = cfg.checkpoint.initial_load_path
-            if not base:
-                raise EvalError(f"--checkpoint '{path}' holds LoRA adapters only; set "
-                                f"checkpoint.initial_load_path in --config to the base model")
-            _load_base(model, Path(base), cfg.checkpoint.initial_load_format)
-        loaded = _dcp_load_into(model, path, "--checkpoint")
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-        missing = [k for k in get_model_state_dict(model) if k not in loaded
-                   and (base_saved or is_lora_name(k))]
-        if missing:
-            raise EvalError(f"--checkpoint '{path}' lacks {missing[:3]}{'...' if len(missing) > 3 else ''}; "
-                            f"pass the --config it was trained with")
-    if any(True for n, _ in model.named_modules() if n.endswith("lora_a")):
-        merge_lora(model)
-    model = model.to(device=device, dtype=dtype).eval()
-    model.init_buffers(device)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model, f"{kind}:{path}"
-
-
-def _load_base(model, path: Path, fmt: str) -> None:
-    from titan_jepa.hf_convert import from_hf_state_dict, load_hf_safetensors
-
-    if fmt == "hf" or _is_hf_folder(path):
-        sd = from_hf_state_dict(load_hf_safetensors(path), model.args)
-        model.load_state_dict(sd, strict=False)
-    else:
-        _dcp_load_into(model, path, "checkpoint.initial_load_path")
 
 
 # ---- evaluation ---------------------------------------------------------------------------

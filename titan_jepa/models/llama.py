@@ -8,7 +8,9 @@ conversion, see titan_jepa/hf_convert.py).
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 import zlib
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -54,6 +56,48 @@ class ModelArgs:
         if self.ffn_dim_multiplier is not None:
             hidden = int(self.ffn_dim_multiplier * hidden)
         return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+
+    def check(self) -> None:
+        """Raise ValueError (one line naming the fields) for a shape the model cannot build."""
+        for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "max_seq_len"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} = {getattr(self, name)} must be positive")
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim = {self.dim} is not divisible by n_heads = {self.n_heads} "
+                             f"(head_dim = dim / n_heads); choose n_heads dividing dim")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim = dim / n_heads = {self.head_dim} must be even (RoPE rotates "
+                             f"pairs); change dim or n_heads")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads = {self.n_heads} is not a multiple of n_kv_heads = {self.n_kv_heads} "
+                             f"(each KV head serves n_heads / n_kv_heads query heads); choose n_kv_heads "
+                             f"dividing n_heads")
+        if self.ffn_dim_multiplier is not None and self.ffn_dim_multiplier <= 0:
+            raise ValueError(f"ffn_dim_multiplier = {self.ffn_dim_multiplier} must be positive (or none)")
+        if self.rope_theta <= 0 or self.norm_eps <= 0:
+            raise ValueError(f"rope_theta = {self.rope_theta} and norm_eps = {self.norm_eps} must be positive")
+        s = self.rope_scaling
+        if s is not None:
+            if s.factor <= 0 or s.original_max_position_embeddings <= 0:
+                raise ValueError(f"rope scaling factor = {s.factor} and original max_seq_len = "
+                                 f"{s.original_max_position_embeddings} must be positive")
+            if not 0 < s.low_freq_factor < s.high_freq_factor:
+                raise ValueError(f"rope scaling needs 0 < low_freq_factor < high_freq_factor, got "
+                                 f"{s.low_freq_factor} and {s.high_freq_factor}")
+
+    def to_dict(self) -> dict:
+        """JSON-able fields (rope_scaling a dict or None); from_dict inverts it."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelArgs":
+        d = dict(d)
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown model args {unknown}")
+        if d.get("rope_scaling") is not None:
+            d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
+        return cls(**d)
 
     def num_params(self, include_embedding: bool = True) -> int:
         d, h, kv, hd, f = self.dim, self.n_heads, self.n_kv_heads, self.head_dim, self.ffn_hidden_dim
@@ -204,6 +248,31 @@ def default_write(param: torch.Tensor, full: torch.Tensor) -> None:
     param.copy_(full)
 
 
+def seeded_generator(seed: int, name: str, device) -> torch.Generator:
+    """The generator a parameter's init draws from: seeded by (seed, state-dict name), so
+    a weight's values depend neither on the order of init nor on how it is sharded."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63))
+    return gen
+
+
+def clean_name(name: str) -> str:
+    """A parameter or module name without the wrappers (activation checkpointing,
+    torch.compile) that state-dict keys do not show."""
+    return name.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", "")
+
+
+# torchtitan-style depth-scaled init of the Transformer's own weights, by state-dict name:
+# (pattern, kind, std); std None: 0.02 / sqrt(2 * (layer_id + 1)). Any other parameter
+# belongs to a module that initialises itself (a LoRALinear's adapters: its init_weights)
+# or was attached from outside (its owner initialises it).
+_INIT_RULES = [
+    (re.compile(r"^(layers\.\d+\.(attention|ffn)_)?norm\.weight$"), "ones", 0.0),
+    (re.compile(r"^layers\.\d+\.(attention\.w[qkv]|feed_forward\.w1)\.weight$"), "trunc_normal", 0.02),
+    (re.compile(r"^layers\.\d+\.(attention\.wo|feed_forward\.w[23])\.weight$"), "trunc_normal", None),
+]
+
+
 class Transformer(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -233,22 +302,18 @@ class Transformer(nn.Module):
         device = device or self.rope_cos.device
         self.rope_cos, self.rope_sin = rope_tables(self.args, device=device)
 
-    def _init_std(self, name: str) -> tuple[str, float]:
-        """(kind, std) for a parameter: torchtitan-style depth-scaled init."""
-        if name.endswith("norm.weight"):
-            return "ones", 0.0
-        if name.endswith("lora_b.weight"):  # LoRA adapters (titan_jepa/lora.py): B = 0
-            return "zeros", 0.0
-        if name.endswith("lora_a.weight"):
-            return "kaiming_uniform", 0.0
+    def _init_spec(self, name: str) -> tuple[str, float] | None:
+        """(kind, std) of one of the Transformer's own parameters; None for any other."""
         if name == "tok_embeddings.weight":
             return ("normal", 0.02) if self.args.tie_embeddings else ("normal", 1.0)
         if name == "output.weight":
             return "trunc_normal", self.args.dim ** -0.5
-        if any(name.endswith(s) for s in ("wq.weight", "wk.weight", "wv.weight", "w1.weight")):
-            return "trunc_normal", 0.02
-        layer_id = int(name.split(".")[1])
-        return "trunc_normal", 0.02 / (2 * (layer_id + 1)) ** 0.5
+        for pattern, kind, std in _INIT_RULES:
+            if pattern.match(name):
+                if std is None:
+                    std = 0.02 / (2 * (int(name.split(".")[1]) + 1)) ** 0.5
+                return kind, std
+        return None
 
     @torch.no_grad()
     def init_weights(self, seed: int = 0, buffer_device=None,
@@ -257,27 +322,29 @@ class Transformer(nn.Module):
 
         Each parameter is drawn whole (its global shape) and handed to ``write``, so the
         result does not depend on how the parameters are later sharded: parallel code
-        passes a ``write`` that keeps only the local shard.
+        passes a ``write`` that keeps only the local shard. Submodules that own their
+        init (they define ``init_weights(seed, prefix, write)``, as LoRALinear does for its
+        adapters) are then asked to initialise theirs the same way.
         """
         self.init_buffers(buffer_device)
         for name, param in self.named_parameters():
-            # wrappers (activation checkpointing, compile) must not change the draw
-            name = name.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", "")
-            kind, std = self._init_std(name)
+            name = clean_name(name)  # wrappers must not change the draw
+            spec = self._init_spec(name)
+            if spec is None:
+                continue
+            kind, std = spec
             full = torch.empty(param.shape, dtype=torch.float32, device=param.device)
-            gen = torch.Generator(device=param.device)
-            gen.manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63))
             if kind == "ones":
                 full.fill_(1.0)
-            elif kind == "zeros":
-                full.zero_()
-            elif kind == "kaiming_uniform":
-                nn.init.kaiming_uniform_(full, a=math.sqrt(5), generator=gen)
             elif kind == "normal":
-                nn.init.normal_(full, 0.0, std, generator=gen)
+                nn.init.normal_(full, 0.0, std, generator=seeded_generator(seed, name, param.device))
             else:
-                nn.init.trunc_normal_(full, 0.0, std, -3 * std, 3 * std, generator=gen)
+                nn.init.trunc_normal_(full, 0.0, std, -3 * std, 3 * std,
+                                      generator=seeded_generator(seed, name, param.device))
             write(param, full.to(param.dtype))
+        for prefix, module in self.named_modules():
+            if module is not self and callable(getattr(type(module), "init_weights", None)):
+                module.init_weights(seed=seed, prefix=clean_name(prefix), write=write)
 
     # ---- forward --------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
