@@ -17,7 +17,7 @@ and on CUDA it charges attention for every (query, key) pair of the row whatever
 
 The "next-token equivalent" of a micro-batch counts only its full sequences (no view
 segments, no padding): what an ideally packed next-token-only run over the same samples
-spends. ``jepa.same_flop`` compares the two.
+spends. ``checkpoint.same_flop`` compares the two.
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ import contextlib
 import logging
 import math
 import os
-import sys
 
 import torch
 import torch.distributed as dist
@@ -27,9 +26,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from titan_jepa.checkpoint import Checkpointer
 from titan_jepa.config import ConfigError, JobConfig, config_from_argv, write_config
 from titan_jepa.data.loader import build_dataloader, count_batches
-from titan_jepa.data.sources import DataError
-from titan_jepa.data.tokenizer import TokenizerError, build_tokenizer
+from titan_jepa.data.tokenizer import build_tokenizer
+from titan_jepa.errors import TrainingError, run_main
 from titan_jepa.flops import SameFlopTracker, flop_counts, training_flops
+from titan_jepa.logs import setup_logging
 from titan_jepa.lora import apply_lora
 from titan_jepa.metrics import MetricsLogger
 from titan_jepa.models.llama import ModelArgs, build_model, model_args_for
@@ -45,10 +45,6 @@ from titan_jepa.profiling import StepProfiler
 logger = logging.getLogger("titan_jepa")
 
 
-class TrainingError(RuntimeError):
-    """The run cannot go on (a NaN loss, for example); the message says what to change."""
-
-
 def model_args_from_config(cfg: JobConfig, vocab_size: int) -> ModelArgs:
     m = cfg.model
     try:
@@ -62,12 +58,6 @@ def model_args_from_config(cfg: JobConfig, vocab_size: int) -> ModelArgs:
         raise ConfigError(f"the tokenizer has {vocab_size} tokens but the model's vocab_size is "
                           f"{args.vocab_size}; set model.vocab_size >= {vocab_size}")
     return args
-
-
-def setup_logging(rank: int) -> None:
-    level = logging.INFO if rank == 0 else logging.WARNING
-    logging.basicConfig(level=level, format="[titan_jepa %(asctime)s] %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stdout, force=True)
 
 
 def forward_backward(model, objective: Objective, micro_batches: list, dp, metrics: MetricsLogger,
@@ -136,6 +126,8 @@ def train(cfg: JobConfig) -> list[float]:
         if cfg.training.steps == -1 or cfg.training.steps > available:
             logger.info(f"{cfg.data.num_epochs} epoch(s) of data give {available} steps; training for that many")
             cfg.training.steps = available
+            if rank == 0:  # the run folder's config records the steps actually trained
+                write_config(cfg, cfg.run_folder)
 
     # ---- model: built on the meta device, parallelised, then materialised ------------
     model = build_model(model_args, device="meta")
@@ -189,7 +181,7 @@ def train(cfg: JobConfig) -> list[float]:
                                "flops_vs_ntp": same_flop.ratio,
                                "grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0]})
         checkpointer.maybe_save(step)  # every checkpoint.interval steps and at the last one
-        if cfg.jepa.same_flop and same_flop_milestones:
+        if cfg.checkpoint.same_flop and same_flop_milestones:
             # this run's FLOPs now equal a next-token run's at these steps
             logger.info(f"step {step}: same FLOPs as next-token step(s) {same_flop_milestones}")
             checkpointer.save(step)
@@ -220,18 +212,14 @@ def train(cfg: JobConfig) -> list[float]:
     return losses
 
 
-def main(argv: list[str] | None = None) -> None:
-    try:
-        cfg = config_from_argv(argv)
-        train(cfg)
-    except (ConfigError, DataError, TokenizerError, TrainingError) as e:
-        # one clear line, not a traceback, for mistakes a user can fix
-        print(f"error: {e}", file=sys.stderr)
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        sys.exit(2)
+def _destroy_process_group() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> None:
+    # a mistake a user can fix (a UserError) is one line on stderr and exit code 2
+    run_main(lambda: train(config_from_argv(argv)), cleanup=_destroy_process_group)
 
 
 if __name__ == "__main__":

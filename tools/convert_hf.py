@@ -20,14 +20,11 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from titan_jepa import hf_convert  # noqa: E402
-from titan_jepa.models.llama import FLAVORS, model_args_for  # noqa: E402
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from titan_jepa import hf_convert
+from titan_jepa.dtypes import DTYPES
+from titan_jepa.models.llama import FLAVORS, model_args_for
 # wrapper prefixes that torch.compile / activation checkpointing / DDP put in parameter names
 _WRAPPERS = ("_orig_mod.", "_checkpoint_wrapped_module.", "module.")
 

@@ -17,12 +17,9 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from titan_jepa.data.tokenizer import LLAMA3_PATTERN, write_llama3_ranks  # noqa: E402
+from titan_jepa.data.tokenizer import LLAMA3_PATTERN, write_llama3_ranks
 
 
 def iter_texts(inputs: list[str]):
