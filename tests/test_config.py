@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from helpers import launch, tiny_config
+from titan_jepa.errors import DataError, TokenizerError, TrainingError, UserError, run_main
 from titan_jepa.config import (
     MOVED,
     ConfigError,
@@ -88,6 +89,23 @@ def test_cli_errors():
         config_from_argv(["--jepa.same_flop", "true"])
     cfg = config_from_argv(["--lora.target_modules", "wq,w2", "--checkpoint.same_flop", "--data.kind", "chat"])
     assert (cfg.lora.target_modules, cfg.checkpoint.same_flop, cfg.data.kind) == (["wq", "w2"], True, "chat")
+
+
+def test_run_main_reports_every_user_error_as_one_line(capsys):
+    cleaned = []
+    for err in (ConfigError("bad value; use x"), DataError("data.path 'x' does not exist"),
+                TokenizerError("no <|mask|> token"), TrainingError("step 3: loss is nan")):
+        def fail(err=err):
+            raise err
+
+        with pytest.raises(SystemExit) as e:
+            run_main(fail, cleanup=lambda: cleaned.append(1))
+        assert e.value.code == 2 and isinstance(err, UserError)
+        assert capsys.readouterr().err == f"error: {err}\n"
+    assert run_main(lambda: 7, cleanup=lambda: cleaned.append(1)) == 7
+    assert len(cleaned) == 5
+    with pytest.raises(KeyError):  # a bug is not a user error: its traceback stays
+        run_main(lambda: {}["x"])
 
 
 def test_choices_come_from_the_literal_types():
