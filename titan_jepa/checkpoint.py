@@ -490,7 +490,6 @@ def create_seed_checkpoint(cfg: JobConfig) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     from titan_jepa.config import config_from_argv
-
     from titan_jepa.errors import run_main
     from titan_jepa.logs import setup_logging
 

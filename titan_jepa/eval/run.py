@@ -41,9 +41,9 @@ import torch
 from titan_jepa.config import ConfigError, JobConfig, Lora, load_config
 from titan_jepa.dtypes import DTYPES
 from titan_jepa.errors import run_main
-from titan_jepa.logs import setup_logging
 from titan_jepa.eval import scorers as S
 from titan_jepa.eval.generate import greedy_generate, next_token_logits
+from titan_jepa.logs import setup_logging
 
 logger = logging.getLogger("titan_jepa")
 # DCP warns on every single-process load; that is the intended use here
