@@ -3,7 +3,7 @@ tools/make_demo_data.py:
 
     python tools/make_demo_data.py --out demo_data --seed 0
 
-Writes, under --out:
+``make_demo_data(out, seed)`` (and the CLI) writes, under ``out``:
   regex_train.jsonl, regex_test.jsonl  natural language -> regular expression chat data in
       the LLM-JEPA format ({"messages": [system, user, assistant]}), in the spirit of
       NL-RX-SYNTH (same phrasing conventions, generated from a small grammar).
