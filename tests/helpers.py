@@ -5,18 +5,15 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
 
+from titan_jepa.config import load_config
+from titan_jepa.data.demo import make_demo_data
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-
-from make_demo_data import make_demo_data  # noqa: E402
-
-from titan_jepa.config import load_config  # noqa: E402
 
 TOKENIZER = ROOT / "assets" / "tokenizer" / "tokenizer.model"
 

@@ -181,8 +181,6 @@ def test_file_sharding_reads_whole_files_per_slot(tmp_path, tok):
         _equal(a, b)
     with pytest.raises(DataError, match=r"5 file\(s\) for 8 slots.*shard_by = 'record'"):
         build_dataloader(cfg, tok, 0, 8)
-    with pytest.raises(DataError, match="data.shard_by = 'rows' is not one of record, file"):
-        build_dataloader(make_cfg(tmp_path, shard_by="rows"), tok)
 
 def test_num_epochs_and_padding(tmp_path, tok):
     p = tmp_path / "c.jsonl"

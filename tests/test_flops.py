@@ -59,8 +59,8 @@ def test_same_flop_milestones():
 def test_same_flop_run_saves_at_milestones(demo_dir, tmp_path):
     cfg = tiny_config(tmp_path, demo_dir, data={"kind": "chat", "path": str(demo_dir / "regex_train.jsonl")},
                       training={"seq_len": 256, "steps": 5},
-                      checkpoint={"enable": True, "interval": 2, "keep_latest_k": 0},
-                      jepa={"enable": True, "same_flop": True})
+                      checkpoint={"enable": True, "interval": 2, "keep_latest_k": 0, "same_flop": True},
+                      jepa={"enable": True})
     launch(1, cfg, tmp_path)
     saved = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "t" / "checkpoint").glob("step-*")
                    if not p.name.endswith(".tmp"))

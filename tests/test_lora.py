@@ -130,10 +130,13 @@ def test_apply_lora_on_materialised_model_and_errors():
     apply_lora(model, Lora(enable=True))
     assert model.layers["0"].attention.wq.weight is w  # the base parameter is reused
     assert torch.count_nonzero(model.layers["0"].attention.wq.lora_b.weight) == 0
-    with pytest.raises(ConfigError, match="target_modules"):
-        apply_lora(build_model(model.args, device="meta"), Lora(enable=True, target_modules=["wx"]))
-    with pytest.raises(ConfigError, match="rank"):
-        apply_lora(build_model(model.args, device="meta"), Lora(enable=True, rank=0))
+    # the config loader checks [lora] (apply_lora trusts it)
+    with pytest.raises(ConfigError, match=r"lora.target_modules = 'wx' is not one of wq, wk, wv, wo, w1, w2, w3"):
+        load_config(extra={"lora": {"enable": True, "target_modules": ["wq", "wx"]}})
+    with pytest.raises(ConfigError, match=r"lora.target_modules is empty"):
+        load_config(extra={"lora": {"enable": True, "target_modules": []}})
+    with pytest.raises(ConfigError, match=r"lora.rank = 0 must be positive"):
+        load_config(extra={"lora": {"enable": True, "rank": 0}})
 
 
 def _cfg(tmp, demo_dir, **extra):

@@ -139,6 +139,22 @@ def test_report_writers_on_fake_results(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
 
+def test_tool_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
+    import plot_metrics
+    import sweep_report
+
+    assert sweep.write_reports is sweep_report.write_reports  # the reports live in sweep_report.py
+    for main, argv, message in (
+            (sweep.main, ["--config", str(tmp_path / "nope.toml"), "--eval-data", "x"],
+             f"error: --config '{tmp_path / 'nope.toml'}' does not exist"),
+            (plot_metrics.main, [str(tmp_path / "nope")],
+             f"error: {tmp_path / 'nope'} does not exist; pass a run's metrics.jsonl or its run folder")):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        assert capsys.readouterr().err.splitlines() == [message]
+
+
 # ---- end to end ---------------------------------------------------------------------------
 def _sweep(*args, cwd):
     env = dict(os.environ, PYTHONPATH=str(ROOT))

@@ -111,7 +111,7 @@ logger = logging.getLogger("titan_jepa")
 TMP = ".tmp"
 TRAIN_STATE = "train_state.json"
 STALL_ENV = "TITAN_JEPA_TEST_STALL_SAVE_STEP"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+from titan_jepa.dtypes import DTYPES  # noqa: E402
 
 
 def checkpoint_folder(cfg: JobConfig) -> Path:
@@ -451,19 +451,19 @@ def create_seed_checkpoint(cfg: JobConfig) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     from titan_jepa.config import config_from_argv
+    from titan_jepa.errors import run_main
+    from titan_jepa.logs import setup_logging
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="[titan_jepa %(asctime)s] %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stdout)
-    try:
+    setup_logging()
+
+    def seed() -> Path:
         if "--create-seed-checkpoint" not in argv:
             raise ConfigError("usage: python -m titan_jepa.checkpoint --config X.toml --create-seed-checkpoint")
         argv.remove("--create-seed-checkpoint")
-        path = create_seed_checkpoint(config_from_argv(argv))
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(f"seed checkpoint written: {path}")
+        return create_seed_checkpoint(config_from_argv(argv))
+
+    print(f"seed checkpoint written: {run_main(seed)}")
 
 
 if __name__ == "__main__":

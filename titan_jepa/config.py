@@ -2,8 +2,12 @@
 
 A run is described by a TOML file whose sections map one-to-one onto the dataclasses
 below. ``--section.key value`` (or ``--section.key=value``) on the command line overrides
-a value. Unknown sections or keys and wrong types are rejected with one line naming the
-closest valid name, before any heavy work starts.
+a value. Enumerated fields are typed ``Literal[...]``; the loader (``_coerce``) checks every
+value against its field's type, from TOML and the CLI alike, so unknown sections or keys,
+wrong types and values outside a field's choices are rejected with one line naming the
+closest valid name, before any heavy work starts. Keys that moved (``MOVED``) or were
+removed (``REMOVED``) name their new place or the reason. ``validate`` holds the range
+and cross-field checks; code that reads a config may rely on all of them.
 """
 
 from __future__ import annotations
@@ -19,11 +23,9 @@ import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-
-class ConfigError(ValueError):
-    """A user-facing configuration error: one line that names the fix."""
+from titan_jepa.errors import ConfigError
 
 
 @dataclass
@@ -42,7 +44,7 @@ class Model:
     # titan_jepa.models.llama.FLAVORS; "": the config.json of checkpoint.initial_load_path
     # when initial_load_format = "hf", else "debug"
     flavor: str = ""
-    attn_backend: str = "sdpa"  # "sdpa" (any device) or "flex" (FlexAttention, CUDA fast path)
+    attn_backend: Literal["sdpa", "flex"] = "sdpa"  # "sdpa" (any device) or "flex" (FlexAttention, CUDA fast path)
     vocab_size: int = -1  # -1: the flavor's (or the tokenizer's, when it is smaller) size
     max_seq_len: int = -1  # -1: the flavor's; RoPE tables are built for this length
     norm_eps: float = -1.0  # -1: the flavor's
@@ -53,7 +55,7 @@ class Model:
     multiple_of: int = -1  # the FFN hidden size is rounded up to a multiple of this
     ffn_dim_multiplier: float = -1.0  # 0: none (hidden = 8/3 dim, rounded up to multiple_of)
     rope_theta: float = -1.0
-    rope_scaling: str = ""  # "none" or "llama3" (Llama-3.1 frequency scaling); "": the flavor's
+    rope_scaling: Literal["", "none", "llama3"] = ""  # "none" or "llama3" (Llama-3.1 frequency scaling); "": the flavor's
     rope_factor: float = -1.0  # llama3 scaling fields; -1: the flavor's (Meta's defaults 8, 1, 4, 8192)
     rope_low_freq_factor: float = -1.0
     rope_high_freq_factor: float = -1.0
@@ -68,26 +70,25 @@ class Training:
     local_batch_size: int = 4  # sequences per micro-batch on one rank
     seq_len: int = 128
     max_norm: float = 1.0  # gradient clipping; <= 0 disables it
-    mixed_precision_param: str = "float32"  # "bfloat16" or "float32" (FSDP param dtype)
-    mixed_precision_reduce: str = "float32"
-    device: str = "auto"  # "auto", "cpu" or "cuda"
+    mixed_precision_param: Literal["float32", "bfloat16"] = "float32"  # the FSDP param dtype
+    mixed_precision_reduce: Literal["float32"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 @dataclass
 class Optimizer:
-    name: str = "AdamW"
     lr: float = 3e-4
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
     weight_decay: float = 0.1
-    implementation: str = "auto"  # "auto", "foreach", "fused" or "for-loop"
+    implementation: Literal["auto", "foreach", "fused", "for-loop"] = "auto"
 
 
 @dataclass
 class LRScheduler:
     warmup_steps: int = 10
-    decay_type: str = "cosine"  # "linear", "cosine", "wsd" or "constant"
+    decay_type: Literal["linear", "cosine", "wsd", "constant"] = "cosine"
     decay_ratio: float = 0.2  # wsd only: the fraction of steps spent decaying at the end
     min_lr_ratio: float = 0.1  # the final lr as a fraction of optimizer.lr
 
@@ -97,13 +98,13 @@ class Parallelism:
     dp_replicate: int = 1  # HSDP replica groups (usually nodes)
     dp_shard: int = -1  # FSDP shard group size; -1: what remains of the world size
     tp: int = 1  # tensor (and sequence) parallel degree
-    fsdp_reshard_after_forward: str = "default"  # "default", "always" or "never"
+    fsdp_reshard_after_forward: Literal["default", "always", "never"] = "default"
     comm_timeout_s: int = 600
 
 
 @dataclass
 class ActivationCheckpoint:
-    mode: str = "none"  # "none", "full" or "selective"
+    mode: Literal["none", "full", "selective"] = "none"
     selective_every: int = 2  # selective: checkpoint every Nth block
 
 
@@ -126,21 +127,23 @@ class Metrics:
 
 @dataclass
 class Tokenizer:
-    kind: str = "tiktoken"  # "tiktoken" (Llama-3 tokenizer.model) or "hf" (tokenizer.json)
+    kind: Literal["tiktoken", "hf"] = "tiktoken"  # Llama-3 tokenizer.model, or a Hugging Face tokenizer.json
     path: str = "assets/tokenizer/tokenizer.model"
 
 
 @dataclass
 class Data:
-    kind: str = "text"  # "text" (documents), "chat" ({"messages": [...]}) or "pairs" ({"text", "code"} paraphrases)
+    # "text" (documents), "chat" ({"messages": [...]}) or "pairs" ({"text", "code"} paraphrases)
+    kind: Literal["text", "chat", "pairs"] = "text"
     path: str = "demo_data/corpus.jsonl"  # a local file, folder or glob; or hf:NAME for datasets
     hf_split: str = "train"
     text_field: str = "text"
-    loss_on: str = "assistant"  # chat: "assistant" or "all" tokens
-    bad_lines: str = "skip"  # "skip" (counted warning) or "fail" (file:line)
+    loss_on: Literal["assistant", "all"] = "assistant"  # chat: the tokens trained on
+    bad_lines: Literal["skip", "fail"] = "skip"  # skip: a counted warning; fail: an error naming file:line
     max_sample_len: int = -1  # chat: longer samples are bad input; -1: training.seq_len
     shuffle_buffer: int = 0  # 0: files are read in order
-    shard_by: str = "record"  # "record" (slot r reads records r, r+N, ...) or "file" (whole files per slot)
+    # "record": slot r reads records r, r+N, ...; "file": whole files per slot
+    shard_by: Literal["record", "file"] = "record"
     num_epochs: int = -1  # -1: loop forever
 
 
@@ -153,9 +156,10 @@ class Checkpoint:
     async_mode: bool = False
     load_step: int = -1  # -1: the latest, when one exists
     initial_load_path: str = ""  # a DCP folder or Hugging Face safetensors to start from
-    initial_load_format: str = "dcp"  # "dcp" or "hf"
+    initial_load_format: Literal["dcp", "hf"] = "dcp"
     model_only_export: bool = False  # write the final model weights alone
-    export_dtype: str = "float32"
+    export_dtype: Literal["float32", "bfloat16"] = "float32"
+    same_flop: bool = False  # also save at the steps whose FLOPs match a next-token run's
 
 
 @dataclass
@@ -166,15 +170,14 @@ class Jepa:
     lambda_: float = 1.0  # TOML key: lambda
     gamma: float = 1.0
     k: int = 1  # predictor tokens <|predictor_1|>..<|predictor_k|>; 0: Pred is identity
-    distance: str = "cosine"  # "cosine", "l2", "mse" or "infonce"
+    distance: Literal["cosine", "l2", "mse", "infonce"] = "cosine"
     infonce_temperature: float = 0.07
     jepa_ratio: float = 1.0  # probability that a sample carries its views (loss dropout)
-    views: str = "separate"  # "separate" (the reference) or "shared_prefix"
-    view_template: str = "chat"  # "chat": each view is a templated message; "plain": raw tokens
+    views: Literal["separate", "shared_prefix"] = "separate"  # separate: the reference
+    view_template: Literal["chat", "plain"] = "chat"  # chat: each view is a templated message; plain: raw tokens
     front_pred: bool = False  # predictor tokens before the Text content instead of after
     reverse_pred: bool = False  # predict Text from Code instead
     last_token: int = 0  # 0: Enc index computed from the view; < 0: offset from the view's end (reference)
-    same_flop: bool = False  # checkpoints at the steps whose FLOPs match a next-token run's
 
 
 @dataclass
@@ -195,7 +198,7 @@ class Float8:
     """Float8 training of the transformer blocks' linear layers through torchao (CUDA, sm89+)."""
 
     enable: bool = False
-    recipe: str = "tensorwise"  # "tensorwise", "rowwise" or "rowwise_with_gw_hp"
+    recipe: Literal["tensorwise", "rowwise", "rowwise_with_gw_hp"] = "tensorwise"
 
 
 @dataclass
@@ -206,7 +209,8 @@ class Lora:
     rank: int = 8
     alpha: float = 16.0  # the adapter output is scaled by alpha / rank
     dropout: float = 0.0  # on the adapter path only
-    target_modules: list[str] = field(default_factory=lambda: ["wq", "wk", "wv", "wo"])  # of wq wk wv wo w1 w2 w3
+    target_modules: list[Literal["wq", "wk", "wv", "wo", "w1", "w2", "w3"]] = field(
+        default_factory=lambda: ["wq", "wk", "wv", "wo"])
     # with checkpoint.initial_load_path (the base model) set, training checkpoints hold the
     # trainable parameters alone (the adapters); on resume the frozen base is re-loaded from
     # initial_load_path. Without merge_on_export the model-only export holds the adapters alone
@@ -222,11 +226,13 @@ class Stp:
 
     enable: bool = False
     lambda_: float = 0.02  # TOML key: lambda
-    mode: str = "random_span"  # "random_span", "e2e", "curvature" or "random_span_mask"
+    mode: Literal["random_span", "e2e", "curvature", "random_span_mask"] = "random_span"
     spans_per_sample: int = 1  # spans per document (text) or per chat sample
     max_span_len: int = -1  # -1: no limit
-    sampling: str = "reference"  # "reference": s ~ U{0..N-1}, t ~ U{s+1..N}; "length": len ~ U{1..}, then s
-    weighting: str = "none"  # "none", "cosine_like" (2rp/(r^2+p^2)) or "jaccard_like" (1-|r-p|/(r+p))
+    # "reference": s ~ U{0..N-1}, t ~ U{s+1..N}; "length": len ~ U{1..}, then s
+    sampling: Literal["reference", "length"] = "reference"
+    # "cosine_like": 2rp/(r^2+p^2); "jaccard_like": 1-|r-p|/(r+p)
+    weighting: Literal["none", "cosine_like", "jaccard_like"] = "none"
     linear_predictor: bool = False  # a bias-free d x d map on the predicting side, trained with the model
     min_doc_len: int = 4  # text: documents (segments) shorter than this get no span
 
@@ -259,33 +265,24 @@ class JobConfig:
         return Path(self.job.dump_folder) / self.job.name
 
 
-# Values a string field may take; checked after loading.
-CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
-    ("model", "attn_backend"): ("sdpa", "flex"),
-    ("model", "rope_scaling"): ("", "none", "llama3"),
-    ("training", "mixed_precision_param"): ("float32", "bfloat16"),
-    ("training", "mixed_precision_reduce"): ("float32",),
-    ("training", "device"): ("auto", "cpu", "cuda"),
-    ("optimizer", "name"): ("AdamW",),
-    ("optimizer", "implementation"): ("auto", "foreach", "fused", "for-loop"),
-    ("lr_scheduler", "decay_type"): ("linear", "cosine", "wsd", "constant"),
-    ("parallelism", "fsdp_reshard_after_forward"): ("default", "always", "never"),
-    ("activation_checkpoint", "mode"): ("none", "full", "selective"),
-    ("tokenizer", "kind"): ("tiktoken", "hf"),
-    ("data", "kind"): ("text", "chat", "pairs"),
-    ("data", "loss_on"): ("assistant", "all"),
-    ("data", "bad_lines"): ("skip", "fail"),
-    ("data", "shard_by"): ("record", "file"),
-    ("checkpoint", "initial_load_format"): ("dcp", "hf"),
-    ("checkpoint", "export_dtype"): ("float32", "bfloat16"),
-    ("jepa", "distance"): ("cosine", "l2", "mse", "infonce"),
-    ("jepa", "views"): ("separate", "shared_prefix"),
-    ("jepa", "view_template"): ("chat", "plain"),
-    ("stp", "mode"): ("random_span", "e2e", "curvature", "random_span_mask"),
-    ("stp", "sampling"): ("reference", "length"),
-    ("stp", "weighting"): ("none", "cosine_like", "jaccard_like"),
-    ("float8", "recipe"): ("tensorwise", "rowwise", "rowwise_with_gw_hp"),
+# Keys that moved to another section: an old config gets one line naming the new place.
+MOVED: dict[tuple[str, str], tuple[str, str]] = {
+    ("jepa", "same_flop"): ("checkpoint", "same_flop"),
 }
+# Keys that are gone, with the reason.
+REMOVED: dict[tuple[str, str], str] = {
+    ("optimizer", "name"): "the optimizer is always AdamW",
+}
+
+
+def choices(section: str, key: str) -> tuple[str, ...]:
+    """The values an enumerated field (a ``Literal[...]``) may take, e.g. choices("data", "kind")."""
+    typ = _field_types(_section_types()[section])[_field_name(key)]
+    if typing.get_origin(typ) is list:
+        (typ,) = typing.get_args(typ)
+    if typing.get_origin(typ) is not Literal:
+        raise KeyError(f"{section}.{key} is not an enumerated field")
+    return typing.get_args(typ)
 
 
 def _closest(name: str, options: list[str]) -> str:
@@ -341,6 +338,12 @@ def _coerce(value: Any, typ: Any, where: str, from_cli: bool) -> Any:
             except ValueError:
                 pass
         raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if typing.get_origin(typ) is Literal:
+        options = typing.get_args(typ)
+        if isinstance(value, str) and value in options:
+            return value
+        raise ConfigError(f"{where} = {value!r} is not one of {', '.join(options)}"
+                          f"{_closest(str(value), list(options))}")
     if typ is str:
         if isinstance(value, str):
             return value
@@ -366,16 +369,21 @@ def _toml_key(name: str) -> str:
 
 # keys an older config may still hold: ignored with a warning (FutureWarning: shown to
 # users by default) that says what to do
-REMOVED: dict[tuple[str, str], str] = {
+DEPRECATED: dict[tuple[str, str], str] = {
     ("model", "name"): "model.name is ignored (the model is always Llama; its shape is model.flavor "
                        "plus the model.* fields): delete it from the config",
 }
 
 
 def _apply(cfg: JobConfig, section: str, key: str, value: Any, from_cli: bool, origin: str):
-    key = _field_name(key)
+    if (section, key) in MOVED:
+        new_section, new_key = MOVED[section, key]
+        raise ConfigError(f"{origin}: [{section}] {key} moved to [{new_section}] {new_key}; rename it there")
     if (section, key) in REMOVED:
-        warnings.warn(f"{origin}: {REMOVED[section, key]}", FutureWarning, stacklevel=3)
+        raise ConfigError(f"{origin}: [{section}] {key} was removed ({REMOVED[section, key]}); delete it")
+    key = _field_name(key)
+    if (section, key) in DEPRECATED:
+        warnings.warn(f"{origin}: {DEPRECATED[section, key]}", FutureWarning, stacklevel=3)
         return
     sections = _section_types()
     if section not in sections:
@@ -465,13 +473,9 @@ def config_from_argv(argv: list[str] | None = None) -> JobConfig:
 
 
 def validate(cfg: JobConfig) -> None:
-    """Checks that need no model or process group; parallel degrees are checked in parallel/mesh."""
-    for (section, key), options in CHOICES.items():
-        value = getattr(getattr(cfg, section), key)
-        if value not in options:
-            raise ConfigError(
-                f"{section}.{key} = '{value}' is not one of {', '.join(options)}{_closest(value, list(options))}"
-            )
+    """Cross-field and range checks that need no model or process group (the loader has
+    already checked every type and enumerated value); parallel degrees are checked in
+    parallel/mesh."""
     m = cfg.model
     for name in ("vocab_size", "max_seq_len", "dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of",
                  "rope_original_max_seq_len"):
@@ -522,6 +526,17 @@ def validate(cfg: JobConfig) -> None:
             raise ConfigError("jepa.last_token must be 0 (computed index) or negative (offset from a view's end)")
         if j.infonce_temperature <= 0:
             raise ConfigError("jepa.infonce_temperature must be positive")
+    lo = cfg.lora
+    if lo.enable:
+        if lo.rank <= 0:
+            raise ConfigError(f"lora.rank = {lo.rank} must be positive")
+        if lo.alpha <= 0:
+            raise ConfigError(f"lora.alpha = {lo.alpha} must be positive")
+        if not 0.0 <= lo.dropout < 1.0:
+            raise ConfigError(f"lora.dropout = {lo.dropout} must be in [0, 1)")
+        if not lo.target_modules:
+            raise ConfigError(f"lora.target_modules is empty; name at least one of "
+                              f"{', '.join(choices('lora', 'target_modules'))}")
     if cfg.float8.enable and cfg.lora.enable:
         raise ConfigError("float8.enable with lora.enable would convert the LoRA layers and drop their "
                           "adapters; disable one of them")

@@ -17,7 +17,7 @@ and on CUDA it charges attention for every (query, key) pair of the row whatever
 
 The "next-token equivalent" of a micro-batch counts only its full sequences (no view
 segments, no padding): what an ideally packed next-token-only run over the same samples
-spends. ``jepa.same_flop`` compares the two.
+spends. ``checkpoint.same_flop`` compares the two.
 
 All four counts are made on the CPU when the batch is collated (``BatchCounts`` in
 data/batch.py; ``visible_pairs`` below computes the pairs from a Batch, for checking). The

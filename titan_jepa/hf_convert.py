@@ -170,7 +170,7 @@ def from_hf_state_dict(hf_sd: dict[str, torch.Tensor], args: ModelArgs) -> dict[
 
 
 # ---- config --------------------------------------------------------------------------------
-_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+from titan_jepa.dtypes import DTYPE_NAMES as _DTYPE_NAMES  # noqa: E402
 
 
 def hf_config_dict(args: ModelArgs, dtype: torch.dtype = torch.float32,

@@ -71,9 +71,11 @@ from torch import nn
 from torch.distributed.tensor import DTensor, Shard
 
 from titan_jepa.config import ConfigError, JobConfig, load_config, parse_cli_overrides
+from titan_jepa.dtypes import DTYPES
+from titan_jepa.errors import run_main
 from titan_jepa.models.llama import ModelArgs, build_model
 from titan_jepa.parallel.mesh import ParallelDims, build_mesh
-from titan_jepa.parallel.parallelize import DTYPES, parallelize
+from titan_jepa.parallel.parallelize import parallelize
 
 GiB = 2**30
 
@@ -326,13 +328,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gpu", default="H200", choices=sorted(GPUS))
     ap.add_argument("--json", help="also write the numbers to this JSON file")
     known, rest = ap.parse_known_args(argv)
-    try:
-        _, overrides = parse_cli_overrides(rest)
-        cfg = load_config(known.config, overrides)
-        result = plan(cfg, known.world_size, known.rank, known.gpu)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+
+    def load_and_plan() -> tuple[JobConfig, Plan]:
+        cfg = load_config(known.config, parse_cli_overrides(rest)[1])
+        return cfg, plan(cfg, known.world_size, known.rank, known.gpu)
+
+    cfg, result = run_main(load_and_plan)
     print(format_plan(result, cfg))
     if known.json:
         with open(known.json, "w") as f:

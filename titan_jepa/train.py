@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -38,9 +37,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from titan_jepa.checkpoint import Checkpointer
 from titan_jepa.config import ConfigError, JobConfig, config_from_argv, write_config
 from titan_jepa.data.loader import build_dataloader, count_batches
-from titan_jepa.data.sources import DataError
-from titan_jepa.data.tokenizer import TokenizerError, build_tokenizer
+from titan_jepa.data.tokenizer import build_tokenizer
+from titan_jepa.errors import TrainingError, run_main
 from titan_jepa.flops import FLOP_SLICE, SameFlopTracker, training_flops
+from titan_jepa.logs import setup_logging
 from titan_jepa.lora import apply_lora
 from titan_jepa.metrics import MetricsLogger
 from titan_jepa.model_config import model_args_from_config
@@ -58,10 +58,6 @@ from titan_jepa.profiling import StepProfiler
 logger = logging.getLogger("titan_jepa")
 
 
-class TrainingError(RuntimeError):
-    """The run cannot go on (a NaN loss, for example); the message says what to change."""
-
-
 @dataclass
 class TrainHooks:
     """Callbacks a caller injects into the loop (tests: fault injection, sync counting).
@@ -70,12 +66,6 @@ class TrainHooks:
     """
 
     on_step_start: Callable[[int], None] | None = None
-
-
-def setup_logging(rank: int) -> None:
-    level = logging.INFO if rank == 0 else logging.WARNING
-    logging.basicConfig(level=level, format="[titan_jepa %(asctime)s] %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stdout, force=True)
 
 
 def forward_backward(model, objective: Objective, micro_batches: list, dp, metrics: MetricsLogger,
@@ -161,6 +151,8 @@ def train(cfg: JobConfig, hooks: TrainHooks | None = None) -> list[float]:
         if cfg.training.steps == -1 or cfg.training.steps > available:
             logger.info(f"{cfg.data.num_epochs} epoch(s) of data give {available} steps; training for that many")
             cfg.training.steps = available
+            if rank == 0:  # the run folder's config records the steps actually trained
+                write_config(cfg, cfg.run_folder)
 
     # ---- model: built on the meta device, parallelised, then materialised ------------
     model = build_model(model_args, device="meta")
@@ -226,7 +218,7 @@ def train(cfg: JobConfig, hooks: TrainHooks | None = None) -> list[float]:
                                "flops_vs_ntp": same_flop.ratio,
                                "grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0]})
         checkpointer.maybe_save(step)  # every checkpoint.interval steps and at the last one
-        if cfg.jepa.same_flop and milestones:
+        if cfg.checkpoint.same_flop and milestones:
             # this run's FLOPs now equal a next-token run's at these steps (found at this sync step)
             logger.info(f"step {step}: same FLOPs as next-token step(s) {milestones}")
             checkpointer.save(step)
@@ -258,15 +250,11 @@ def train(cfg: JobConfig, hooks: TrainHooks | None = None) -> list[float]:
 
 
 def main(argv: list[str] | None = None, hooks: TrainHooks | None = None) -> None:
-    try:
-        cfg = config_from_argv(argv)
-        train(cfg, hooks)
-    except (ConfigError, DataError, TokenizerError, TrainingError) as e:
-        # one clear line, not a traceback, for mistakes a user can fix
-        print(f"error: {e}", file=sys.stderr)
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        sys.exit(2)
+    # a mistake a user can fix (a UserError) is one line on stderr and exit code 2
+    run_main(lambda: train(config_from_argv(argv), hooks), cleanup=_destroy_process_group)
+
+
+def _destroy_process_group() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
 

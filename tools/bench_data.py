@@ -11,20 +11,16 @@ an 8B Llama trains on one H200 (so >= 10x leaves the loader far off the critical
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from titan_jepa.config import JobConfig
+from titan_jepa.data.demo import make_demo_data
+from titan_jepa.data.loader import build_dataloader
+from titan_jepa.data.tokenizer import build_tokenizer
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools"))
-
-from make_demo_data import make_demo_data  # noqa: E402
-
-from titan_jepa.config import JobConfig  # noqa: E402
-from titan_jepa.data.loader import build_dataloader  # noqa: E402
-from titan_jepa.data.tokenizer import build_tokenizer  # noqa: E402
 
 MODEL_RATE = 11_000  # tokens/s of an 8B model on one H200
 

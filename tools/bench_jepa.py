@@ -20,29 +20,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from bench_common import median_step_times, objective_step, train_step  # tools/ is sys.path[0] under python tools/x.py
+
+from titan_jepa.config import load_config
+from titan_jepa.data.batch import IGNORE_INDEX
+from titan_jepa.data.chat import ChatSamples, with_chat_fields
+from titan_jepa.data.demo import make_demo_data
+from titan_jepa.data.packing import SamplePacker, collate
+from titan_jepa.data.sources import BadLines
+from titan_jepa.data.tokenizer import build_tokenizer
+from titan_jepa.data.views import JepaViews
+from titan_jepa.models.llama import build_model, model_args_for
+from titan_jepa.objectives.combined import Objective
+from titan_jepa.objectives.jepa import jepa_distance_sum
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools"))
-
-from bench_common import median_step_times, objective_step, train_step  # noqa: E402
-
-from titan_jepa.config import load_config  # noqa: E402
-from titan_jepa.data.batch import IGNORE_INDEX  # noqa: E402
-from titan_jepa.data.chat import ChatSamples, with_chat_fields  # noqa: E402
-from titan_jepa.data.packing import SamplePacker, collate  # noqa: E402
-from titan_jepa.data.sources import BadLines  # noqa: E402
-from titan_jepa.data.tokenizer import build_tokenizer  # noqa: E402
-from titan_jepa.data.views import JepaViews  # noqa: E402
-from titan_jepa.models.llama import build_model, model_args_for  # noqa: E402
-from titan_jepa.objectives.combined import Objective  # noqa: E402
-from titan_jepa.objectives.jepa import jepa_distance_sum  # noqa: E402
 
 
 def load_records(n: int) -> list[dict]:
@@ -50,9 +48,6 @@ def load_records(n: int) -> list[dict]:
     if shared.exists():
         path = shared
     else:
-        sys.path.insert(0, str(ROOT / "tools"))
-        from make_demo_data import make_demo_data
-
         make_demo_data(ROOT / "demo_data", seed=0)
         path = ROOT / "demo_data" / "regex_train.jsonl"
     lines = path.read_text().splitlines()[:n]

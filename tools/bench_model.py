@@ -20,22 +20,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from titan_jepa import hf_convert  # noqa: E402
-from titan_jepa.models import attention as attn_mod  # noqa: E402
-from titan_jepa.models import llama  # noqa: E402
-from titan_jepa.models.llama import ModelArgs, build_model  # noqa: E402
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+from titan_jepa import hf_convert
+from titan_jepa.dtypes import DTYPES
+from titan_jepa.models import attention as attn_mod
+from titan_jepa.models import llama
+from titan_jepa.models.llama import ModelArgs, build_model
 
 
 # ---- candidate implementations (prototypes for llama.py / attention.py) -----------------
@@ -134,7 +129,7 @@ def main(argv=None) -> None:
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=512)
-    p.add_argument("--dtype", choices=list(DTYPES), default="float32")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--device", default="cpu")
     p.add_argument("--hf-attn", default="sdpa", choices=["sdpa", "eager"])
     p.add_argument("--warmup", type=int, default=1, help="steps per model before timing")

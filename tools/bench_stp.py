@@ -11,23 +11,22 @@ interleaved after a warm-up; medians are compared (the machine is noisy).
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools"))
+from bench_common import median_step_times, objective_step  # tools/ is sys.path[0] under python tools/x.py
 
-from bench_common import median_step_times, objective_step  # noqa: E402
-from titan_jepa.config import load_config  # noqa: E402
-from titan_jepa.data.loader import build_dataloader  # noqa: E402
-from titan_jepa.data.tokenizer import build_tokenizer  # noqa: E402
-from titan_jepa.models.llama import build_model, model_args_for  # noqa: E402
-from titan_jepa.objectives.combined import Objective  # noqa: E402
-from titan_jepa.objectives.heads import build_heads  # noqa: E402
+from titan_jepa.config import load_config
+from titan_jepa.data.demo import make_demo_data
+from titan_jepa.data.loader import build_dataloader
+from titan_jepa.data.tokenizer import build_tokenizer
+from titan_jepa.models.llama import build_model, model_args_for
+from titan_jepa.objectives.combined import Objective
+from titan_jepa.objectives.heads import build_heads
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -44,8 +43,6 @@ def main() -> None:
     torch.manual_seed(0)
     corpus = ROOT / "demo_data" / "corpus.jsonl"
     if not corpus.exists():
-        from make_demo_data import make_demo_data
-
         make_demo_data(ROOT / "demo_data", seed=0)
     base = load_config(extra={
         "tokenizer": {"path": str(ROOT / "assets/tokenizer/tokenizer.model")},

@@ -25,16 +25,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
 
-from titan_jepa import hf_convert, weights  # noqa: E402
-from titan_jepa.config import ConfigError, load_config  # noqa: E402
-from titan_jepa.model_config import model_args_from_config  # noqa: E402
-from titan_jepa.models.llama import FLAVORS, model_args_for  # noqa: E402
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from titan_jepa import hf_convert, weights
+from titan_jepa.config import ConfigError, load_config
+from titan_jepa.dtypes import DTYPES
+from titan_jepa.model_config import model_args_from_config
+from titan_jepa.models.llama import FLAVORS, model_args_for
 # wrapper prefixes that torch.compile / activation checkpointing / DDP put in parameter names
 _WRAPPERS = ("_orig_mod.", "_checkpoint_wrapped_module.", "module.")
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+
+from titan_jepa.errors import DataError, UserError, run_main
 
 # (title, metric keys tried in order, y label, log scale)
 PANELS = [
@@ -36,7 +37,7 @@ def read_metrics(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     if not rows:
-        raise ValueError(f"{path}: no metrics rows")
+        raise DataError(f"{path}: no metrics rows")
     # a resumed run appends: keep the last row of each step
     by_step = {int(r["step"]): r for r in rows if "step" in r}
     return [by_step[s] for s in sorted(by_step)]
@@ -83,20 +84,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("metrics", nargs="+", type=Path, help="metrics.jsonl files (or run folders)")
     ap.add_argument("-o", "--out", type=Path, help="PNG path (default: metrics.png next to the first file)")
     args = ap.parse_args(argv)
-    paths = [p / "metrics.jsonl" if p.is_dir() else p for p in args.metrics]
+    print(run_main(lambda: plot_runs(args.metrics, args.out)))
+
+
+def plot_runs(metrics: list[Path], out: Path | None) -> Path:
+    paths = [p / "metrics.jsonl" if p.is_dir() else p for p in metrics]
     for p in paths:
         if not p.is_file():
-            sys.exit(f"error: {p} does not exist; pass a run's metrics.jsonl or its run folder")
+            raise DataError(f"{p} does not exist; pass a run's metrics.jsonl or its run folder")
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        sys.exit('error: plotting needs matplotlib: pip install matplotlib (or pip install -e ".[plot]")')
-    out = args.out or paths[0].with_name("metrics.png")
-    try:
-        plot(paths, out)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    print(out)
+        raise UserError('plotting needs matplotlib: pip install matplotlib (or pip install -e ".[plot]")') from None
+    return plot(paths, out or paths[0].with_name("metrics.png"))
 
 
 if __name__ == "__main__":

@@ -50,17 +50,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from sweep_report import fmt_num, write_reports  # tools/ is sys.path[0] under python tools/sweep.py
 
-from titan_jepa.config import ConfigError, load_config  # noqa: E402
-from titan_jepa.stats import mean_std, paired_t_test_one_tailed  # noqa: E402
+from titan_jepa.config import ConfigError, load_config
+from titan_jepa.errors import UserError, run_main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 BASELINE = "baseline"
 
 
-class SweepError(RuntimeError):
+class SweepError(UserError):
     """A user-facing sweep error: one line naming the fix."""
 
 
@@ -267,128 +267,6 @@ def _run_logged(cmd: list[str], log: Path, what: str, env: dict | None = None) -
         raise SweepError(f"{what} failed (exit {rc}): {tail[0]}  [full log: {log}]")
 
 
-# ---- reports ------------------------------------------------------------------------------
-def summarize(arms: list[Arm], records: list[dict]) -> list[dict]:
-    """One summary per arm: n, accuracy mean/std, loss mean, paired test against the baseline."""
-    by_arm = {arm.name: {r["seed"]: r for r in records if r["arm"] == arm.name} for arm in arms}
-    base = next((a for a in arms if a.baseline), None)
-    out = []
-    for arm in arms:
-        runs = by_arm[arm.name]
-        accs = [runs[s]["accuracy"] for s in sorted(runs)]
-        losses = [runs[s]["final_loss"] for s in sorted(runs)
-                  if runs[s].get("final_loss") is not None and math.isfinite(runs[s]["final_loss"])]
-        mean, std = mean_std(accs)
-        s = {"arm": arm.name, "overrides": arm.label, "baseline": arm.baseline, "n": len(accs),
-             "seeds": sorted(runs), "accuracy_mean": mean, "accuracy_std": std,
-             "final_loss_mean": mean_std(losses)[0], "t": None, "p": None, "n_pairs": 0}
-        if base is not None and not arm.baseline:
-            shared = sorted(set(runs) & set(by_arm[base.name]))
-            t, p = paired_t_test_one_tailed([runs[x]["accuracy"] for x in shared],
-                                            [by_arm[base.name][x]["accuracy"] for x in shared])
-            s.update(t=t, p=p, n_pairs=len(shared))
-        out.append(s)
-    return out
-
-
-def _num(x, fmt: str) -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
-
-
-def _json_safe(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_json_safe(v) for v in x]
-    return x
-
-
-def markdown_table(summary: list[dict], records: list[dict], meta: dict) -> str:
-    lines = [f"# Sweep: {meta.get('name', '')}".rstrip(), ""]
-    lines += [f"- config: `{meta.get('config', '')}`",
-              f"- seeds: {' '.join(map(str, meta.get('seeds', [])))}",
-              f"- evaluation: `{meta.get('eval_data', '')}` (scorer {meta.get('scorer', 'auto')}"
-              + (f", first {meta['eval_limit']} samples" if meta.get("eval_limit", -1) >= 0 else "") + ")",
-              ""]
-    has_base = any(s["baseline"] for s in summary)
-    lines += ["| arm | overrides | seeds | accuracy % (mean ± std) | final loss (mean) | "
-              "p (arm > baseline) | t |",
-              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
-    for s in summary:
-        acc = "—" if s["n"] == 0 else (f"{100 * s['accuracy_mean']:.2f} ± "
-                                        f"{_num(100 * s['accuracy_std'] if s['n'] > 1 else None, '.2f')}")
-        if s["baseline"] or not has_base:
-            p, t = "—", "—"
-        else:
-            p = _num(s["p"], ".4g") + (f" ({s['n_pairs']} pairs)" if s["n_pairs"] != s["n"] else "")
-            t = _num(s["t"], ".3f")
-        ovr = s["overrides"].replace("|", "\\|")
-        lines.append(f"| {s['arm']} | `{ovr}` | {s['n']} | {acc} | {_num(s['final_loss_mean'], '.4f')} | {p} | {t} |")
-    lines += ["", "Accuracy: mean over seeds ± sample standard deviation (n - 1). p: paired one-tailed "
-              "t-test over the seeds both the arm and the baseline have (H1: the arm's accuracy is "
-              "higher; scipy.stats.ttest_rel(arm, baseline, alternative='greater')); if every paired "
-              "difference is the same, p = 0 when it is positive and 1 otherwise; fewer than 2 pairs: —."]
-    if records:
-        seeds = sorted({r["seed"] for r in records})
-        lines += ["", "## Per seed (accuracy %)", "",
-                  "| arm | " + " | ".join(f"seed {x}" for x in seeds) + " |",
-                  "| --- |" + " ---: |" * len(seeds)]
-        for s in summary:
-            acc = {r["seed"]: r["accuracy"] for r in records if r["arm"] == s["arm"]}
-            lines.append(f"| {s['arm']} | " + " | ".join(
-                f"{100 * acc[x]:.2f}" if x in acc else "—" for x in seeds) + " |")
-    lines += ["", "## Command", "", "```", meta.get("command", ""), "```", ""]
-    return "\n".join(lines)
-
-
-def plot(summary: list[dict], records: list[dict], path: Path, title: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(summary) + 2), 4.5))
-    for i, s in enumerate(summary):
-        accs = [100 * r["accuracy"] for r in records if r["arm"] == s["arm"]]
-        color = "tab:gray" if s["baseline"] else "tab:blue"
-        if accs:
-            offsets = [(j - (len(accs) - 1) / 2) * 0.06 for j in range(len(accs))]
-            ax.scatter([i + o for o in offsets], accs, s=18, color=color, alpha=0.6, zorder=3)
-        if s["n"]:
-            std = 100 * s["accuracy_std"] if s["n"] > 1 else 0.0
-            ax.errorbar([i + 0.25], [100 * s["accuracy_mean"]], yerr=[std], fmt="D", color=color,
-                        capsize=5, markersize=6, zorder=4)
-        if s["p"] is not None and not math.isnan(s["p"]):
-            ax.annotate(f"p={s['p']:.3g}", (i, 1.0), xycoords=("data", "axes fraction"),
-                        xytext=(0, -12), textcoords="offset points", ha="center", fontsize=8)
-    lo, hi = ax.get_ylim()
-    ax.set_ylim(lo, hi + 0.12 * (hi - lo))  # room for the p-values above the points
-    ax.set_xticks(range(len(summary)))
-    ax.set_xticklabels([s["arm"].replace(" ", "\n") for s in summary], fontsize=8)
-    ax.set_xlim(-0.6, len(summary) - 0.4)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(title or "accuracy per seed (points) and mean ± std", fontsize=9)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def write_reports(out: Path, arms: list[Arm], records: list[dict], meta: dict) -> list[dict]:
-    summary = summarize(arms, records)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(_json_safe(
-        {**meta, "arms": [{"name": a.name, "slug": a.slug, "baseline": a.baseline,
-                           "overrides": [f"{k}={v}" for k, v in a.overrides]} for a in arms],
-         "summary": summary, "runs": records}), indent=2) + "\n")
-    (out / "results.md").write_text(markdown_table(summary, records, meta))
-    plot(summary, records, out / "results.png", title=f"{meta.get('name', '')}: accuracy per seed, mean ± std")
-    return summary
-
-
 # ---- the sweep ----------------------------------------------------------------------------
 def run_one(a: argparse.Namespace, arm: Arm, seed: int, out: Path, env: dict | None = None) -> dict:
     name = run_name(arm, seed)
@@ -418,90 +296,91 @@ def run_one(a: argparse.Namespace, arm: Arm, seed: int, out: Path, env: dict | N
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     a = parse_args(argv)
-    try:
-        if not Path(a.config).is_file():
-            raise SweepError(f"--config '{a.config}' does not exist")
-        if not a.dry_run and not Path(a.eval_data).is_file():
-            raise SweepError(f"--eval-data '{a.eval_data}' does not exist")
-        if len(set(a.seeds)) != len(a.seeds):
-            raise SweepError(f"--seeds {' '.join(map(str, a.seeds))} repeats a seed")
-        if a.nproc < 1 or a.jobs < 1:
-            raise SweepError("--nproc and --jobs must be >= 1")
-        grid = parse_grid(a.grid)
-        baseline = None if a.baseline is None else [parse_override(s, "--baseline") for s in a.baseline]
-        arms = build_arms(grid, baseline)
-        out = Path(a.out or Path("sweeps") / Path(a.config).stem)
-        runs = out / "runs"
-        check_configs(a, arms, runs)
-        command = shlex.join(["python", "tools/sweep.py", *argv])
-        meta = {"name": out.name, "config": a.config, "seeds": a.seeds, "grid": a.grid,
-                "baseline": a.baseline, "set": a.sets, "eval_data": a.eval_data, "scorer": a.scorer,
-                "eval_limit": a.eval_limit, "command": command}
-        total = len(arms) * len(a.seeds)
-        print(f"sweep {out}: {len(arms)} arm(s) x {len(a.seeds)} seed(s) = {total} run(s)", flush=True)
+    return run_main(lambda: sweep(a, argv))
+
+
+def sweep(a: argparse.Namespace, argv: list[str]) -> int:
+    """The sweep of main(): a SweepError or ConfigError becomes 'error: ...' and exit code 2."""
+    if not Path(a.config).is_file():
+        raise SweepError(f"--config '{a.config}' does not exist")
+    if not a.dry_run and not Path(a.eval_data).is_file():
+        raise SweepError(f"--eval-data '{a.eval_data}' does not exist")
+    if len(set(a.seeds)) != len(a.seeds):
+        raise SweepError(f"--seeds {' '.join(map(str, a.seeds))} repeats a seed")
+    if a.nproc < 1 or a.jobs < 1:
+        raise SweepError("--nproc and --jobs must be >= 1")
+    grid = parse_grid(a.grid)
+    baseline = None if a.baseline is None else [parse_override(s, "--baseline") for s in a.baseline]
+    arms = build_arms(grid, baseline)
+    out = Path(a.out or Path("sweeps") / Path(a.config).stem)
+    runs = out / "runs"
+    check_configs(a, arms, runs)
+    command = shlex.join(["python", "tools/sweep.py", *argv])
+    meta = {"name": out.name, "config": a.config, "seeds": a.seeds, "grid": a.grid,
+            "baseline": a.baseline, "set": a.sets, "eval_data": a.eval_data, "scorer": a.scorer,
+            "eval_limit": a.eval_limit, "command": command}
+    total = len(arms) * len(a.seeds)
+    print(f"sweep {out}: {len(arms)} arm(s) x {len(a.seeds)} seed(s) = {total} run(s)", flush=True)
+    for arm in arms:
+        print(f"  {arm.name}: {arm.label}", flush=True)
+    if a.dry_run:
         for arm in arms:
-            print(f"  {arm.name}: {arm.label}", flush=True)
-        if a.dry_run:
-            for arm in arms:
-                for seed in a.seeds:
-                    print(shlex.join(train_command(a, arm, seed, runs)))
-            print(shlex.join(eval_command(a, runs / "<run>", runs / "<run>/checkpoint/model-only/step-N",
-                                          out / "evals" / "<run>.json")))
-            return 0
-        if not a.resume:
-            existing = [run_name(arm, s) for arm in arms for s in a.seeds if (runs / run_name(arm, s)).exists()]
-            if existing:
-                raise SweepError(f"{runs / existing[0]} already exists; pass --resume to continue "
-                                 f"this sweep, or choose another --out")
-        envs = slot_envs(a.jobs, a.nproc)
-        # seed-major order: a sweep stopped early still has every arm on its first seeds
-        todo = [(arm, seed) for seed in a.seeds for arm in arms]
-        order = {(arm.name, seed): i for i, (arm, seed) in enumerate(todo)}
-        records, t_start = [], time.time()
-        lock, slots, failed = threading.Lock(), queue.Queue(), []
-        for k in range(len(envs)):
-            slots.put(k)
-
-        def work(arm: Arm, seed: int) -> None:
-            if failed:  # a run failed: start no new ones
-                return
-            slot = slots.get()
-            try:
-                t0 = time.time()
-                rec = run_one(a, arm, seed, out, envs[slot])
-            except Exception as e:  # noqa: BLE001 - reported after the runs in flight end
-                failed.append(e)
-                return
-            finally:
-                slots.put(slot)
-            with lock:
-                records.append(rec)
-                records.sort(key=lambda r: order[(r["arm"], r["seed"])])
-                note = " (resumed: already evaluated)" if rec["skipped"] else ""
-                print(f"[{len(records)}/{total}] {arm.name} seed {seed}: accuracy {rec['accuracy']:.4f} "
-                      f"({rec['correct']}/{rec['n']}), final loss {_num(rec['final_loss'], '.4f')}, "
-                      f"{time.time() - t0:.1f}s{note}", flush=True)
-                write_reports(out, arms, records, meta)
-
-        if a.jobs == 1:
-            for arm, seed in todo:
-                work(arm, seed)
-        else:
-            with ThreadPoolExecutor(a.jobs) as pool:
-                list(pool.map(lambda x: work(*x), todo))
-        if failed:
-            raise failed[0] if isinstance(failed[0], (SweepError, ConfigError)) else SweepError(repr(failed[0]))
-        summary = write_reports(out, arms, records, meta)
-        print(f"done in {time.time() - t_start:.0f}s: {out / 'results.md'}, {out / 'results.json'}, "
-              f"{out / 'results.png'}", flush=True)
-        for s in summary:
-            p = "" if s["p"] is None else f", p(> baseline) {_num(s['p'], '.4g')}"
-            print(f"  {s['arm']}: {100 * s['accuracy_mean']:.2f} ± "
-                  f"{_num(100 * s['accuracy_std'], '.2f')} % over {s['n']} seed(s){p}", flush=True)
+            for seed in a.seeds:
+                print(shlex.join(train_command(a, arm, seed, runs)))
+        print(shlex.join(eval_command(a, runs / "<run>", runs / "<run>/checkpoint/model-only/step-N",
+                                      out / "evals" / "<run>.json")))
         return 0
-    except (SweepError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if not a.resume:
+        existing = [run_name(arm, s) for arm in arms for s in a.seeds if (runs / run_name(arm, s)).exists()]
+        if existing:
+            raise SweepError(f"{runs / existing[0]} already exists; pass --resume to continue "
+                             f"this sweep, or choose another --out")
+    envs = slot_envs(a.jobs, a.nproc)
+    # seed-major order: a sweep stopped early still has every arm on its first seeds
+    todo = [(arm, seed) for seed in a.seeds for arm in arms]
+    order = {(arm.name, seed): i for i, (arm, seed) in enumerate(todo)}
+    records, t_start = [], time.time()
+    lock, slots, failed = threading.Lock(), queue.Queue(), []
+    for k in range(len(envs)):
+        slots.put(k)
+
+    def work(arm: Arm, seed: int) -> None:
+        if failed:  # a run failed: start no new ones
+            return
+        slot = slots.get()
+        try:
+            t0 = time.time()
+            rec = run_one(a, arm, seed, out, envs[slot])
+        except Exception as e:  # noqa: BLE001 - reported after the runs in flight end
+            failed.append(e)
+            return
+        finally:
+            slots.put(slot)
+        with lock:
+            records.append(rec)
+            records.sort(key=lambda r: order[(r["arm"], r["seed"])])
+            note = " (resumed: already evaluated)" if rec["skipped"] else ""
+            print(f"[{len(records)}/{total}] {arm.name} seed {seed}: accuracy {rec['accuracy']:.4f} "
+                  f"({rec['correct']}/{rec['n']}), final loss {fmt_num(rec['final_loss'], '.4f')}, "
+                  f"{time.time() - t0:.1f}s{note}", flush=True)
+            write_reports(out, arms, records, meta)
+
+    if a.jobs == 1:
+        for arm, seed in todo:
+            work(arm, seed)
+    else:
+        with ThreadPoolExecutor(a.jobs) as pool:
+            list(pool.map(lambda x: work(*x), todo))
+    if failed:
+        raise failed[0] if isinstance(failed[0], UserError) else SweepError(repr(failed[0]))
+    summary = write_reports(out, arms, records, meta)
+    print(f"done in {time.time() - t_start:.0f}s: {out / 'results.md'}, {out / 'results.json'}, "
+          f"{out / 'results.png'}", flush=True)
+    for s in summary:
+        p = "" if s["p"] is None else f", p(> baseline) {fmt_num(s['p'], '.4g')}"
+        print(f"  {s['arm']}: {100 * s['accuracy_mean']:.2f} ± "
+              f"{fmt_num(100 * s['accuracy_std'], '.2f')} % over {s['n']} seed(s){p}", flush=True)
+    return 0
 
 
 if __name__ == "__main__":

@@ -17,12 +17,10 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from titan_jepa.data.tokenizer import LLAMA3_PATTERN, write_llama3_ranks  # noqa: E402
+from titan_jepa.data.tokenizer import LLAMA3_PATTERN, write_llama3_ranks
+from titan_jepa.errors import DataError, run_main
 
 
 def iter_texts(inputs: list[str]):
@@ -36,8 +34,8 @@ def iter_texts(inputs: list[str]):
         else:
             files += sorted(Path(q) for q in glob.glob(spec))
     if not files:
-        raise SystemExit(f"no .jsonl/.txt input found in {inputs}; create demo data with "
-                         "python tools/make_demo_data.py --out demo_data")
+        raise DataError(f"no .jsonl/.txt input found in {inputs}; create demo data with "
+                        "python tools/make_demo_data.py --out demo_data")
     for f in files:
         if f.suffix == ".txt":
             yield f.read_text(encoding="utf-8")
@@ -103,7 +101,7 @@ def main() -> None:
     p.add_argument("--vocab-size", type=int, default=2048, help="base vocabulary, without the 256 specials")
     p.add_argument("--out", default="assets/tokenizer/tokenizer.model")
     a = p.parse_args()
-    ranks = train_bpe(iter_texts(a.input), a.vocab_size)
+    ranks = run_main(lambda: train_bpe(iter_texts(a.input), a.vocab_size))
     write_llama3_ranks(ranks, a.out)
     print(f"wrote {a.out}: {len(ranks)} base tokens + 256 specials = {len(ranks) + 256}")
 

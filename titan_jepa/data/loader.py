@@ -69,8 +69,6 @@ class DataLoader:
                                        dp_rank, self.bad)
             self.encode = self.views or self.encode
             self.packer = SamplePacker(t.seq_len, tokenizer.pad_id, self._next_item)
-        else:
-            raise DataError(f"data.kind = '{d.kind}' is not one of text, chat, pairs")
         self.batches = 0
         self._bad_since_epoch: int | None = None
 

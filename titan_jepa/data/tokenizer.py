@@ -25,6 +25,7 @@ import re
 from pathlib import Path
 
 from titan_jepa.data.chat_template import ChatEncoding, encode_chat
+from titan_jepa.errors import TokenizerError  # noqa: F401 (raised here, imported from here)
 
 # Llama-3's pre-tokenisation pattern.
 LLAMA3_PATTERN = (
@@ -52,10 +53,6 @@ def jepa_aliases() -> dict[str, str]:
     alias = {f"<|predictor_{k}|>": f"<|reserved_special_token_{k + 1}|>" for k in range(1, MAX_PREDICTORS + 1)}
     alias["<|mask|>"] = f"<|reserved_special_token_{MAX_PREDICTORS + 2}|>"
     return alias
-
-
-class TokenizerError(ValueError):
-    """A tokenizer file is missing or unreadable (one line naming the fix)."""
 
 
 class _Base:
@@ -225,8 +222,4 @@ def build_tokenizer(cfg) -> TikTokenizer | HFTokenizer:
             if cfg.kind == "tiktoken" else "point tokenizer.path at a Hugging Face tokenizer.json"
         )
         raise TokenizerError(f"tokenizer.path '{path}' does not exist; {hint}")
-    if cfg.kind == "tiktoken":
-        return TikTokenizer(path)
-    if cfg.kind == "hf":
-        return HFTokenizer(path)
-    raise TokenizerError(f"tokenizer.kind = '{cfg.kind}' is not one of tiktoken, hf")
+    return TikTokenizer(path) if cfg.kind == "tiktoken" else HFTokenizer(path)

@@ -37,8 +37,11 @@ from pathlib import Path
 import torch
 
 from titan_jepa.config import ConfigError, JobConfig, load_config
+from titan_jepa.dtypes import DTYPES
+from titan_jepa.errors import run_main
 from titan_jepa.eval import scorers as S
 from titan_jepa.eval.generate import greedy_generate, next_token_logits
+from titan_jepa.logs import setup_logging
 from titan_jepa.weights import load_model
 
 logger = logging.getLogger("titan_jepa")
@@ -214,7 +217,7 @@ def _device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
         raise EvalError("--device cuda: no CUDA device is available; use --device cpu")
     if dtype == "auto":
         dtype = "bfloat16" if device == "cuda" else "float32"
-    return torch.device(device), {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    return torch.device(device), DTYPES[dtype]
 
 
 def run(argv: list[str] | None = None) -> dict:
@@ -257,10 +260,5 @@ def run(argv: list[str] | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="[titan_jepa %(asctime)s] %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr)
-    try:
-        run(argv)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    setup_logging(stream=sys.stderr)
+    run_main(lambda: run(argv))

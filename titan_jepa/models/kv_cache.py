@@ -41,9 +41,6 @@ class KVCache:
         # (B, max_len): True where the slot holds a real (non-padding) token
         self.real = slots[None, :] >= self.pad_lens[:, None]
 
-    def reset(self) -> None:
-        self.length = 0
-
     def update(self, k: torch.Tensor, v: torch.Tensor):
         """k, v: (B, Hkv, q_len, D) of the new tokens -> (k_all, v_all, mask)."""
         q_len = k.shape[2]

@@ -23,7 +23,7 @@ from titan_jepa.lora import LoRALinear, is_lora_name, lora_modules
 from titan_jepa.parallel.float8 import apply_float8
 from titan_jepa.parallel.mesh import ParallelDims, device_type_for
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+from titan_jepa.dtypes import DTYPES
 
 
 def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:

@@ -1,0 +1,50 @@
+"""User-facing errors and the one way a command-line entry point reports them.
+
+Every mistake a user can fix (a bad config value, a missing data file, a tokenizer that
+lacks a token, a NaN loss) raises a subclass of ``UserError`` whose message is one line
+naming the fix. ``run_main`` turns it into ``error: <message>`` on stderr and exit code 2,
+instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+
+class UserError(Exception):
+    """A mistake the user can fix; the message is one line that names the fix."""
+
+
+class ConfigError(UserError, ValueError):
+    """A bad configuration value or command line."""
+
+
+class DataError(UserError, ValueError):
+    """Bad data or a bad data path; the message names the place and the fix."""
+
+
+class TokenizerError(UserError, ValueError):
+    """A missing or malformed tokenizer, or one without a token the run needs."""
+
+
+class TrainingError(UserError, RuntimeError):
+    """The run cannot go on (a NaN loss, for example); the message says what to change."""
+
+
+def run_main(fn: Callable[[], T], cleanup: Callable[[], None] | None = None) -> T:
+    """Run an entry point's body ``fn``: a UserError prints ``error: <message>`` to stderr
+    and exits with code 2. ``cleanup`` (e.g. destroying the process group) runs after
+    ``fn`` returns and before that exit."""
+    try:
+        result = fn()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        if cleanup is not None:
+            cleanup()
+        sys.exit(2)
+    if cleanup is not None:
+        cleanup()
+    return result
