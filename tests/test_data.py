@@ -386,7 +386,7 @@ def test_missing_path_and_all_bad(tmp_path, tok):
         build_dataloader(make_cfg(tmp_path / "nowhere.jsonl"), tok)
     p = tmp_path / "bad.jsonl"
     p.write_text('{"x": 1}\n{"y": 2}\n')
-    with pytest.raises(DataError, match="whole epoch"):
+    with pytest.raises(DataError, match="every record of batch slot 0 of 1 in a whole pass"):
         take(build_dataloader(make_cfg(p), tok), 2)
 
 

@@ -115,7 +115,7 @@ class Data:
     path: str = "demo_data/corpus.jsonl"  # a local file, folder or glob; or hf:NAME for datasets
     hf_split: str = "train"
     text_field: str = "text"
-    loss_on: str = "assistant"  # chat: "assistant" or "all" tokens
+    loss_on: str = "assistant"  # chat: "assistant", "all" tokens, or "all_but_eot" (all, no <|eot_id|> targets: the reference as it ran)
     bad_lines: str = "skip"  # "skip" (counted warning) or "fail" (file:line)
     max_sample_len: int = -1  # chat: longer samples are bad input; -1: training.seq_len
     shuffle_buffer: int = 0  # 0: files are read in order
@@ -251,7 +251,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("activation_checkpoint", "mode"): ("none", "full", "selective"),
     ("tokenizer", "kind"): ("tiktoken", "hf"),
     ("data", "kind"): ("text", "chat", "pairs"),
-    ("data", "loss_on"): ("assistant", "all"),
+    ("data", "loss_on"): ("assistant", "all", "all_but_eot"),
     ("data", "bad_lines"): ("skip", "fail"),
     ("data", "shard_by"): ("record", "file"),
     ("checkpoint", "initial_load_format"): ("dcp", "hf"),

@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from titan_jepa.checkpoint import Checkpointer
 from titan_jepa.config import ConfigError, JobConfig, config_from_argv, write_config
 from titan_jepa.data.loader import build_dataloader, count_batches
-from titan_jepa.data.sources import DataError
+from titan_jepa.data.sources import DataError, DataInterrupted
 from titan_jepa.data.tokenizer import TokenizerError, build_tokenizer
 from titan_jepa.flops import SameFlopTracker, flop_counts, training_flops
 from titan_jepa.lora import apply_lora
@@ -166,10 +166,18 @@ def train(cfg: JobConfig) -> list[float]:
     losses = []
     preempted = False
     preemption = Preemption(device)  # SIGTERM: stop after the current step with a checkpoint
+    for loader in loaders:  # ... or at once when it comes while the data loaders skip bad input
+        loader.interrupt_on(lambda: preemption.signalled)
     profiler = StepProfiler(cfg, rank, device, first_step=done_steps + 1)  # [profiling] steps
     for step in range(done_steps + 1, cfg.training.steps + 1):
         maybe_kill_for_test(step, rank, world)  # TITAN_JEPA_TEST_KILL_AT_STEP (tests only)
-        micro_batches = [next(loader).to(device) for loader in loaders]
+        try:
+            micro_batches = [next(loader).to(device) for loader in loaders]
+        except DataInterrupted:  # SIGTERM while the loaders skipped bad input
+            preempted = True
+            logger.warning(f"preempted (SIGTERM) while loading the data of step {step}: stopped after "
+                           f"step {step - 1}; nothing saved (a relaunch resumes from the last checkpoint)")
+            break
         step_metrics, flops = forward_backward(model, objective, micro_batches, dp, metrics,
                                                count_flops=step <= cfg.metrics.flop_counter_steps)
         loss = step_metrics["loss"]
