@@ -7,6 +7,8 @@ Ours -> Hugging Face (a folder LlamaForCausalLM.from_pretrained can read):
   --src is a torch.save'd model state dict (.pt), or a torch.distributed.checkpoint (DCP)
   folder; model weights are taken from keys prefixed ``model.`` or from a top-level ``model``
   dict. The vocabulary size is read from the weights when it differs from the flavor's.
+  torchtitan DCP folders load in both namings: v0.2.x's (ours: ``attention.wq``, ``output``)
+  and the later ``attention.qkv_linear.wq``, ``lm_head`` (titan_jepa/torchtitan_names.py).
 
 Hugging Face -> ours (a torch.save'd state dict with our names):
     python tools/convert_hf.py --from-hf --src hf_folder --dst model.pt
@@ -24,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from titan_jepa import hf_convert  # noqa: E402
+from titan_jepa import hf_convert, torchtitan_names  # noqa: E402
 from titan_jepa.models.llama import FLAVORS, model_args_for  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -55,7 +57,7 @@ def extract_model_state(obj) -> dict[str, torch.Tensor]:
         obj = obj["model"]
     elif any(k.startswith("model.") for k in obj) and not any(k.startswith("layers.") for k in obj):
         obj = {k[len("model."):]: v for k, v in obj.items() if k.startswith("model.")}
-    sd = {_clean(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    sd = torchtitan_names.rename_to_ours({_clean(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)})
     if not sd:
         fail("found no model tensors in the checkpoint")
     if "tok_embeddings.weight" not in sd:
