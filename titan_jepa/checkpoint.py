@@ -96,6 +96,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -492,7 +493,7 @@ class Checkpointer:
                 dcp.save(state, storage_writer=writer, no_dist=self.world == 1)
                 if self.rank == 0:
                     self._finalize(step)
-        except Exception as e:  # noqa: BLE001 -- a full disk, a lost mount, ...
+        except (Exception, CheckpointException) as e:  # noqa: BLE001 -- a full disk, a lost mount, ...
             self._save_failed(step, e)
 
     def _save_failed(self, step: int, error: BaseException) -> None:
@@ -553,7 +554,7 @@ class Checkpointer:
             future.result()
             if self.rank == 0:
                 self._finalize(step)
-        except Exception as e:  # noqa: BLE001
+        except (Exception, CheckpointException) as e:  # noqa: BLE001
             self._save_failed(step, e)
 
     def finish(self, step: int) -> None:
