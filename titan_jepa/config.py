@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import json
 import keyword
+import math
 import sys
 import tomllib
 import types
@@ -311,14 +312,17 @@ def _coerce(value: Any, typ: Any, where: str, from_cli: bool) -> Any:
                 pass
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if typ is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if from_cli:
+            number = float(value) if isinstance(value, float) or abs(value) < 2**1000 else math.inf
+        elif from_cli:
             try:
-                return float(str(value))
+                number = float(str(value))
             except ValueError:
                 pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if number is not None and math.isfinite(number):
+            return number
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
     if typ is str:
         if isinstance(value, str):
             return value
@@ -409,9 +413,11 @@ def load_config(path: str | Path | None = None, overrides: list[tuple[str, str, 
         if not path.is_file():
             raise ConfigError(f"config file '{path}' does not exist; pass --config train_configs/<name>.toml")
         try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: not valid TOML ({e})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: not valid TOML (nested too deeply)") from None
         for section, values in data.items():
             if not isinstance(values, dict):
                 raise ConfigError(f"{path}: top-level key '{section}' must be a [section]")

@@ -240,6 +240,9 @@ class FileSource(_Positioned):
                 except (json.JSONDecodeError, UnicodeDecodeError):
                     self.bad.report(where, "malformed JSON")
                     continue
+                except RecursionError:
+                    self.bad.report(where, "JSON nested too deeply")
+                    continue
                 if not isinstance(obj, dict):
                     self.bad.report(where, "not a JSON object")
                     continue
