@@ -322,7 +322,8 @@ def _coerce(value: Any, typ: Any, where: str, from_cli: bool) -> Any:
                 pass
         if number is not None and math.isfinite(number):
             return number
-        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        nonfinite = " (NaN and infinity are not allowed)" if number is not None else ""
+        raise ConfigError(f"{where}: expected a number, got {value!r}{nonfinite}")
     if typ is str:
         if isinstance(value, str):
             return value
