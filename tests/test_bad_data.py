@@ -134,7 +134,7 @@ def test_sigterm_during_data_loading_exits_cleanly(tmp_path):
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, "-m", "titan_jepa.train", "--config", str(toml)], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    log = []
+    log, t0 = [], None
     for line in proc.stdout:
         log.append(line)
         if "skipping bad input" in line:
@@ -143,6 +143,7 @@ def test_sigterm_during_data_loading_exits_cleanly(tmp_path):
             break
     rest, _ = proc.communicate(timeout=120)
     log = "".join(log) + rest
+    assert t0 is not None, log[-3000:]  # the loader did reach the bad input
     assert proc.returncode == 0, log[-3000:]
     assert time.monotonic() - t0 < 15, log[-3000:]
     assert "preempted (SIGTERM) while loading the data of step 1" in log and "nothing saved" in log, log[-3000:]

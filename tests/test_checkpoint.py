@@ -195,9 +195,12 @@ def test_manifest_lists_every_file(fsdp_run):
     assert verify_checkpoint(ckpt / "step-10") is None
 
 
-def _truncate(step):
-    f = step / "__1_0.distcp"
+def _truncate_file(f):
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+def _truncate(step):
+    _truncate_file(step / "__1_0.distcp")
 
 
 def _garbage_metadata(step):
@@ -277,3 +280,20 @@ def test_enospc_save_keeps_the_previous_checkpoint(demo_dir, tmp_path, monkeypat
     assert verify_checkpoint(ckpt / "step-2") is None
     monkeypatch.undo()
     assert len(launch(1, cfg, tmp_path)) == 2  # resumes from step 2
+
+
+def test_sizes_only_manifest(tmp_path):
+    """checkpoint.checksums = false: sizes alone (no read-back); a flipped byte then passes,
+    a truncated file does not."""
+    import torch.distributed.checkpoint as dcp
+
+    from titan_jepa.checkpoint import write_manifest
+
+    dcp.save({"w": torch.arange(1000.0)}, storage_writer=dcp.FileSystemWriter(str(tmp_path)), no_dist=True)
+    write_manifest(tmp_path, checksums=False)
+    files = json.loads((tmp_path / MANIFEST).read_text())["files"]
+    assert all(crc is None for _, crc in files.values()) and ".metadata" in files
+    _flipped_byte(tmp_path)
+    assert verify_checkpoint(tmp_path) is None
+    _truncate_file(tmp_path / "__0_0.distcp")
+    assert "__0_0.distcp has" in verify_checkpoint(tmp_path)

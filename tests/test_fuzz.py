@@ -115,14 +115,14 @@ def check_batch(b, kind):
             assert t[0] == TOK.bos_id and t[-1] == last, t.tolist()
 
 
-def run_loader(path, kind, shard_by="record", slots=1, num_epochs=1):
+def run_loader(path, kind, shard_by="record", slots=1, num_epochs=1, batches=30):
     cfg = JobConfig()
     cfg.data.path, cfg.data.kind, cfg.data.num_epochs, cfg.data.shard_by = str(path), kind, num_epochs, shard_by
     cfg.training.seq_len, cfg.training.local_batch_size = SEQ, 2
     for slot in range(slots):
         try:
             loader = build_dataloader(cfg, TOK, slot, slots)
-            for _, b in zip(range(30), loader):
+            for _, b in zip(range(batches), loader):
                 check_batch(b, kind)
         except DataError as e:
             assert "\n" not in str(e) and str(e)
@@ -148,7 +148,7 @@ def test_txt_reader(tmp_path_factory, raw):
     p = tmp_path_factory.mktemp("txt") / "x.txt"
     p.write_bytes(raw)
     with bounded():
-        run_loader(p, "text", num_epochs=-1)
+        run_loader(p, "text", num_epochs=-1, batches=4)
 
 
 # ---- the chat template ----------------------------------------------------------------------

@@ -10,6 +10,7 @@ clipped over the sharded parameters, and the optimizer and schedule step.
 
 SIGTERM (preemption): the step in progress finishes, every rank agrees to stop after it,
 a checkpoint of that step is saved and the process exits with code 0 (titan_jepa/preemption.py).
+SIGTERM while the loaders skip bad input stops at once, with nothing saved (exit code 0).
 """
 
 from __future__ import annotations
