@@ -92,6 +92,7 @@ class DataLoader:
                 if not self._any_good and self.bad.run_counts:
                     self.bad.raise_all_bad(f"all {self.num_epochs} epoch(s)")
                 return None
+            self.bad.epoch = self._epoch()  # (FileSource keeps it current itself; hf: sources do not)
             item = self.encode(*rec)
             if item is not None:
                 self.bad.mark_good()
