@@ -111,6 +111,18 @@ def test_some_good_lines_never_raise(tmp_path, tok):
     assert loader.stats()["bad_lines"]["malformed JSON"] > 0
 
 
+def test_shuffled_mostly_bad_never_raises_and_all_bad_stops(tmp_path, tok):
+    p = tmp_path / "m.jsonl"
+    p.write_text("\n".join(['{"x": 1}'] * 20 + [GOOD["text"]]) + "\n")  # bad for the encoder
+    cfg = cfg_for(p, "text", -1)
+    cfg.data.shuffle_buffer = 50  # larger than the file: records leave out of order
+    loader = build_dataloader(cfg, tok)
+    for _ in range(30):
+        next(loader)
+    p.write_text('{"x": 1}\n' * 20)
+    expect_all_bad(cfg, tok, 0, 1, p, "no text field 'text'", 20)
+
+
 def test_interrupt_while_skipping(tmp_path, tok):
     p = tmp_path / "x.jsonl"
     p.write_text("[1]\n" * 100)

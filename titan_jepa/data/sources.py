@@ -24,7 +24,8 @@ reason')`` ("fail") or counts the reason, logging a warning the first time each 
 occurs ("skip"); the counts travel in the loader state. Every report, by the reader
 (malformed JSON, not an object) or by an encoder (missing field, empty text, ...), also
 extends the current run of consecutive bad records (``mark_good`` ends it): a run that
-spans two epoch boundaries means a whole pass over the slot's files was bad, and raises
+spans two epoch boundaries (24 with a shuffle buffer, which reorders records) means a whole
+pass over the slot's files was bad, and raises
 one ``DataError`` naming the files, the counts by cause and the fix; with finite epochs
 the loader raises the same when the data ends without one good record. Reading never
 spins silently: ``BadLines.stop`` (set by the training loop) is checked at every bad
@@ -70,6 +71,10 @@ class BadLines:
         self.run_counts: dict[str, int] = {}  # causes of the current run (this process only)
         self.run_files: list[str] = []
         self.stop = None  # a callable: True once the run should stop (SIGTERM)
+        # epoch boundaries a run must span to mean "all bad": 2 when records come in file
+        # order; a shuffle buffer hands records out of order, so a run can span 2 boundaries
+        # by chance (about e^-2 with one good record per pass), and 24 makes that < 1e-9
+        self.passes = 2
 
     def report(self, where: str, reason: str) -> None:
         if self.policy == "fail":
@@ -84,7 +89,7 @@ class BadLines:
             self.run_files.append(_file_of(where))
         if self.run_epoch is None:
             self.run_epoch = self.epoch
-        elif self.epoch - self.run_epoch >= 2:
+        elif self.epoch - self.run_epoch >= self.passes:
             self.raise_all_bad("a whole pass over its data")
         if self.stop is not None and self.stop():
             raise DataInterrupted(f"SIGTERM while skipping bad input of {self.label}")
@@ -360,4 +365,6 @@ def build_source(data_cfg, dp_rank: int, dp_world: int, bad: BadLines, seed: int
     else:
         src = FileSource(resolve_files(data_cfg.path), dp_rank, dp_world, data_cfg.num_epochs, bad,
                          data_cfg.shard_by)
+    if data_cfg.shuffle_buffer > 0:
+        bad.passes = 24  # see BadLines.passes
     return ShuffleBuffer(src, data_cfg.shuffle_buffer, seed * 1000003 + dp_rank)
