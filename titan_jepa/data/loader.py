@@ -160,7 +160,7 @@ class DataLoader:
 
 
 def build_dataloader(cfg, tokenizer, dp_rank: int = 0, dp_world: int = 1) -> DataLoader:
-    """The loader of one data-parallel rank; raises DataError at once for a missing data.path."""
+    """The loader of one batch slot; raises DataError at once for a missing data.path."""
     return DataLoader(cfg, tokenizer, dp_rank, dp_world)
 
 
