@@ -1,7 +1,10 @@
 """Checkpoints: a resumed run equals the uninterrupted one (one process, FSDP, and resharded
 onto other layouts); a save killed midway leaves the last good checkpoint; keep_latest_k,
-async saves, seed / DCP / Hugging Face initial loads; one-line errors."""
+async saves, seed / DCP / Hugging Face initial loads; one-line errors; manifests: a corrupt
+newest checkpoint (of 2 FSDP ranks) falls back to the previous one, a failing save (ENOSPC)
+leaves the previous checkpoint loadable."""
 
+import errno
 import json
 import os
 import shutil
@@ -13,8 +16,10 @@ import pytest
 import torch
 from torch.distributed.checkpoint import FileSystemReader
 
+from torch.distributed.checkpoint import FileSystemWriter
+
 from helpers import ROOT, launch, tiny_config
-from titan_jepa.checkpoint import STALL_ENV, CheckpointError, complete_checkpoints
+from titan_jepa.checkpoint import MANIFEST, STALL_ENV, CheckpointError, complete_checkpoints, verify_checkpoint
 from titan_jepa.config import load_config, write_config
 
 STEPS = 10
@@ -76,10 +81,14 @@ def fsdp_run(baseline, demo_dir, tmp_path_factory):
 
 
 def test_fsdp_resume_is_exact(fsdp_run, demo_dir, tmp_path):
+    """Also the 2-rank fallback: step 10's rank-1 shard is truncated, so both ranks agree to
+    move it aside and resume from step 5."""
     run, losses = fsdp_run
-    copy_step(run, tmp_path, 5)
+    ckpt = copy_run(run, tmp_path)
+    _truncate(ckpt / "step-10")
     cfg = config(tmp_path, demo_dir, checkpoint={"enable": True, "interval": 5})
     assert launch(2, cfg, tmp_path) == losses[5:]
+    assert (ckpt / "step-10.corrupt").is_dir()
     # the resumed run's (synchronous, 2-rank) save of the last step is complete
     assert list(complete_checkpoints(tmp_path / "t" / "checkpoint")) == [5, 10]
 
@@ -253,3 +262,122 @@ def test_weights_load_is_strict_with_one_line_errors(tmp_path):
     for k, v in src.state_dict().items():
         assert torch.equal(lora.state_dict()[k], v), k
     assert torch.equal(lora.layers["0"].attention.wq.lora_a.weight, a_before)
+
+
+def copy_run(src, dst):
+    shutil.copytree(src / "t" / "checkpoint", dst / "t" / "checkpoint")
+    return dst / "t" / "checkpoint"
+
+
+# ---- integrity: manifests, corrupt checkpoints fall back, failing saves -----------------
+def test_manifest_lists_every_file(fsdp_run):
+    ckpt = fsdp_run[0] / "t" / "checkpoint"
+    files = json.loads((ckpt / "step-10" / MANIFEST).read_text())["files"]
+    assert {"__0_0.distcp", "__1_0.distcp", ".metadata", "train_state.json", "rng/rank_1.pt",
+            "dataloader/slot_1.json"} <= set(files)
+    assert all(size == (ckpt / "step-10" / rel).stat().st_size for rel, (size, _) in files.items())
+    assert verify_checkpoint(ckpt / "step-10") is None
+
+
+def _truncate_file(f):
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+def _truncate(step):
+    _truncate_file(step / "__1_0.distcp")
+
+
+def _garbage_metadata(step):
+    (step / ".metadata").write_bytes(b"\x80\x04garbage" * 10)
+
+
+def _missing(step):
+    (step / "__0_0.distcp").unlink()
+
+
+def _flipped_byte(step):
+    f = step / "__0_0.distcp"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (_truncate, "__1_0.distcp has"),
+    (_garbage_metadata, ".metadata"),
+    (_missing, "__0_0.distcp is missing"),
+    (_flipped_byte, "does not match its checksum"),
+])
+def test_corrupt_newest_falls_back(fsdp_run, demo_dir, tmp_path, capsys, damage, reason):
+    """The newest of the 2-rank FSDP checkpoints damaged: one warning, moved aside, resumed
+    from step 5 with the uninterrupted run's losses (the 2-rank resume: test_fsdp_resume_is_exact)."""
+    run, losses = fsdp_run
+    ckpt = copy_run(run, tmp_path)
+    damage(ckpt / "step-10")
+    assert reason in verify_checkpoint(ckpt / "step-10")
+    cfg = config(tmp_path, demo_dir, checkpoint={"enable": True, "interval": 5})
+    assert launch(1, cfg, tmp_path) == pytest.approx(losses[5:], rel=1e-4)
+    warnings = [x for x in capsys.readouterr().out.splitlines() if "is corrupt" in x]
+    assert len(warnings) == 1 and "step 10" in warnings[0] and "trying step 5" in warnings[0], warnings
+    assert (ckpt / "step-10.corrupt").is_dir()  # moved aside, not deleted
+    assert list(complete_checkpoints(ckpt)) == [5, 10]  # step 10 saved again by the resumed run
+
+
+def test_none_left_is_one_line(fsdp_run, demo_dir, tmp_path):
+    ckpt = copy_run(fsdp_run[0], tmp_path)
+    _missing(ckpt / "step-10")
+    _garbage_metadata(ckpt / "step-5")
+    with pytest.raises(CheckpointError) as e:
+        launch(1, config(tmp_path, demo_dir, checkpoint={"enable": True}), tmp_path)
+    msg = str(e.value)
+    assert "\n" not in msg and str(ckpt) in msg and "--checkpoint.load_step" in msg, msg
+    assert sorted(p.name for p in ckpt.iterdir()) == ["step-10.corrupt", "step-5.corrupt"]
+
+
+def test_explicit_load_step_corrupt_is_one_line(fsdp_run, demo_dir, tmp_path):
+    ckpt = copy_run(fsdp_run[0], tmp_path)
+    _truncate(ckpt / "step-5")
+    with pytest.raises(CheckpointError, match=r"load_step = 5: .* is corrupt .*--checkpoint.load_step"):
+        launch(1, config(tmp_path, demo_dir, checkpoint={"enable": True, "load_step": 5}), tmp_path)
+    assert (ckpt / "step-5").is_dir()  # asked for by name: left in place
+
+
+def test_enospc_save_keeps_the_previous_checkpoint(demo_dir, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = FileSystemWriter.write_data
+
+    def full_disk(self, plan, planner):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the save of step 4
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, plan, planner)
+
+    monkeypatch.setattr(FileSystemWriter, "write_data", full_disk)
+    cfg = config(tmp_path, demo_dir, training={"steps": 4},
+                 checkpoint={"enable": True, "interval": 2, "keep_latest_k": 0})
+    with pytest.raises(CheckpointError) as e:
+        launch(1, cfg, tmp_path)
+    msg = str(e.value)
+    assert "\n" not in msg and "step 4" in msg and "No space left" in msg and "step 2 is intact" in msg, msg
+    ckpt = tmp_path / "t" / "checkpoint"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["step-2"]
+    assert verify_checkpoint(ckpt / "step-2") is None
+    monkeypatch.undo()
+    assert len(launch(1, cfg, tmp_path)) == 2  # resumes from step 2
+
+
+def test_sizes_only_manifest(tmp_path):
+    """checkpoint.checksums = false: sizes alone (no read-back); a flipped byte then passes,
+    a truncated file does not."""
+    import torch.distributed.checkpoint as dcp
+
+    from titan_jepa.checkpoint import write_manifest
+
+    dcp.save({"w": torch.arange(1000.0)}, storage_writer=dcp.FileSystemWriter(str(tmp_path)), no_dist=True)
+    write_manifest(tmp_path, checksums=False)
+    files = json.loads((tmp_path / MANIFEST).read_text())["files"]
+    assert all(crc is None for _, crc in files.values()) and ".metadata" in files
+    _flipped_byte(tmp_path)
+    assert verify_checkpoint(tmp_path) is None
+    _truncate_file(tmp_path / "__0_0.distcp")
+    assert "__0_0.distcp has" in verify_checkpoint(tmp_path)

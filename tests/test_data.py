@@ -266,7 +266,7 @@ def test_hf_stream_resumes_from_its_own_state(monkeypatch, tmp_path, tok, world)
 # ---------------------------------------------------------------- chat
 def test_chat_packing_and_masks(demo, tok):
     lines = [json.loads(x) for x in (demo / "regex_train.jsonl").read_text().splitlines()]
-    for loss_on in ("assistant", "all"):
+    for loss_on in ("assistant", "all", "all_but_eot"):
         cfg = make_cfg(demo / "regex_train.jsonl", "chat", seq_len=128, bs=2, num_epochs=1, loss_on=loss_on)
         batches = list(build_dataloader(cfg, tok))
         k = 0
@@ -290,11 +290,30 @@ def test_chat_packing_and_masks(demo, tok):
                 targets = [i for i, t in enumerate(lab) if t != IGNORE_INDEX]
                 if loss_on == "assistant":  # targets = assistant content + its <|eot_id|>
                     assert [start + i + 1 for i in targets] == list(range(as_, ae + 1))
+                elif loss_on == "all_but_eot":  # the reference: every target but <|eot_id|>
+                    assert targets == [i for i in range(length - 1) if ids[i + 1] != tok.eot_id]
+                    assert len(targets) == length - 1 - 3  # system, user, assistant: 3 <|eot_id|>
                 else:
                     assert targets == list(range(length - 1))
                 assert lab[-1] == IGNORE_INDEX
                 k += 1
         assert k == len(lines)
+
+
+def test_loss_on_all_but_eot_is_all_without_eot_targets(tok):
+    """The LLM-JEPA reference as it ran: pad = eos = <|eot_id|>, pad-id labels -100."""
+    from titan_jepa.data.chat import ChatSamples
+    from titan_jepa.data.sources import BadLines
+
+    rec = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u1"},
+                        {"role": "assistant", "content": "a1"}, {"role": "user", "content": "u2"},
+                        {"role": "assistant", "content": "a2"}]}
+    every = ChatSamples(tok, "all", 512, BadLines("fail"))(rec, "x:1")
+    ref = ChatSamples(tok, "all_but_eot", 512, BadLines("fail"))(rec, "x:1")
+    assert ref["ids"] == every["ids"]
+    eot_targets = [i for i, t in enumerate(every["labels"]) if t == tok.eot_id]
+    assert len(eot_targets) == 5  # one per message
+    assert ref["labels"] == [IGNORE_INDEX if i in eot_targets else t for i, t in enumerate(every["labels"])]
 
 
 def test_sample_packer_multi_segment_samples(tok):
@@ -384,7 +403,7 @@ def test_missing_path_and_all_bad(tmp_path, tok):
         build_dataloader(make_cfg(tmp_path / "nowhere.jsonl"), tok)
     p = tmp_path / "bad.jsonl"
     p.write_text('{"x": 1}\n{"y": 2}\n')
-    with pytest.raises(DataError, match="whole epoch"):
+    with pytest.raises(DataError, match="every record of batch slot 0 of 1 in a whole pass"):
         take(build_dataloader(make_cfg(p), tok), 2)
 
 

@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import json
 import keyword
+import math
 import sys
 import tomllib
 import types
@@ -138,7 +139,8 @@ class Data:
     path: str = "demo_data/corpus.jsonl"  # a local file, folder or glob; or hf:NAME for datasets
     hf_split: str = "train"
     text_field: str = "text"
-    loss_on: Literal["assistant", "all"] = "assistant"  # chat: the tokens trained on
+    # chat: the tokens trained on; "all_but_eot": all, no <|eot_id|> targets (the reference as it ran)
+    loss_on: Literal["assistant", "all", "all_but_eot"] = "assistant"
     bad_lines: Literal["skip", "fail"] = "skip"  # skip: a counted warning; fail: an error naming file:line
     max_sample_len: int = -1  # chat: longer samples are bad input; -1: training.seq_len
     shuffle_buffer: int = 0  # 0: files are read in order
@@ -160,6 +162,9 @@ class Checkpoint:
     model_only_export: bool = False  # write the final model weights alone
     export_dtype: Literal["float32", "bfloat16"] = "float32"
     same_flop: bool = False  # also save at the steps whose FLOPs match a next-token run's
+    # manifest.json: each file's size and crc32 (rank 0 reads every file back once per save and
+    # the newest once on resume, about 4 s per GB); false: sizes only, no read-back
+    checksums: bool = True
 
 
 @dataclass
@@ -330,14 +335,18 @@ def _coerce(value: Any, typ: Any, where: str, from_cli: bool) -> Any:
                 pass
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if typ is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if from_cli:
+            number = float(value) if isinstance(value, float) or abs(value) < 2**1000 else math.inf
+        elif from_cli:
             try:
-                return float(str(value))
+                number = float(str(value))
             except ValueError:
                 pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if number is not None and math.isfinite(number):
+            return number
+        nonfinite = " (NaN and infinity are not allowed)" if number is not None else ""
+        raise ConfigError(f"{where}: expected a number, got {value!r}{nonfinite}")
     if typing.get_origin(typ) is Literal:
         options = typing.get_args(typ)
         if isinstance(value, str) and value in options:
@@ -450,9 +459,11 @@ def load_config(path: str | Path | None = None, overrides: list[tuple[str, str, 
         if not path.is_file():
             raise ConfigError(f"config file '{path}' does not exist; pass --config train_configs/<name>.toml")
         try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: not valid TOML ({e})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: not valid TOML (nested too deeply)") from None
         for section, values in data.items():
             if not isinstance(values, dict):
                 raise ConfigError(f"{path}: top-level key '{section}' must be a [section]")

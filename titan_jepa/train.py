@@ -20,6 +20,7 @@ sync step. The batch counts are made on the CPU by the data pipeline (data/batch
 SIGTERM (preemption): the step in progress finishes, every rank agrees to stop after it (at the
 next sync step when there are several processes), a checkpoint of that step is saved and the
 process exits with code 0 (titan_jepa/preemption.py).
+SIGTERM while the loaders skip bad input stops at once, with nothing saved (exit code 0).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from titan_jepa.checkpoint import Checkpointer
 from titan_jepa.config import ConfigError, JobConfig, config_from_argv, write_config
 from titan_jepa.data.loader import build_dataloader, count_batches
+from titan_jepa.data.sources import DataInterrupted
 from titan_jepa.data.tokenizer import build_tokenizer
 from titan_jepa.errors import TrainingError, run_main
 from titan_jepa.flops import FLOP_SLICE, SameFlopTracker, training_flops
@@ -187,11 +189,19 @@ def train(cfg: JobConfig, hooks: TrainHooks | None = None) -> list[float]:
     pending = []  # (step, global loss, global FLOP counts) as device tensors, since the last sync
     preempted = False
     preemption = Preemption(device)  # SIGTERM: stop after the current step with a checkpoint
+    for loader in loaders:  # ... or at once when it comes while the data loaders skip bad input
+        loader.interrupt_on(lambda: preemption.signalled)
     profiler = StepProfiler(cfg, rank, device, first_step=done_steps + 1)  # [profiling] steps
     for step in range(done_steps + 1, cfg.training.steps + 1):
         if hooks.on_step_start is not None:
             hooks.on_step_start(step)
-        micro_batches = [next(loader).to(device) for loader in loaders]
+        try:
+            micro_batches = [next(loader).to(device) for loader in loaders]
+        except DataInterrupted:  # SIGTERM while the loaders skipped bad input
+            preempted = True
+            logger.warning(f"preempted (SIGTERM) while loading the data of step {step}: stopped after "
+                           f"step {step - 1}; nothing saved (a relaunch resumes from the last checkpoint)")
+            break
         sums, counts, flops_counted = forward_backward(model, objective, micro_batches, dp, metrics,
                                                        count_flops=step <= cfg.metrics.flop_counter_steps)
         grad_norm = clip_grad_norm_(params, cfg.training.max_norm)

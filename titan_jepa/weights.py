@@ -38,7 +38,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
 
-from titan_jepa import hf_convert
+from titan_jepa import hf_convert, torchtitan_names
 from titan_jepa.config import ConfigError, JobConfig, Lora
 from titan_jepa.lora import apply_lora, is_lora_name, merge_lora
 from titan_jepa.model_config import model_args_from_config
@@ -124,9 +124,20 @@ def dcp_entries(path: Path) -> tuple[str, dict[str, TensorStorageMetadata]]:
     for top-level keys (torchtitan's model-only folders), optimizer entries left out."""
     md = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
     prefix = "model." if any(k.startswith("model.") for k in md) else ""
-    return prefix, {k[len(prefix):]: v for k, v in md.items()
-                    if k.startswith(prefix) and isinstance(v, TensorStorageMetadata)
-                    and not (prefix == "" and k.startswith("optimizer."))}
+    # torchtitan after v0.2 names qkv_linear.w{q,k,v} and lm_head: reported in our names
+    return prefix, torchtitan_names.rename_to_ours(
+        {k[len(prefix):]: v for k, v in md.items()
+         if k.startswith(prefix) and isinstance(v, TensorStorageMetadata)
+         and not (prefix == "" and k.startswith("optimizer."))})
+
+
+def _load_saved_names(path: Path, prefix: str, sd: dict[str, torch.Tensor], no_dist: bool) -> dict:
+    """dcp.load ``sd`` (our names) from ``path``, whose tensors may carry torchtitan's later
+    names; returns ``sd`` filled, in our names."""
+    name = torchtitan_names.to_new if torchtitan_names.dcp_naming(path) == torchtitan_names.NEW else str
+    theirs = {name(k): v for k, v in sd.items()}
+    dcp.load({"model": theirs} if prefix else theirs, checkpoint_id=str(path), no_dist=no_dist)
+    return {k: theirs[name(k)] for k in sd}
 
 
 def check_entries(saved: dict[str, tuple], want: dict[str, tuple], path: Path, what: str,
@@ -166,9 +177,8 @@ def load_dcp(model: torch.nn.Module, path: Path, what: str,
     present = check_dcp(path, model_sd, what, may_lack)
     model_sd = {k: v for k, v in model_sd.items() if k in present}
     prefix, _ = dcp_entries(path)
-    state = {"model": model_sd} if prefix else model_sd
-    dcp.load(state, checkpoint_id=str(path), no_dist=_world() == 1)
-    set_model_state_dict(model, state["model"] if prefix else state, options=StateDictOptions(strict=False))
+    model_sd = _load_saved_names(path, prefix, model_sd, no_dist=_world() == 1)
+    set_model_state_dict(model, model_sd, options=StateDictOptions(strict=False))
     return present
 
 
@@ -227,9 +237,7 @@ def read_dcp_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The model entries of a DCP folder as full CPU tensors in their saved dtypes (one process)."""
     prefix, saved = dcp_entries(path)
     sd = {k: torch.empty(tuple(v.size), dtype=v.properties.dtype) for k, v in saved.items()}
-    state = {"model": sd} if prefix else sd
-    dcp.load(state, checkpoint_id=str(path), no_dist=True)
-    return state["model"] if prefix else state
+    return _load_saved_names(path, prefix, sd, no_dist=True)
 
 
 def read_hf_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], ModelArgs]:

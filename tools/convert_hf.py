@@ -11,6 +11,8 @@ Ours -> Hugging Face (a folder LlamaForCausalLM.from_pretrained can read):
   is, in this order: --config (a run's resolved config.toml: its [model] section), --flavor
   (with the vocabulary size read from the weights), or the model_args.json every checkpoint
   and export of a run holds next to its weights; so any shape exports with no option.
+  torchtitan DCP folders load in both namings: v0.2.x's (ours: ``attention.wq``, ``output``)
+  and the later ``attention.qkv_linear.wq``, ``lm_head`` (titan_jepa/torchtitan_names.py).
 
 Hugging Face -> ours (a torch.save'd state dict with our names):
     python tools/convert_hf.py --from-hf --src hf_folder --dst model.pt
@@ -28,7 +30,7 @@ from pathlib import Path
 import torch
 
 
-from titan_jepa import hf_convert, weights
+from titan_jepa import hf_convert, torchtitan_names, weights
 from titan_jepa.config import ConfigError, load_config
 from titan_jepa.dtypes import DTYPES
 from titan_jepa.model_config import model_args_from_config
@@ -60,7 +62,7 @@ def extract_model_state(obj) -> dict[str, torch.Tensor]:
         obj = obj["model"]
     elif any(k.startswith("model.") for k in obj) and not any(k.startswith("layers.") for k in obj):
         obj = {k[len("model."):]: v for k, v in obj.items() if k.startswith("model.")}
-    sd = {_clean(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    sd = torchtitan_names.rename_to_ours({_clean(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)})
     if not sd:
         fail("found no model tensors in the checkpoint")
     if "tok_embeddings.weight" not in sd:

@@ -7,8 +7,12 @@ Llama-3 templated conversation (``chat_template.encode_chat``). Labels (already 
 - ``loss_on = "assistant"``: targets are every assistant message's content and its
   <|eot_id|>; everything else is IGNORE_INDEX.
 - ``loss_on = "all"``: every next token of the sample (system, headers, user, assistant).
-  The LLM-JEPA reference code in effect trained on this (its collator overwrote the
-  assistant-only labels), so "all" matches the paper's numbers.
+  The LLM-JEPA reference code in effect trained on all tokens (its collator overwrote the
+  assistant-only labels).
+- ``loss_on = "all_but_eot"``: "all" without the ``<|eot_id|>`` targets: the reference as
+  it ran on Llama-3 Instruct, whose pad token was its eos ``<|eot_id|>`` and whose collator
+  set every pad-id label to -100. "all" equals the reference only for a tokenizer whose pad
+  token does not occur in the text.
 
 JEPA views: Text = the last user message before the last assistant message, Code = that
 assistant message. A record may carry its own views as ``"text"`` / ``"code"`` message
@@ -85,6 +89,8 @@ class ChatSamples:
             return None
         if self.loss_on == "all":
             labels = ids[1:] + [IGNORE_INDEX]
+        elif self.loss_on == "all_but_eot":  # the reference's pad = eos = <|eot_id|>, pad labels -100
+            labels = [t if t != self.tok.eot_id else IGNORE_INDEX for t in ids[1:]] + [IGNORE_INDEX]
         else:
             m = enc.loss_mask
             labels = [t if k else IGNORE_INDEX for t, k in zip(ids[1:], m[1:])] + [IGNORE_INDEX]

@@ -44,7 +44,7 @@ class DataLoader:
         d, t = cfg.data, cfg.training
         if not 0 <= dp_rank < dp_world:
             raise DataError(f"dp_rank {dp_rank} is not in [0, {dp_world})")
-        self.kind, self.rank, self.world = d.kind, dp_rank, dp_world
+        self.kind, self.rank, self.world, self.num_epochs = d.kind, dp_rank, dp_world, d.num_epochs
         self.batch_size, self.seq_len, self.pad_id = t.local_batch_size, t.seq_len, tokenizer.pad_id
         self.bad = BadLines(d.bad_lines)
         self.views = None
@@ -70,26 +70,33 @@ class DataLoader:
             self.encode = self.views or self.encode
             self.packer = SamplePacker(t.seq_len, tokenizer.pad_id, self._next_item)
         self.batches = 0
-        self._bad_since_epoch: int | None = None
+        self._any_good = False  # whether this loader has accepted one record (or resumed past one)
 
     def _epoch(self) -> int:
         return self.source.source.state["epoch"]
 
+    def interrupt_on(self, stop) -> None:
+        """``stop()`` is checked at every bad record: once it is true, reading raises
+        ``DataInterrupted`` instead of skipping on (the training loop passes its SIGTERM flag)."""
+        self.bad.stop = stop
+
     def _next_item(self):
-        """The next encoded document/sample of this rank, skipping bad input; None at the end."""
+        """The next encoded document/sample of this slot, skipping bad input; None at the end.
+
+        A whole pass of bad records raises DataError (``BadLines.report``), and so does data
+        that ends (finite epochs) before one record was usable."""
         while True:
             rec = self.source.next()
             if rec is None:
+                if not self._any_good and self.bad.run_counts:
+                    self.bad.raise_all_bad(f"all {self.num_epochs} epoch(s)")
                 return None
+            self.bad.epoch = self._epoch()  # (FileSource keeps it current itself; hf: sources do not)
             item = self.encode(*rec)
             if item is not None:
-                self._bad_since_epoch = None
+                self.bad.mark_good()
+                self._any_good = True
                 return item
-            if self._bad_since_epoch is None:
-                self._bad_since_epoch = self._epoch()
-            elif self._epoch() - self._bad_since_epoch >= 2:
-                raise DataError(f"a whole epoch of this rank's data is bad input ({self.bad.summary()}); "
-                                "check data.path, data.kind and data.text_field")
 
     def __iter__(self):
         return self
@@ -127,14 +134,14 @@ class DataLoader:
         state = {"version": STATE_VERSION, "kind": self.kind, "dp_world": self.world,
                  "source": self.source.state_dict(), "packer": self.packer.state_dict(),
                  "bad_lines": dict(self.bad.counts), "batches": self.batches,
-                 "bad_since_epoch": self._bad_since_epoch,
+                 "bad_since_epoch": self.bad.run_epoch,
                  "views": self.views.state_dict() if self.views is not None else None}
         return {f"dp_rank_{self.rank}": json.dumps(state)}
 
     def load_state_dict(self, sd: dict) -> None:
         key = f"dp_rank_{self.rank}"
         if key not in sd:
-            raise DataError(f"data loader state has no '{key}' (saved with other data-parallel ranks: "
+            raise DataError(f"data loader state has no '{key}' (saved with other batch slots: "
                             f"{', '.join(sorted(sd))})")
         state = json.loads(sd[key]) if isinstance(sd[key], (str, bytes)) else sd[key]
         if state.get("version") != STATE_VERSION or state["kind"] != self.kind or state["dp_world"] != self.world:
@@ -144,13 +151,14 @@ class DataLoader:
         self.packer.load_state_dict(state["packer"])
         self.bad.counts = dict(state["bad_lines"])
         self.batches = state["batches"]
-        self._bad_since_epoch = state["bad_since_epoch"]
+        self.bad.run_epoch = state["bad_since_epoch"]
+        self._any_good = self.batches > 0 or self._any_good
         if self.views is not None:
             self.views.load_state_dict(state["views"])
 
 
 def build_dataloader(cfg, tokenizer, dp_rank: int = 0, dp_world: int = 1) -> DataLoader:
-    """The loader of one data-parallel rank; raises DataError at once for a missing data.path."""
+    """The loader of one batch slot; raises DataError at once for a missing data.path."""
     return DataLoader(cfg, tokenizer, dp_rank, dp_world)
 
 

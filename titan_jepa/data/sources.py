@@ -21,7 +21,15 @@ before it.
 
 Bad input (``data.bad_lines``): ``BadLines.report`` either raises ``DataError('file:line:
 reason')`` ("fail") or counts the reason, logging a warning the first time each reason
-occurs ("skip"); the counts travel in the loader state.
+occurs ("skip"); the counts travel in the loader state. Every report, by the reader
+(malformed JSON, not an object) or by an encoder (missing field, empty text, ...), also
+extends the current run of consecutive bad records (``mark_good`` ends it): a run that
+spans two epoch boundaries (24 with a shuffle buffer, which reorders records) means a whole
+pass over the slot's files was bad, and raises
+one ``DataError`` naming the files, the counts by cause and the fix; with finite epochs
+the loader raises the same when the data ends without one good record. Reading never
+spins silently: ``BadLines.stop`` (set by the training loop) is checked at every bad
+record and raises ``DataInterrupted`` once SIGTERM has arrived.
 """
 
 from __future__ import annotations
@@ -40,12 +48,29 @@ SUFFIXES = (".jsonl", ".json", ".txt", ".parquet")
 DEMO_HINT = "create demo data with: python tools/make_demo_data.py --out demo_data --seed 0"
 
 
-class BadLines:
-    """The bad-input policy and its per-reason counters."""
+class DataInterrupted(Exception):
+    """SIGTERM arrived while data loading was skipping bad input (not a user error)."""
 
-    def __init__(self, policy: str):
-        self.policy = policy
+
+def _file_of(where: str) -> str:
+    return where.rsplit(":", 1)[0] if ":" in where else where
+
+
+class BadLines:
+    """The bad-input policy, its per-reason counters and the run of consecutive bad records."""
+
+    def __init__(self, policy: str, label: str = "this batch slot"):
+        self.policy, self.label = policy, label
         self.counts: dict[str, int] = {}
+        self.epoch = 0  # the reading source's epoch (kept up to date by FileSource)
+        self.run_epoch: int | None = None  # epoch at which the current run of bad records began
+        self.run_counts: dict[str, int] = {}  # causes of the current run (this process only)
+        self.run_files: list[str] = []
+        self.stop = None  # a callable: True once the run should stop (SIGTERM)
+        # epoch boundaries a run must span to mean "all bad": 2 when records come in file
+        # order; a shuffle buffer hands records out of order, so a run can span 2 boundaries
+        # by chance (about e^-2 with one good record per pass), and 24 makes that < 1e-9
+        self.passes = 2
 
     def report(self, where: str, reason: str) -> None:
         if self.policy == "fail":
@@ -55,6 +80,26 @@ class BadLines:
         if first:
             logger.warning("skipping bad input %s: %s (further cases are counted, see loader.stats())",
                            where, reason)
+        self.run_counts[reason] = self.run_counts.get(reason, 0) + 1
+        if len(self.run_files) < 3 and _file_of(where) not in self.run_files:
+            self.run_files.append(_file_of(where))
+        if self.run_epoch is None:
+            self.run_epoch = self.epoch
+        elif self.epoch - self.run_epoch >= self.passes:
+            self.raise_all_bad("a whole pass over its data")
+        if self.stop is not None and self.stop():
+            raise DataInterrupted(f"SIGTERM while skipping bad input of {self.label}")
+
+    def mark_good(self) -> None:
+        """A record was accepted: the run of bad records ends."""
+        self.run_epoch = None
+        self.run_counts, self.run_files = {}, []
+
+    def raise_all_bad(self, what: str) -> None:
+        counts = ", ".join(f"{r}: {n}" for r, n in sorted(self.run_counts.items())) or self.summary()
+        files = ", ".join(self.run_files) or "data.path"
+        raise DataError(f"every record of {self.label} in {what} is bad input ({counts}) in {files}; "
+                        "fix or remove those lines, or check data.path, data.kind and data.text_field")
 
     def summary(self) -> str:
         return ", ".join(f"{r}: {n}" for r, n in sorted(self.counts.items())) or "none"
@@ -149,18 +194,20 @@ class FileSource(_Positioned):
                 raise DataError(f"data.shard_by = 'file' needs at least one file per batch slot: "
                                 f"{len(files)} file(s) for {dp_world} slots; split the data into more "
                                 "files or use data.shard_by = 'record'")
-            files, self.label = files[dp_rank::dp_world], f"rank {dp_rank} of {dp_world} (its files)"
+            files, self.label = files[dp_rank::dp_world], f"batch slot {dp_rank} of {dp_world} (its files)"
             dp_rank, dp_world = 0, 1  # every record of this rank's files is its own
         else:
-            self.label = f"data-parallel rank {dp_rank} of {dp_world}"
+            self.label = f"batch slot {dp_rank} of {dp_world}"
         self.files, self.rank, self.world = files, dp_rank, dp_world
         self.num_epochs, self.bad = num_epochs, bad
+        bad.label = self.label
         self.state = {"epoch": 0, "file": 0, "offset": 0, "line": 0, "record": 0}
         self._it = None
 
     def next(self):
         """The next (obj, where) of this rank, or None when the last epoch is done."""
         s = self.state
+        self.bad.epoch = s["epoch"]
         while True:
             if self.num_epochs != -1 and s["epoch"] >= self.num_epochs:
                 return None
@@ -174,8 +221,9 @@ class FileSource(_Positioned):
                 if s["file"] == len(self.files):
                     if s["record"] <= self.rank:
                         raise DataError(f"data.path: no records for {self.label} in {len(self.files)} "
-                                        "file(s); add data or use fewer ranks")
+                                        "file(s); add data or use fewer batch slots")
                     s.update(epoch=s["epoch"] + 1, file=0, record=0)
+                    self.bad.epoch = s["epoch"]
                 continue
             payload, where_line, s["offset"], s["line"] = item
             if payload is None:
@@ -190,6 +238,9 @@ class FileSource(_Positioned):
                     obj = json.loads(payload)
                 except (json.JSONDecodeError, UnicodeDecodeError):
                     self.bad.report(where, "malformed JSON")
+                    continue
+                except RecursionError:
+                    self.bad.report(where, "JSON nested too deeply")
                     continue
                 if not isinstance(obj, dict):
                     self.bad.report(where, "not a JSON object")
@@ -241,7 +292,7 @@ class HFSource(_Positioned):
             if obj is None:
                 self._it = None
                 if s["record"] == 0:
-                    raise DataError(f"{self.label}: no records for this data-parallel rank")
+                    raise DataError(f"{self.label}: no records for this batch slot; use fewer slots")
                 s.update(epoch=s["epoch"] + 1, record=0, stream=None)
                 continue
             s["record"] += 1
@@ -308,4 +359,6 @@ def build_source(data_cfg, dp_rank: int, dp_world: int, bad: BadLines, seed: int
     else:
         src = FileSource(resolve_files(data_cfg.path), dp_rank, dp_world, data_cfg.num_epochs, bad,
                          data_cfg.shard_by)
+    if data_cfg.shuffle_buffer > 0:
+        bad.passes = 24  # see BadLines.passes
     return ShuffleBuffer(src, data_cfg.shuffle_buffer, seed * 1000003 + dp_rank)

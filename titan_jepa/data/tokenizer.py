@@ -14,8 +14,17 @@ Llama-3 checkpoint needs no embedding resize::
     <|predictor_k|>  = <|reserved_special_token_{k+1}|>   k = 1..16  (reserved 2..17)
     <|mask|>         = <|reserved_special_token_18|>
 
-An HF tokenizer uses tokens with those names when it has them, else the same reserved
-names, else raises a clear error when they are asked for.
+Ids by position, not by name: an HF ``tokenizer.json`` in the Llama-3 layout (256 special
+tokens right after the base vocabulary, the first one ``<|begin_of_text|>``) gets Meta's
+names by id position (``llama3_special_names``), whatever its file calls them: Llama-3.0's
+``tokenizer.json`` names 128004/128005/128008/128010 ``<|reserved_special_token_2..5|>``
+where Meta's ``tokenizer.model`` (and Llama-3.1's json) has ``<|finetune_right_pad_id|>``,
+``<|step_id|>``, ``<|eom_id|>``, ``<|python_tag|>``, and numbers the reserved tokens after
+them differently. So both paths give the same ids for every special and JEPA token (pad
+= 128004 included) on any Llama-3 release; decoding a special id on the hf path still
+prints the file's own name. Any other HF tokenizer resolves specials by name: tokens with
+the JEPA names when it has them, else the reserved names above, else a clear error when
+they are asked for.
 """
 
 from __future__ import annotations
@@ -166,7 +175,8 @@ class TikTokenizer(_Base):
 
 
 class HFTokenizer(_Base):
-    """A Hugging Face ``tokenizer.json`` (the ``tokenizers`` library); specials found by name."""
+    """A Hugging Face ``tokenizer.json`` (the ``tokenizers`` library); specials by position in
+    the Llama-3 layout, else by name (see the module docstring)."""
 
     BOS = ("<|begin_of_text|>", "<s>", "<|startoftext|>", "<bos>")
     EOS = ("<|end_of_text|>", "</s>", "<|endoftext|>", "<eos>")
@@ -181,7 +191,13 @@ class HFTokenizer(_Base):
         except Exception as e:  # the library raises a bare Exception
             raise TokenizerError(f"{path}: not a Hugging Face tokenizer.json ({e})") from None
         self._tok.encode_special_tokens = True  # special names in text stay text
-        self.special_tokens = {t.content: i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
+        added = {i: t.content for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
+        self.num_base_tokens = n = self._tok.get_vocab_size(with_added_tokens=False)
+        self.llama3_layout = added.get(n) == "<|begin_of_text|>" and all(n + i in added for i in range(NUM_SPECIAL))
+        if self.llama3_layout:  # by position: Meta's names, whatever this file calls them
+            self.special_tokens = {name: n + i for i, name in enumerate(llama3_special_names())}
+        else:
+            self.special_tokens = {c: i for i, c in added.items()}
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         eos = self._find(self.EOS)
         if eos is None:
@@ -196,7 +212,7 @@ class HFTokenizer(_Base):
         self._finish_specials()
 
     def _find(self, names) -> int | None:
-        vocab = self._tok.get_vocab(with_added_tokens=True)
+        vocab = self.special_tokens if self.llama3_layout else self._tok.get_vocab(with_added_tokens=True)
         for n in names:
             if n in vocab:
                 return vocab[n]
