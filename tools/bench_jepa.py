@@ -31,12 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from bench_common import median_step_times, objective_step, train_step  # noqa: E402
+from bench_common import median_step_times, objective_step, packed_batch, train_step  # noqa: E402
 
 from titan_jepa.config import load_config  # noqa: E402
 from titan_jepa.data.batch import IGNORE_INDEX  # noqa: E402
-from titan_jepa.data.chat import ChatSamples, chat_extras  # noqa: E402
-from titan_jepa.data.packing import SamplePacker, collate  # noqa: E402
+from titan_jepa.data.chat import ChatSamples  # noqa: E402
 from titan_jepa.data.sources import BadLines  # noqa: E402
 from titan_jepa.data.tokenizer import build_tokenizer  # noqa: E402
 from titan_jepa.data.views import JepaViews  # noqa: E402
@@ -58,19 +57,6 @@ def load_records(n: int) -> list[dict]:
     lines = path.read_text().splitlines()[:n]
     print(f"data: {path} ({len(lines)} samples per step)")
     return [json.loads(line) for line in lines]
-
-
-def packed_batch(records, cfg, tok, seq_len, jepa: bool):
-    bad = BadLines("skip")
-    encode = ChatSamples(tok, "all", seq_len, bad)
-    if jepa:
-        encode = JepaViews(encode, cfg.jepa, tok, seq_len, seed=0, slot=0, bad=bad)
-    items = iter([encode(r, "bench") for r in records])
-    packer = SamplePacker(seq_len, tok.pad_id, lambda: next(items, None))
-    rows = list(iter(packer.next_row, None))
-    batch = collate(rows, len(rows), seq_len, tok.pad_id)
-    batch.extras = chat_extras(rows, seq_len)
-    return batch
 
 
 def reference_batch(records, cfg, tok):
