@@ -112,6 +112,17 @@ def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def json_safe(x):
+    """NaN and infinities as null, so the file is strict JSON."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    return x
+
+
 def tb_tail(e: BaseException, lines: int = 12) -> str:
     return "".join(traceback.format_exception(type(e), e, e.__traceback__)[-lines:])[-3000:]
 
@@ -135,7 +146,7 @@ class Report:
         with self.lock:
             if self.derive is not None:
                 self.derive(self.data)
-            for suffix, text in ((".json", json.dumps(self.data, indent=2, default=str) + "\n"),
+            for suffix, text in ((".json", json.dumps(json_safe(self.data), indent=2, default=str) + "\n"),
                                  (".md", self.markdown(self.data))):
                 path = self.out / f"{self.name}{suffix}"
                 tmp = path.with_suffix(suffix + ".tmp")
@@ -250,7 +261,7 @@ def run_section(report: Report, name: str, budget_s: float, fn, ctx) -> None:
     grace = 15.0  # the cooperative checks come first; the alarm only catches a stuck configuration
     use_alarm = threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGALRM")
     if use_alarm:
-        signal.signal(signal.SIGALRM, _on_alarm)
+        previous = signal.signal(signal.SIGALRM, _on_alarm)
         signal.setitimer(signal.ITIMER_REAL, budget_s + grace)
     try:
         fn(ctx, sec, Budget(budget_s), report)
@@ -265,6 +276,7 @@ def run_section(report: Report, name: str, budget_s: float, fn, ctx) -> None:
     finally:
         if use_alarm:
             signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
     if sec["status"] == "ok" and sec["configs"] and all("skipped" in c for c in sec["configs"]):
         sec["status"] = "skipped"
     sec["seconds"] = round(time.monotonic() - t0, 1)
@@ -712,10 +724,16 @@ def run_bench(args) -> Report:
     watchdog = start_hard_watchdog(report, args.hard_limit_s)
     budgets = SMOKE_BUDGETS if args.smoke else BUDGETS
     wanted = args.sections or list(SECTIONS)
-    for name in SECTIONS:
-        if name in wanted:
-            run_section(report, name, budgets[name] * args.budget_scale, SECTION_FNS[name], ctx)
-    watchdog.cancel()
+    try:
+        for name in SECTIONS:
+            if name in wanted:
+                run_section(report, name, budgets[name] * args.budget_scale, SECTION_FNS[name], ctx)
+    finally:
+        watchdog.cancel()
+        if ctx.mesh is not None:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
     report.data["finished"] = now()
     report.write()
     return report
