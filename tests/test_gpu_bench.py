@@ -86,7 +86,8 @@ def test_smoke_bench_and_repro(tmp_path, gpu_machine_imports):
 
 def test_budgets_skip_configurations_with_the_reason(tmp_path, gpu_machine_imports):
     out = tmp_path / "out"
-    gpu_bench.main(["--smoke", "--sections", "b_throughput", "--budget-scale", "0.01",
+    # 21 s in all, 20 of them kept for the report: b gets 1 s, and needs 5
+    gpu_bench.main(["--smoke", "--sections", "b_throughput", "--budget-scale", "0.01", "--hard-limit-s", "21",
                     "--out", str(out), "--work-dir", str(tmp_path / "work")])
     sec = json.loads((out / "gpu_bench.json").read_text())["sections"]["b_throughput"]
     assert sec["status"] == "skipped"
