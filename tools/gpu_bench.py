@@ -550,7 +550,9 @@ def section_throughput(ctx: Ctx, sec: dict, budget: Budget, report: Report) -> N
         plans, seqs, rounds, compile = [("1B", 70), ("3B", 110)], (8192, 4096), 5, True
     else:
         plans, seqs, rounds, compile = [("debug", 5)], (64,), 1, False
-    sec["notes"].append(f"ours: bf16 params (FSDP2 MixedPrecisionPolicy, fp32 master weights and AdamW), "
+    params = ("bf16 params (FSDP2 MixedPrecisionPolicy, fp32 master weights and AdamW)" if ctx.cuda else
+              "fp32 params (CPU smoke, see build_ours)")
+    sec["notes"].append(f"ours: {params}, "
                         f"fp32 reductions, per-block compile {compile}, selective activation checkpointing "
                         f"(every 2nd block), FSDP2 on a one-rank mesh; HF: LlamaForCausalLM all bf16 (params "
                         f"and AdamW states), sdpa, no checkpointing; one row per step, cross entropy in fp32 "
