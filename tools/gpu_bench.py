@@ -321,7 +321,7 @@ class Ctx:
         write_chat_rows(self.chat_path, 512 if not args.smoke else 48)
         self.measured_peak = None  # FLOP/s, from the env section
         self.datasheet_peak = gpu_peak_flops(torch.cuda.get_device_name(self.device)) if self.cuda else None
-        self.mesh = None
+        self.mesh, self.own_group = None, False
         self.throughput: dict[str, dict] = {}  # section b's results of ours, by flavor
 
     def sync(self) -> None:
@@ -360,6 +360,7 @@ def one_rank_mesh(ctx: Ctx):
 
     if ctx.mesh is None:
         if not dist.is_initialized():
+            ctx.own_group = True
             dist.init_process_group("nccl" if ctx.cuda else "gloo", store=dist.HashStore(), rank=0,
                                     world_size=1, **({"device_id": ctx.device} if ctx.cuda else {}))
         ctx.mesh = init_device_mesh(ctx.device.type, (1,), mesh_dim_names=("dp_shard",))
@@ -646,7 +647,7 @@ def section_jepa_overhead(ctx: Ctx, sec: dict, budget: Budget, report: Report) -
             steps, peaks = {}, {}
             for name, (cfg, _) in variants.items():
                 loss_fn = objective_loss_fn(cfg)
-                steps[name] = (lambda f=loss_fn, b=batches[name]: train_step(opt, f(model, b)))
+                steps[name] = (lambda f=loss_fn, b=batches[name], m=model, o=opt: train_step(o, f(m, b)))
                 if ctx.cuda:  # the CPU has no allocator peak to read: no extra step
                     ctx.reset_peak()
                     steps[name]()
@@ -761,7 +762,7 @@ def run_bench(args, started: float) -> Report:
             run_section(report, name, section_budget(name, nominal, args.hard_limit_s, started), SECTION_FNS[name], ctx)
     finally:
         watchdog.cancel()
-        if ctx.mesh is not None:
+        if ctx.own_group:
             import torch.distributed as dist
 
             dist.destroy_process_group()
