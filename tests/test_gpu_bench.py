@@ -55,6 +55,7 @@ def test_smoke_bench_and_repro(tmp_path, gpu_machine_imports):
     assert a["float32 fwd"]["backward"] == gpu_bench.FLEX_NO_CPU_BACKWARD
     b = {c["model"]: c for c in data["sections"]["b_throughput"]["configs"]}
     assert b["ours"]["ratio_ours_hf"] == pytest.approx(b["hf"]["step_s"] / b["ours"]["step_s"])
+    assert b["ours"]["params"] == b["hf"]["params"] > 0  # the same shape
     c = [x for x in data["sections"]["c_jepa_overhead"]["configs"] if "skipped" not in x]
     assert [x["config"] for x in c] == ["next-token", "jepa separate", "jepa shared_prefix", "jepa_ratio 0.25"]
     assert c[0]["ratio_to_ntp"] == 1.0 and all(x["backend"] == "sdpa" for x in c)

@@ -574,6 +574,7 @@ def section_throughput(ctx: Ctx, sec: dict, budget: Budget, report: Report) -> N
                 margs = model_args_for(flavor, max_seq_len=max(seq, 2048))
                 ours = build_ours(ctx, margs, compile=compile, ac="selective")
                 hf = build_hf(ctx, margs)
+                counted = {"ours": margs.num_params(), "hf": sum(p.numel() for p in hf.parameters())}
                 opts = {"ours": build_optimizer(ours, cfg, ctx.device.type),
                         "hf": torch.optim.AdamW(hf.parameters(), lr=cfg.optimizer.lr, fused=ctx.cuda)}
                 g = torch.Generator().manual_seed(0)
@@ -591,7 +592,7 @@ def section_throughput(ctx: Ctx, sec: dict, budget: Budget, report: Report) -> N
                            "mfu_measured_peak": tps * fpt / ctx.measured_peak if ctx.measured_peak else None,
                            "mfu_datasheet_peak": tps * fpt / ctx.datasheet_peak if ctx.datasheet_peak else None,
                            "ratio_ours_hf": times["hf"] / times["ours"] if who == "ours" else None,
-                           "params_m": round(margs.num_params() / 1e6, 1),
+                           "params": counted[who],
                            "peak_mem_gib": peak, "peak_mem_note": "ours and HF together (interleaved)"}
                     sec["configs"].append(rec)
                 ctx.throughput[flavor] = sec["configs"][-2]
