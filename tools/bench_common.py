@@ -1,12 +1,18 @@
-"""Shared by the step-time benchmarks (bench_jepa.py, bench_stp.py): one training step and
-interleaved timing. The machine is noisy, so variants alternate within each round, round 0
-is a warm-up, and the median per variant is kept."""
+"""Shared by the benchmarks (bench_jepa.py, bench_stp.py, gpu_bench.py): one training step,
+packed LLM-JEPA batches of a fixed set of samples, and interleaved timing. Machines are
+noisy, so variants alternate within each round, round 0 is a warm-up, and the median per
+variant is kept."""
 
 from __future__ import annotations
 
 import statistics
 import time
 from typing import Callable
+
+from titan_jepa.data.chat import ChatSamples, with_chat_fields
+from titan_jepa.data.packing import SamplePacker, collate
+from titan_jepa.data.sources import BadLines
+from titan_jepa.data.views import JepaViews
 
 
 def train_step(opt, loss) -> None:
@@ -16,20 +22,45 @@ def train_step(opt, loss) -> None:
     opt.zero_grad(set_to_none=True)
 
 
-def objective_step(model, opt, objective, batch) -> None:
-    """One training step of ``objective`` (titan_jepa.objectives.combined.Objective)."""
+def objective_loss(model, objective, batch):
+    """The loss to backpropagate of ``objective`` (titan_jepa.objectives.combined.Objective)
+    on one micro-batch that is the whole step."""
     loss, _ = objective(model, batch, batch.counts.vector())
-    train_step(opt, loss)
+    return loss
 
 
-def median_step_times(steps: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
+def objective_step(model, opt, objective, batch) -> None:
+    """One training step of ``objective`` on ``batch``."""
+    train_step(opt, objective_loss(model, objective, batch))
+
+
+def packed_batch(records, cfg, tok, seq_len: int, jepa: bool):
+    """Every record (a chat sample) packed into as many rows of ``seq_len`` as it takes, with
+    its LLM-JEPA views when ``jepa`` (cfg.jepa says which): one Batch holding all of them, so
+    every variant of a benchmark trains on the same samples per step."""
+    bad = BadLines("skip")
+    encode = ChatSamples(tok, "all", seq_len, bad)
+    if jepa:
+        encode = JepaViews(encode, cfg.jepa, tok, seq_len, seed=0, slot=0, bad=bad)
+    items = iter([encode(r, "bench") for r in records])
+    packer = SamplePacker(seq_len, tok.pad_id, lambda: next(items, None))
+    rows = list(iter(packer.next_row, None))
+    return with_chat_fields(collate(rows, len(rows), seq_len, tok.pad_id), rows)
+
+
+def median_step_times(steps: dict[str, Callable[[], None]], rounds: int,
+                      sync: Callable[[], None] | None = None) -> dict[str, float]:
     """Seconds per step of each variant: the median over ``rounds`` interleaved rounds,
-    after one warm-up round."""
+    after one warm-up round. ``sync`` (e.g. torch.cuda.synchronize) runs before and after
+    each timed step, so asynchronous device work is inside the measurement."""
+    sync = sync or (lambda: None)
     times: dict[str, list[float]] = {name: [] for name in steps}
     for r in range(rounds + 1):  # round 0 is the warm-up
         for name, step in steps.items():
+            sync()
             t0 = time.perf_counter()
             step()
+            sync()
             if r:
                 times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}

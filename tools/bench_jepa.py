@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench_common import median_step_times, objective_step, train_step  # tools/ is sys.path[0] under python tools/x.py
+from bench_common import median_step_times, objective_step, packed_batch, train_step  # tools/ is sys.path[0] under python tools/x.py
 
 from titan_jepa.config import load_config
 from titan_jepa.data.batch import IGNORE_INDEX
@@ -53,17 +53,6 @@ def load_records(n: int) -> list[dict]:
     lines = path.read_text().splitlines()[:n]
     print(f"data: {path} ({len(lines)} samples per step)")
     return [json.loads(line) for line in lines]
-
-
-def packed_batch(records, cfg, tok, seq_len, jepa: bool):
-    bad = BadLines("skip")
-    encode = ChatSamples(tok, "all", seq_len, bad)
-    if jepa:
-        encode = JepaViews(encode, cfg.jepa, tok, seq_len, seed=0, slot=0, bad=bad)
-    items = iter([encode(r, "bench") for r in records])
-    packer = SamplePacker(seq_len, tok.pad_id, lambda: next(items, None))
-    rows = list(iter(packer.next_row, None))
-    return with_chat_fields(collate(rows, len(rows), seq_len, tok.pad_id), rows)
 
 
 def reference_batch(records, cfg, tok):

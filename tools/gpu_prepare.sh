@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Prepare the one-H200 run of tools/gpu_bench.py (docs/gpu.md): copy what it needs but git
+# does not track into the git-ignored folder .gpu_carry/, check the size limit, and print
+# the device calls to make.
+#
+#   bash tools/gpu_prepare.sh [SYNTH_DIR]     # SYNTH_DIR defaults to ../shared/data/llm_jepa
+#   TORCHAO_VERSION=X.Y.Z bash tools/gpu_prepare.sh   # also download a torchao wheel into .whl/
+#
+# ../shared does not travel to the device machine: the synth files must be inside the
+# checkout, in a folder named in the call's `carry`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SRC=${1:-../shared/data/llm_jepa}
+mkdir -p .gpu_carry
+for f in synth_train.jsonl synth_test.jsonl; do
+  [ -f "$SRC/$f" ] || { echo "error: $SRC/$f not found; pass the folder holding the synth files: bash tools/gpu_prepare.sh DIR" >&2; exit 2; }
+  install -m 0644 "$SRC/$f" ".gpu_carry/$f"  # writable copies: a rerun overwrites them
+done
+git check-ignore -q .gpu_carry || { echo "error: .gpu_carry/ is not git-ignored; add it to .gitignore" >&2; exit 2; }
+carry='".gpu_carry"'
+install=""
+if [ -n "${TORCHAO_VERSION:-}" ]; then
+  # a wheel for the device machine (x86-64, CPython 3.12); it must match its torch 2.11
+  python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 -d .whl "torchao==$TORCHAO_VERSION"
+  git check-ignore -q .whl || { echo "error: .whl/ is not git-ignored; add it to .gitignore" >&2; exit 2; }
+  carry='".gpu_carry", ".whl"'
+  install='python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit; export PYTHONPATH=$PYTHONPATH:/tmp/site; '
+fi
+mib=$(du -scm .gpu_carry $( [ -d .whl ] && echo .whl ) | tail -1 | cut -f1)
+tree=$(git ls-files -z | xargs -0 du -cm 2>/dev/null | tail -1 | cut -f1)
+echo "carry: $carry, ${mib} MiB; tracked files ${tree} MiB (the device tool takes 64 MiB in all)"
+[ $((mib + tree)) -lt 64 ] || { echo "error: over the 64 MiB the device tool carries; drop the wheel" >&2; exit 2; }
+cat <<EOF
+
+First ask the device tool's status (free): go on only if can_start_another is true.
+
+1. the measurements (one call, <= 8 minutes; results in gpu_bench.json/.md/.log):
+   run(command='export PYTHONPATH=\$PWD PYTHONUNBUFFERED=1; ${install}python3 tools/gpu_bench.py --bench --out \$OUT 2>&1 | tee \$OUT/gpu_bench.log',
+       carry=[$carry], timeout_s=540)
+
+2. at once after it (the machine stays warm 30 s), the mini reproduction in what is left:
+   BUDGET = status().budget_left_s - 90 (at most 520)
+   run(command='export PYTHONPATH=\$PWD PYTHONUNBUFFERED=1; python3 tools/gpu_bench.py --repro --data-dir .gpu_carry --budget-s BUDGET --out \$OUT 2>&1 | tee \$OUT/gpu_repro.log',
+       carry=[$carry], timeout_s=BUDGET + 60)
+   then give_back().
+EOF
