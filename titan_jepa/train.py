@@ -153,9 +153,14 @@ def train(cfg: JobConfig) -> list[float]:
     scheduler = build_lr_scheduler(optimizer, cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     objective = Objective(cfg, gather=make_all_gather(dp.group) if dp.size > 1 else None, rank=dp.rank)
-    metrics = MetricsLogger(cfg.run_folder, rank, cfg.metrics.enable_tensorboard,
-                            cfg.metrics.enable_jsonl, model_args.flops_per_token(cfg.training.seq_len),
-                            device, cfg.metrics.gpu_peak_flops)
+    m = cfg.metrics
+    wandb = (dict(project=m.wandb_project, run_name=m.wandb_run_name or cfg.job.name, tags=m.wandb_tags,
+                  config=cfg.to_dict()) if m.enable_wandb else None)
+    metrics = MetricsLogger(cfg.run_folder, rank, m.enable_tensorboard, m.enable_jsonl,
+                            model_args.flops_per_token(cfg.training.seq_len), device, m.gpu_peak_flops,
+                            total_steps=cfg.training.steps,
+                            tokens_per_step=cfg.training.global_batch_size * cfg.training.seq_len,
+                            wandb=wandb)
 
     # ---- checkpoint: resume (model, optimizer, schedule, loaders, RNG) or initial load --
     same_flop = SameFlopTracker(model_args, cfg.checkpoint.interval)
