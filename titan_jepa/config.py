@@ -562,9 +562,20 @@ def _validate_tracking(cfg: JobConfig) -> None:
                               f"e.g. 'val/loss' or 'val/accuracy'")
         if not (c.enable and v.enable):
             raise ConfigError("checkpoint.keep_best needs checkpoint.enable = true and validation.enable = true")
-        if c.keep_best == "val/accuracy" and not v.eval_scorer:
-            raise ConfigError("checkpoint.keep_best = 'val/accuracy' needs validation.eval_scorer "
-                              "(the generation eval that measures it)")
+        logged = set()
+        if v.path:
+            logged |= {"val/loss", "val/batches"}
+            if cfg.jepa.enable or cfg.stp.enable:
+                logged.add("val/ntp_loss")
+            if cfg.jepa.enable:
+                logged |= {"val/jepa_loss", "val/jepa_cos", "val/jepa_frac"}
+            if cfg.stp.enable:
+                logged.add("val/stp_loss")
+        if v.eval_scorer:
+            logged.add("val/accuracy")
+        if c.keep_best not in logged:
+            raise ConfigError(f"checkpoint.keep_best = '{c.keep_best}' is not logged by this run's validation; "
+                              f"choose one of {', '.join(sorted(logged))}{_closest(c.keep_best, sorted(logged))}")
     m = cfg.metrics
     if m.enable_wandb:
         import importlib.util

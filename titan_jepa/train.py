@@ -41,6 +41,7 @@ from titan_jepa.parallel.mesh import ParallelDims, build_mesh, dp_info, init_dis
 from titan_jepa.parallel.parallelize import clip_grad_norm_, parallelize, write_sharded
 from titan_jepa.preemption import Preemption, maybe_kill_for_test
 from titan_jepa.profiling import StepProfiler
+from titan_jepa.validation import Validator
 
 logger = logging.getLogger("titan_jepa")
 
@@ -136,6 +137,8 @@ def train(cfg: JobConfig) -> list[float]:
         if cfg.training.steps == -1 or cfg.training.steps > available:
             logger.info(f"{cfg.data.num_epochs} epoch(s) of data give {available} steps; training for that many")
             cfg.training.steps = available
+    # [validation]: its own loaders over validation.path, checked here, before the model
+    validator = Validator(cfg, tokenizer, dp, model_args.max_seq_len) if cfg.validation.enable else None
 
     # ---- model: built on the meta device, parallelised, then materialised ------------
     model = build_model(model_args, device="meta")
@@ -193,6 +196,9 @@ def train(cfg: JobConfig) -> list[float]:
             metrics.log(step, {**step_metrics, "flops": training_flops(model_args, *flops[:2].tolist()),
                                "flops_vs_ntp": same_flop.ratio,
                                "grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0]})
+        if validator is not None and validator.due(step):  # every validation.freq steps and the last
+            val_metrics = metrics.log_val(step, validator.run(model, objective))
+            checkpointer.note_validation(step, val_metrics)  # checkpoint.keep_best
         checkpointer.maybe_save(step)  # every checkpoint.interval steps and at the last one
         if cfg.jepa.same_flop and same_flop_milestones:
             # this run's FLOPs now equal a next-token run's at these steps
