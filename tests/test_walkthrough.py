@@ -19,7 +19,8 @@ SMALL = ("--model.attn_backend sdpa --training.mixed_precision_param float32 --t
          "--training.global_batch_size 4 --training.local_batch_size 2 --training.seq_len 256 "
          "--optimizer.lr 1e-3 --metrics.log_freq 1 --metrics.flop_counter_steps 0 "
          "--metrics.enable_tensorboard false --validation.freq 2 --validation.steps 2 "
-         "--validation.eval_samples 4 --validation.eval_max_new_tokens 8 --checkpoint.interval 2")
+         "--validation.eval_samples 4 --validation.eval_max_new_tokens 8 --checkpoint.interval 2 "
+         "--data.num_epochs -1")
 
 
 def walkthrough_blocks() -> list[str]:

@@ -81,7 +81,8 @@ def test_wandb_offline_logs_config_and_every_step(demo_dir, tmp_path, monkeypatc
     run_dir = tmp_path / "runs"
     cfg = tiny_config(run_dir, demo_dir, training={"steps": 3},
                       metrics={"enable_wandb": True, "wandb_project": "tj-test",
-                               "wandb_run_name": "offline-check", "wandb_tags": ["ci", "tiny"]})
+                               "wandb_run_name": "offline-check", "wandb_tags": ["ci", "tiny"]},
+                      validation={"enable": True, "path": str(demo_dir / "corpus.jsonl"), "freq": 2, "steps": 1})
     losses = launch(1, cfg, tmp_path)
     run, config, history = offline_run(run_dir / "t")
     assert run.display_name == "offline-check" and list(run.tags) == ["ci", "tiny"]
@@ -89,6 +90,11 @@ def test_wandb_offline_logs_config_and_every_step(demo_dir, tmp_path, monkeypatc
     assert config["training"]["steps"] == 3 and config["metrics"]["wandb_tags"] == ["ci", "tiny"]
     rows = [json.loads(x) for x in (run_dir / "t" / "metrics.jsonl").read_text().splitlines()]
     assert sorted(history) == [1, 2, 3]
+    val = [r for r in rows if "val/loss" in r]
+    rows = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in val] == [2, 3]  # every freq steps and the last
+    for r in val:
+        assert history[r["step"]]["val/loss"] == pytest.approx(r["val/loss"], rel=1e-12)
     for row, loss in zip(rows, losses):
         logged = history[row["step"]]
         assert logged["loss"] == pytest.approx(loss, rel=1e-12)
