@@ -8,6 +8,11 @@ slot), the number of target tokens is summed over the data-parallel group, each
 micro-batch's loss is its sum over targets divided by that global count, gradients are
 clipped over the sharded parameters, and the optimizer and schedule step.
 
+Validation (``[validation]``, titan_jepa/validation.py): every validation.freq steps and at
+the last step, the same objective without gradients on held-out data (and optionally a
+generation eval), logged under ``val/``; ``checkpoint.keep_best`` keeps the best step's
+checkpoint.
+
 SIGTERM (preemption): the step in progress finishes, every rank agrees to stop after it,
 a checkpoint of that step is saved and the process exits with code 0 (titan_jepa/preemption.py).
 """
