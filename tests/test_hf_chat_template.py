@@ -146,3 +146,11 @@ def test_template_errors_are_one_line(tmp_path):
     tok = hf_tokenizer(tmp_path / "c")
     with pytest.raises(TokenizerError, match="refused the conversation"):
         tok.encode_chat([{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}])
+
+
+def test_eval_prompt_is_the_templates_generation_prompt(tmp_path):
+    from titan_jepa.eval.run import generation_prompt
+
+    tok = hf_tokenizer(tmp_path)
+    want = tok.hf_chat_template.render(MESSAGES[:-1], add_generation_prompt=True)
+    assert generation_prompt(tok, MESSAGES) == tok.encode(want, allow_special=True)

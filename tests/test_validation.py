@@ -103,3 +103,32 @@ def test_validation_errors_are_one_line(demo_dir, tmp_path):
                       validation={"enable": True, "path": str(tiny)})
     with pytest.raises(DataError, match="validation.path: no records for data-parallel rank 1 of 2"):
         launch(1, cfg, tmp_path)
+
+
+def test_keep_best_survives_keep_latest_and_resume(tmp_path):
+    import torch
+
+    from titan_jepa.checkpoint import Checkpointer
+
+    cfg = load_config(extra={"job": {"dump_folder": str(tmp_path)},
+                             "validation": {"enable": True, "path": "unused"},
+                             "checkpoint": {"enable": True, "interval": 1000, "keep_latest_k": 1,
+                                            "keep_best": "val/loss"}})
+
+    def checkpointer():
+        model = torch.nn.Linear(2, 2)
+        opt = torch.optim.AdamW(model.parameters())
+        return Checkpointer(cfg, model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), [])
+
+    ck = checkpointer()
+    for step, loss in ((1, 3.0), (2, None), (3, 1.0), (4, None), (5, 2.0)):
+        if loss is not None:
+            ck.note_validation(step, {"val/loss": loss})  # a new best saves its step
+        ck.save(step)  # a no-op where note_validation saved
+    folder = tmp_path / "run" / "checkpoint"
+    assert sorted(complete_checkpoints(folder)) == [3, 5]  # the latest, and the best beside it
+    assert json.loads((folder / "best.json").read_text())["step"] == 3
+    resumed = checkpointer()
+    assert resumed.load() == 5 and resumed.best == {"metric": "val/loss", "mode": "min", "value": 1.0, "step": 3}
+    resumed.note_validation(6, {"val/loss": 0.5})  # better: step 6 saved, step 3 pruned
+    assert sorted(complete_checkpoints(folder)) == [6]
