@@ -27,15 +27,18 @@ def chat_jepa_config(run_dir, demo_dir, **sections):
     return tiny_config(run_dir, demo_dir, **base)
 
 
-def test_validation_of_one_process_equals_fsdp_two_ranks(demo_dir, tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
+def test_validation_of_one_process_equals_fsdp_and_tp_two_ranks(demo_dir, tmp_path):
+    one, two, tp = tmp_path / "one", tmp_path / "two", tmp_path / "tp"
     launch(1, chat_jepa_config(one, demo_dir), tmp_path)
     launch(2, chat_jepa_config(two, demo_dir), tmp_path)
-    a, b = val_rows(one)[2], val_rows(two)[2]
+    # (the generation eval needs tp = 1)
+    launch(2, chat_jepa_config(tp, demo_dir, parallelism={"tp": 2}, validation={"eval_scorer": ""}), tmp_path)
+    a, b, c = val_rows(one)[2], val_rows(two)[2], val_rows(tp)[2]
     assert {"val/loss", "val/ntp_loss", "val/jepa_loss", "val/jepa_cos", "val/accuracy"} <= set(a)
-    assert a["val/batches"] == b["val/batches"] == 2
+    assert a["val/batches"] == b["val/batches"] == c["val/batches"] == 2
     for k in ("val/loss", "val/ntp_loss", "val/jepa_loss", "val/jepa_cos"):
         assert b[k] == pytest.approx(a[k], rel=1e-5), k
+        assert c[k] == pytest.approx(a[k], rel=1e-5), k
     # 3 samples over 2 ranks (shares padded to 2 each): every sample scored exactly once
     assert a["val/eval_samples"] == b["val/eval_samples"] == 3
     assert a["val/accuracy"] == b["val/accuracy"]
