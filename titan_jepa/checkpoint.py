@@ -25,6 +25,10 @@ Layout (``<ckpt>`` is ``checkpoint.folder``, relative to the run folder unless a
     <ckpt>/step-0/                    a seed checkpoint: the DCP "model." entries alone
     <ckpt>/model-only/step-<N>/       the final weights alone (checkpoint.model_only_export),
                                       in checkpoint.export_dtype
+    <ckpt>/best.json                  checkpoint.keep_best: {"metric", "mode", "value", "step"}
+                                      of the best validation so far; its step-<N> is saved
+                                      when the validation finds it and never pruned by
+                                      keep_latest_k (it goes when a better one replaces it)
 
 LoRA (``[lora]`` enabled):
   * ``save_adapters_only`` with a ``checkpoint.initial_load_path`` (the base model): the
@@ -268,6 +272,7 @@ class Checkpointer:
         self._lock = threading.Lock()
         self._finalized: set[int] = set()
         self._last_saved = -1
+        self.best: dict | None = None  # checkpoint.keep_best: {"metric", "mode", "value", "step"}
         if self.ckpt.load_step != -1 and not self.ckpt.enable:
             raise CheckpointError(f"checkpoint.load_step = {self.ckpt.load_step} needs checkpoint.enable = true")
         if self.ckpt.initial_load_path and not Path(self.ckpt.initial_load_path).exists():
@@ -371,6 +376,9 @@ class Checkpointer:
         for name, obj in self.extra.items():
             if name in train_state.get("extra", {}):
                 obj.load_state_dict(train_state["extra"][name])
+        best = train_state.get("best")
+        if self.ckpt.keep_best and best and best["metric"] == self.ckpt.keep_best:
+            self.best = best
         for loader in self.loaders:
             slot_file = path / "dataloader" / f"slot_{loader.rank}.json"
             if not slot_file.is_file():
@@ -419,6 +427,31 @@ class Checkpointer:
     def due(self, step: int) -> bool:
         """Whether ``maybe_save(step)`` saves."""
         return self.ckpt.enable and (step % self.ckpt.interval == 0 or step == self.cfg.training.steps)
+
+    def note_validation(self, step: int, values: dict[str, float]) -> None:
+        """checkpoint.keep_best: a new best value of the metric saves this step's checkpoint
+        (call it before maybe_save; every rank calls it with the same, all-reduced values)."""
+        name = self.ckpt.keep_best
+        if not (self.ckpt.enable and name):
+            return
+        if name not in values:
+            raise CheckpointError(f"checkpoint.keep_best = '{name}' is not a validation metric of this run "
+                                  f"(it logs {', '.join(sorted(values))})")
+        from titan_jepa.config import keep_best_mode
+
+        mode, value = keep_best_mode(self.ckpt), float(values[name])
+        if self.best is not None:
+            old = self.best["value"]
+            if not (value > old if mode == "max" else value < old):
+                return
+        self.best = {"metric": name, "mode": mode, "value": value, "step": step}
+        logger.info(f"step {step}: best {name} so far ({value:.4f}); keeping its checkpoint")
+        if self._last_saved == step:  # saved already (e.g. resumed at this step): only record it
+            self.wait()
+            if self.rank == 0:
+                _write(self.folder / "best.json", json.dumps(self.best).encode())
+            return
+        self.save(step)
 
     def maybe_save(self, step: int) -> None:
         """Save at every checkpoint.interval steps and at the last step (when enabled)."""
@@ -475,7 +508,8 @@ class Checkpointer:
             train_state = {"step": step, "lr_scheduler": self.scheduler.state_dict(),
                            "num_slots": self.num_slots, "world_size": self.world,
                            "model_keys": "trainable" if self.adapters_only else "all",
-                           "extra": {name: obj.state_dict() for name, obj in self.extra.items()}}
+                           "extra": {name: obj.state_dict() for name, obj in self.extra.items()},
+                           "best": self.best}
             _write(tmp / TRAIN_STATE, json.dumps(train_state).encode())
             write_model_args(tmp, self.model.args)
         for loader in self.loaders:
@@ -498,10 +532,14 @@ class Checkpointer:
             _rename_into_place(self.folder / f"step-{step}{TMP}", self.folder / f"step-{step}")
             self._finalized.add(step)
             logger.info(f"checkpoint saved: {self.folder / f'step-{step}'}")
+            best = self.best["step"] if self.best is not None else None
+            if best == step:
+                _write(self.folder / "best.json", json.dumps(self.best).encode())
             k = self.ckpt.keep_latest_k
             if k > 0:
-                for old in list(complete_checkpoints(self.folder).values())[:-k]:
-                    shutil.rmtree(old, ignore_errors=True)
+                for old_step, old in list(complete_checkpoints(self.folder).items())[:-k]:
+                    if old_step != best:  # checkpoint.keep_best's step stays beside the latest
+                        shutil.rmtree(old, ignore_errors=True)
 
     def wait(self) -> None:
         """Block until an async save in flight is written and visible."""

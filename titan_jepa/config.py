@@ -124,12 +124,21 @@ class Metrics:
     enable_jsonl: bool = True
     gpu_peak_flops: float = -1.0  # -1: look the device up in the peak-FLOPs table
     flop_counter_steps: int = 1  # also measure FLOPs with torch.utils.flop_counter for the first N steps
+    enable_wandb: bool = False  # Weights & Biases (pip install 'titan-jepa[wandb]'); WANDB_MODE=offline works
+    wandb_project: str = "titan_jepa"
+    wandb_run_name: str = ""  # "": job.name
+    wandb_tags: list[str] = field(default_factory=list)
 
 
 @dataclass
 class Tokenizer:
     kind: Literal["tiktoken", "hf"] = "tiktoken"  # Llama-3 tokenizer.model, or a Hugging Face tokenizer.json
     path: str = "assets/tokenizer/tokenizer.model"
+    # "llama3": the Llama-3 layout built on token ids (data/chat_template.py); "hf": the Jinja
+    # chat template of a tokenizer_config.json (data/hf_chat_template.py), e.g. Llama-3.2-Instruct's
+    chat_template: Literal["llama3", "hf"] = "llama3"
+    chat_template_path: str = ""  # "hf": its tokenizer_config.json; "": the one beside tokenizer.path
+    chat_template_date: str = "26 Jul 2024"  # "hf": the template's date_string ("Today Date"), fixed so data never depends on the day
 
 
 @dataclass
@@ -165,6 +174,26 @@ class Checkpoint:
     # manifest.json: each file's size and crc32 (rank 0 reads every file back once per save and
     # the newest once on resume, about 4 s per GB); false: sizes only, no read-back
     checksums: bool = True
+    # "val/<metric>" (e.g. "val/loss", "val/accuracy"): the checkpoint of the step with the best
+    # value is saved and kept beside the latest keep_latest_k ones (<ckpt>/best.json names it)
+    keep_best: str = ""
+    keep_best_mode: Literal["auto", "max", "min"] = "auto"  # "auto" (max for accuracy-like names, else min), "max" or "min"
+
+
+@dataclass
+class Validation:
+    """Held-out loss (and optional generation eval) every ``freq`` steps and at the last step."""
+
+    enable: bool = False
+    path: str = ""  # a file, folder, glob or hf:NAME, read as [data] (kind, text_field, ...) is
+    hf_split: str = "validation"  # hf: datasets only
+    freq: int = 100  # steps
+    steps: int = -1  # global batches per validation; -1: the whole set (one pass)
+    eval_scorer: str = ""  # generation eval: "" (off), "auto" or a scorer of titan_jepa/eval/scorers.py
+    eval_path: str = ""  # its {"messages": [...]} test lines; "": validation.path
+    eval_samples: int = 32  # the first N lines, shared out over the data-parallel ranks
+    eval_max_new_tokens: int = 64
+    eval_batch_size: int = 8  # prompts per generate call on one rank
 
 
 @dataclass
@@ -256,6 +285,7 @@ class JobConfig:
     tokenizer: Tokenizer = field(default_factory=Tokenizer)
     data: Data = field(default_factory=Data)
     checkpoint: Checkpoint = field(default_factory=Checkpoint)
+    validation: Validation = field(default_factory=Validation)
     jepa: Jepa = field(default_factory=Jepa)
     stp: Stp = field(default_factory=Stp)
     profiling: Profiling = field(default_factory=Profiling)
@@ -566,9 +596,73 @@ def validate(cfg: JobConfig) -> None:
             raise ConfigError("stp.mode = 'random_span_mask' adds its own views; disable jepa.enable or pick another mode")
     if cfg.checkpoint.keep_latest_k < 0:
         raise ConfigError("checkpoint.keep_latest_k must be >= 0 (0 keeps all)")
+    _validate_tracking(cfg)
     pr = cfg.profiling
     if pr.enable_profiling and (min(pr.profile_steps, default=1) < 1 or pr.start_step < 1 or pr.active_steps < 1):
         raise ConfigError("profiling.profile_steps, start_step and active_steps must be >= 1 (steps count from 1)")
+
+
+def _validate_tracking(cfg: JobConfig) -> None:
+    """[validation], checkpoint.keep_best, wandb."""
+    from titan_jepa.eval.scorers import SCORERS
+
+    v = cfg.validation
+    if v.enable:
+        if not v.path and not (v.eval_scorer and v.eval_path):
+            raise ConfigError("validation.enable needs validation.path (held-out data: a file, folder, "
+                              "glob or hf:NAME)")
+        if v.freq <= 0:
+            raise ConfigError(f"validation.freq = {v.freq} must be positive (steps)")
+        if v.steps == 0 or v.steps < -1:
+            raise ConfigError(f"validation.steps = {v.steps} must be positive, or -1 for the whole set")
+        if v.eval_scorer:
+            if v.eval_scorer not in ("auto",) + SCORERS or v.eval_scorer in ("hellaswag", "spider"):
+                gen = [s for s in SCORERS if s not in ("hellaswag", "spider")]
+                raise ConfigError(f"validation.eval_scorer = '{v.eval_scorer}' is not one of auto, "
+                                  f"{', '.join(gen)} (hellaswag and spider: run python -m titan_jepa.eval)")
+            if v.eval_samples <= 0 or v.eval_max_new_tokens <= 0 or v.eval_batch_size <= 0:
+                raise ConfigError("validation.eval_samples, eval_max_new_tokens and eval_batch_size must be positive")
+            if cfg.parallelism.tp > 1:
+                raise ConfigError("validation.eval_scorer (generation in the loop) needs parallelism.tp = 1; "
+                                  "evaluate TP runs' checkpoints with python -m titan_jepa.eval")
+    c = cfg.checkpoint
+    if c.keep_best:
+        if not c.keep_best.startswith("val/"):
+            raise ConfigError(f"checkpoint.keep_best = '{c.keep_best}' must name a validation metric, "
+                              f"e.g. 'val/loss' or 'val/accuracy'")
+        if not (c.enable and v.enable):
+            raise ConfigError("checkpoint.keep_best needs checkpoint.enable = true and validation.enable = true")
+        logged = set()
+        if v.path:
+            logged |= {"val/loss", "val/batches"}
+            if cfg.jepa.enable or cfg.stp.enable:
+                logged.add("val/ntp_loss")
+            if cfg.jepa.enable:
+                logged |= {"val/jepa_loss", "val/jepa_cos", "val/jepa_frac"}
+            if cfg.stp.enable:
+                logged.add("val/stp_loss")
+        if v.eval_scorer:
+            logged.add("val/accuracy")
+        if c.keep_best not in logged:
+            raise ConfigError(f"checkpoint.keep_best = '{c.keep_best}' is not logged by this run's validation; "
+                              f"choose one of {', '.join(sorted(logged))}{_closest(c.keep_best, sorted(logged))}")
+    m = cfg.metrics
+    if m.enable_wandb:
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise ConfigError("metrics.enable_wandb needs the wandb package: pip install 'titan-jepa[wandb]' "
+                              "(or set metrics.enable_wandb = false)")
+        if not m.wandb_project:
+            raise ConfigError("metrics.wandb_project must not be empty")
+
+
+def keep_best_mode(c: Checkpoint) -> str:
+    """"max" or "min" for checkpoint.keep_best (auto: max for accuracy-like names)."""
+    if c.keep_best_mode != "auto":
+        return c.keep_best_mode
+    name = c.keep_best.lower()
+    return "max" if any(w in name for w in ("acc", "cos", "score", "match")) else "min"
 
 
 def write_config(cfg: JobConfig, folder: Path) -> Path:

@@ -21,6 +21,11 @@ SIGTERM (preemption): the step in progress finishes, every rank agrees to stop a
 next sync step when there are several processes), a checkpoint of that step is saved and the
 process exits with code 0 (titan_jepa/preemption.py).
 SIGTERM while the loaders skip bad input stops at once, with nothing saved (exit code 0).
+
+Validation (``[validation]``, titan_jepa/validation.py): every validation.freq steps and at
+the last step, the same objective without gradients on held-out data (and optionally a
+generation eval), logged under ``val/``; ``checkpoint.keep_best`` keeps the best step's
+checkpoint.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ from titan_jepa.parallel.mesh import ParallelDims, build_mesh, dp_info, init_dis
 from titan_jepa.parallel.parallelize import clip_grad_norm_, parallelize, parallelize_heads, write_sharded
 from titan_jepa.preemption import Preemption
 from titan_jepa.profiling import StepProfiler
+from titan_jepa.validation import Validator
 
 logger = logging.getLogger("titan_jepa")
 
@@ -155,6 +161,8 @@ def train(cfg: JobConfig, hooks: TrainHooks | None = None) -> list[float]:
             cfg.training.steps = available
             if rank == 0:  # the run folder's config records the steps actually trained
                 write_config(cfg, cfg.run_folder)
+    # [validation]: its own loaders over validation.path, checked here, before the model
+    validator = Validator(cfg, tokenizer, dp, model_args.max_seq_len) if cfg.validation.enable else None
 
     # ---- model: built on the meta device, parallelised, then materialised ------------
     model = build_model(model_args, device="meta")
@@ -174,9 +182,14 @@ def train(cfg: JobConfig, hooks: TrainHooks | None = None) -> list[float]:
     scheduler = build_lr_scheduler(optimizer, cfg)
     params = [p for m in (model, heads) if m is not None for p in m.parameters() if p.requires_grad]
     objective = Objective(cfg, heads, gather=make_all_gather(dp.group) if dp.size > 1 else None, rank=dp.rank)
-    metrics = MetricsLogger(cfg.run_folder, rank, cfg.metrics.enable_tensorboard,
-                            cfg.metrics.enable_jsonl, model_args.flops_per_token(cfg.training.seq_len),
-                            device, cfg.metrics.gpu_peak_flops)
+    m = cfg.metrics
+    wandb = (dict(project=m.wandb_project, run_name=m.wandb_run_name or cfg.job.name, tags=m.wandb_tags,
+                  config=cfg.to_dict()) if m.enable_wandb else None)
+    metrics = MetricsLogger(cfg.run_folder, rank, m.enable_tensorboard, m.enable_jsonl,
+                            model_args.flops_per_token(cfg.training.seq_len), device, m.gpu_peak_flops,
+                            total_steps=cfg.training.steps,
+                            tokens_per_step=cfg.training.global_batch_size * cfg.training.seq_len,
+                            wandb=wandb)
 
     # ---- checkpoint: resume (model, optimizer, schedule, loaders, RNG) or initial load --
     same_flop = SameFlopTracker(model_args, cfg.checkpoint.interval)
@@ -213,7 +226,8 @@ def train(cfg: JobConfig, hooks: TrainHooks | None = None) -> list[float]:
 
         # ---- sync steps: the only place the host reads device numbers ----
         log_step = step % cfg.metrics.log_freq == 0 or step == cfg.training.steps
-        sync = log_step or checkpointer.due(step) or (
+        validate = validator is not None and validator.due(step)  # every validation.freq steps and the last
+        sync = log_step or validate or checkpointer.due(step) or (
             cfg.metrics.sync_every > 0 and step % cfg.metrics.sync_every == 0)
         last = step == cfg.training.steps
         # one process: the SIGTERM flag is a plain read, checked every step
@@ -227,6 +241,9 @@ def train(cfg: JobConfig, hooks: TrainHooks | None = None) -> list[float]:
                                "flops": training_flops(model_args, *step_flops[:2]),
                                "flops_vs_ntp": same_flop.ratio,
                                "grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0]})
+        if validate:
+            val_metrics = metrics.log_val(step, validator.run(model, objective))
+            checkpointer.note_validation(step, val_metrics)  # checkpoint.keep_best
         checkpointer.maybe_save(step)  # every checkpoint.interval steps and at the last one
         if cfg.checkpoint.same_flop and milestones:
             # this run's FLOPs now equal a next-token run's at these steps (found at this sync step)

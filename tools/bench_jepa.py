@@ -30,9 +30,8 @@ from bench_common import median_step_times, objective_step, packed_batch, train_
 
 from titan_jepa.config import load_config
 from titan_jepa.data.batch import IGNORE_INDEX
-from titan_jepa.data.chat import ChatSamples, with_chat_fields
+from titan_jepa.data.chat import ChatSamples
 from titan_jepa.data.demo import make_demo_data
-from titan_jepa.data.packing import SamplePacker, collate
 from titan_jepa.data.sources import BadLines
 from titan_jepa.data.tokenizer import build_tokenizer
 from titan_jepa.data.views import JepaViews

@@ -38,8 +38,12 @@ def read_metrics(path: Path) -> list[dict]:
             continue
     if not rows:
         raise DataError(f"{path}: no metrics rows")
-    # a resumed run appends: keep the last row of each step
-    by_step = {int(r["step"]): r for r in rows if "step" in r}
+    # a resumed run appends: keep the last value of each step; validation rows (val/...)
+    # of a step join its training row
+    by_step: dict[int, dict] = {}
+    for r in rows:
+        if "step" in r:
+            by_step.setdefault(int(r["step"]), {}).update(r)
     return [by_step[s] for s in sorted(by_step)]
 
 

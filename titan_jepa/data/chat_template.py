@@ -9,6 +9,10 @@ Each message's content is stripped (as Meta's reference and the Hugging Face tem
 and tokenised on its own, so the content tokens of every message form one contiguous span
 ``[start, end)`` of ``ids``. "\\n\\n" is tokenised separately as well; with the Llama-3
 pre-tokeniser this gives the same ids as tokenising the joined string.
+
+``tokenizer.chat_template = "hf"`` replaces this layout by a tokenizer_config.json's Jinja
+template (data/hf_chat_template.py; the tokenizer then carries it as ``hf_chat_template``):
+``encode_chat`` and ``view_affixes`` dispatch to it and return the same fields.
 """
 
 from __future__ import annotations
@@ -46,12 +50,10 @@ def encode_chat(tok, messages: list[dict]) -> ChatEncoding:
     ``tok`` provides ``encode``, ``bos_id``, ``eot_id`` and ``special_tokens``. When a
     header special token is missing (some HF tokenizers), its literal text is encoded.
     """
-    sp = tok.special_tokens
-
-    def special(name: str) -> list[int]:
-        return [sp[name]] if name in sp else tok.encode(name)
-
-    start_h, end_h = special("<|start_header_id|>"), special("<|end_header_id|>")
+    hf = getattr(tok, "hf_chat_template", None)
+    if hf is not None:
+        return hf.encode(tok, messages)
+    start_h, end_h = _header_tokens(tok)
     nl2 = tok.encode("\n\n")
     ids: list[int] = [tok.bos_id]
     mask: list[int] = [0]
@@ -66,7 +68,31 @@ def encode_chat(tok, messages: list[dict]) -> ChatEncoding:
         ids += body
         mask += [1 if role == "assistant" else 0] * len(body)
         spans.append((role, start, start + len(body) - 1))
-    enc = ChatEncoding(ids=ids, loss_mask=mask, spans=spans)
+    return last_turn_spans(ChatEncoding(ids=ids, loss_mask=mask, spans=spans))
+
+
+def _header_tokens(tok) -> tuple[list[int], list[int]]:
+    sp = tok.special_tokens
+
+    def special(name: str) -> list[int]:
+        return [sp[name]] if name in sp else tok.encode(name)
+
+    return special("<|start_header_id|>"), special("<|end_header_id|>")
+
+
+def view_affixes(tok, role: str) -> tuple[list[int], list[int]]:
+    """(ids before, ids after) the content of a JEPA view of ``role`` (data/views.py):
+    <bos> + the role's header, and <|eot_id|>; or the HF template's one-message rendering."""
+    hf = getattr(tok, "hf_chat_template", None)
+    if hf is not None:
+        return hf.view_affixes(tok, role)
+    start_h, end_h = _header_tokens(tok)
+    return [tok.bos_id, *start_h, *tok.encode(role), *end_h, *tok.encode("\n\n")], [tok.eot_id]
+
+
+def last_turn_spans(enc: ChatEncoding) -> ChatEncoding:
+    """Fill user_span / assistant_span / text_ids / code_ids from ``enc.spans``."""
+    ids, spans = enc.ids, enc.spans
     last_a = max((i for i, s in enumerate(spans) if s[0] == "assistant"), default=None)
     if last_a is not None:
         enc.assistant_span = spans[last_a][1:]

@@ -2,7 +2,8 @@
 
 Both expose ``encode(text, bos=False, eos=False)``, ``decode(ids)``, ``vocab_size`` (with
 specials), ``bos_id``, ``eos_id`` (<|end_of_text|>), ``eot_id`` (<|eot_id|>), ``pad_id``,
-``special_tokens`` (name -> id), ``encode_chat(messages)`` (the Llama-3 chat template),
+``special_tokens`` (name -> id), ``encode_chat(messages)`` (the Llama-3 chat template, or with
+``tokenizer.chat_template = "hf"`` a tokenizer_config.json's, data/hf_chat_template.py),
 ``predictor_token_ids(k)`` and ``mask_id`` (the JEPA tokens).
 
 Text is always encoded as ordinary text: a special token's name inside a document is not
@@ -238,4 +239,7 @@ def build_tokenizer(cfg) -> TikTokenizer | HFTokenizer:
             if cfg.kind == "tiktoken" else "point tokenizer.path at a Hugging Face tokenizer.json"
         )
         raise TokenizerError(f"tokenizer.path '{path}' does not exist; {hint}")
-    return TikTokenizer(path) if cfg.kind == "tiktoken" else HFTokenizer(path)
+    from titan_jepa.data.hf_chat_template import attach_chat_template
+
+    # tokenizer.chat_template = "hf": encode_chat renders the tokenizer_config.json's template
+    return attach_chat_template(TikTokenizer(path) if cfg.kind == "tiktoken" else HFTokenizer(path), cfg)

@@ -9,6 +9,10 @@ segments of one row:
     [full: <bos> system user assistant]  [Text: <bos> user-header text pred_1..pred_k <eot>]
     [Code: <bos> assistant-header code <eot>]
 
+With ``tokenizer.chat_template = "hf"`` a view is the template's rendering of a one-message
+conversation of its role (Llama-3.2-Instruct's adds its system header with the dates first),
+as the reference's ``apply_chat_template([message])`` gave; the indices follow the same rules.
+
 ``views = "shared_prefix"``: Text is not re-encoded. The k predictor tokens form a small
 segment whose positions continue after the user content of the full sequence and which
 also attends to that prefix (system + user, through ``context_segment``/``context_len``),
@@ -34,6 +38,7 @@ from __future__ import annotations
 import random
 
 from titan_jepa.data.batch import IGNORE_INDEX
+from titan_jepa.data.chat_template import view_affixes
 
 
 class JepaViews:
@@ -41,12 +46,9 @@ class JepaViews:
         self.samples, self.cfg, self.tok = samples, jepa_cfg, tokenizer
         self.seq_len, self.seed, self.slot, self.bad = seq_len, seed, slot, bad
         self.preds = tokenizer.predictor_token_ids(jepa_cfg.k) if jepa_cfg.k > 0 else []
-        sp = tokenizer.special_tokens
-        self._header = {
-            role: [tokenizer.bos_id, sp["<|start_header_id|>"], *tokenizer.encode(role),
-                   sp["<|end_header_id|>"], *tokenizer.encode("\n\n")]
-            for role in ("user", "assistant")
-        }
+        # (ids before, ids after) a view's content: <bos> + header and <|eot_id|> in the
+        # Llama-3 layout, or the tokenizer.chat_template = "hf" template's own rendering
+        self._affixes = {role: view_affixes(tokenizer, role) for role in ("user", "assistant")}
         self.counter = 0
 
     # -- state (the counter is all the randomness there is) ----------------------------
@@ -68,8 +70,8 @@ class JepaViews:
         if self.cfg.view_template == "plain":
             ids, last = list(content), len(content) - 1
         else:
-            head = self._header[role]
-            ids, last = head + content + [self.tok.eot_id], len(head) + len(content) - 1
+            head, tail = self._affixes[role]
+            ids, last = head + content + tail, len(head) + len(content) - 1
         if self.cfg.last_token < 0:
             last = len(ids) + self.cfg.last_token
         return ids, last
