@@ -511,7 +511,8 @@ class Checkpointer:
                            "extra": {name: obj.state_dict() for name, obj in self.extra.items()},
                            "best": self.best}
             _write(tmp / TRAIN_STATE, json.dumps(train_state).encode())
-            write_model_args(tmp, self.model.args)
+            if hasattr(self.model, "args"):  # a Transformer (tests drive bare modules too)
+                write_model_args(tmp, self.model.args)
         for loader in self.loaders:
             _write(tmp / "dataloader" / f"slot_{loader.rank}.json", json.dumps(loader.state_dict()).encode())
         rng = {"torch": torch.get_rng_state(), "python": random.getstate(),

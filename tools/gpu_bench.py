@@ -345,7 +345,7 @@ def free_memory(device: torch.device) -> None:
 
 def write_chat_rows(path: Path, n: int) -> None:
     """``n`` generated NL-to-regex chat samples shaped like synth (tools/make_demo_data.py)."""
-    from make_demo_data import regex_sample
+    from titan_jepa.data.demo import regex_sample
 
     rng = random.Random(0)
     path.write_text("".join(json.dumps(regex_sample(rng)) + "\n" for _ in range(n)))
