@@ -41,12 +41,12 @@ class _PlainLoss(TorchFunctionMode):
         return out
 
 
+@contextlib.contextmanager
 def loss_context(model: nn.Module):
     """The context for one micro-batch's forward AND backward (torchtitan's train context):
     loss parallel when the model's logits are vocab-sharded (tp > 1), else a no-op."""
     if not vocab_parallel(model):
-        return contextlib.nullcontext()
-    stack = contextlib.ExitStack()
-    stack.enter_context(loss_parallel())
-    stack.enter_context(_PlainLoss())
-    return stack
+        yield
+        return
+    with loss_parallel(), _PlainLoss():
+        yield
