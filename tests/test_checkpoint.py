@@ -210,6 +210,7 @@ def test_stp_predictor_is_a_head_saved_resumed_and_never_exported(demo_dir, tmp_
     for f in old.glob("*.distcp"):
         f.unlink()
     (old / ".metadata").unlink()
+    (old / "manifest.json").unlink()  # as a checkpoint written before manifests existed
     torch.save(state, tmp_path / "state.pt")
     torch_save_to_dcp(str(tmp_path / "state.pt"), str(old))
     assert "model.stp_predictor.weight" in FileSystemReader(str(old)).read_metadata().state_dict_metadata

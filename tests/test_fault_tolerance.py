@@ -5,6 +5,7 @@ through a torchrun agent; parallelism.comm_timeout_s reaches the process group."
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -107,7 +108,7 @@ def test_sigterm_to_torchrun_agent_saves_on_every_rank(demo_dir, tmp_path):
     try:
         for line in proc.stdout:  # once training runs, terminate the agent (not the workers)
             out.append(line)
-            if "step      2" in line:
+            if re.search(r"\bstep +2/", line):  # the console line of step 2: "step 2/200 (1%) ..."
                 proc.send_signal(signal.SIGTERM)
                 break
         out.extend(proc.stdout)

@@ -168,7 +168,9 @@ def train(cfg: JobConfig, hooks: TrainHooks | None = None) -> list[float]:
     model = build_model(model_args, device="meta")
     apply_lora(model, cfg.lora)  # [lora]: adapters on the meta model, the rest frozen
     heads = build_heads(cfg, model_args.dim)  # [stp] linear_predictor: the objective's, trained with the model
-    logger.info(f"model {cfg.model.flavor}: {model_args.num_params() / 1e6:,.1f}M parameters")
+    a = model_args
+    logger.info(f"model {cfg.model.flavor or 'from [model]'} (dim {a.dim}, {a.n_layers} layers, {a.n_heads}/"
+                f"{a.n_kv_heads} heads, vocab {a.vocab_size}): {a.num_params() / 1e6:,.1f}M parameters")
     parallelize(model, dims, mesh, cfg)
     model.to_empty(device=device)
     model.init_weights(seed=cfg.job.seed, buffer_device=device, write=write_sharded)

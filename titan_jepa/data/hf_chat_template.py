@@ -33,7 +33,7 @@ from datetime import datetime
 from pathlib import Path
 
 from titan_jepa.data.chat_template import ChatEncoding, last_turn_spans
-from titan_jepa.data.tokenizer import TokenizerError
+from titan_jepa.errors import TokenizerError
 
 OPEN, CLOSE = "\ue000", "\ue001"
 
