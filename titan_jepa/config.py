@@ -81,6 +81,12 @@ class Parallelism:
     tp: int = 1  # tensor (and sequence) parallel degree
     fsdp_reshard_after_forward: str = "default"  # "default", "always" or "never"
     comm_timeout_s: int = 600
+    # pipeline parallelism (titan_jepa/parallel/pipeline.py)
+    pp: int = 1  # pipeline degree: the layers are split over pp stage groups
+    pp_schedule: str = "1F1B"  # "1F1B", "GPipe", "Interleaved1F1B", "InterleavedZeroBubble", "ZBVZeroBubble"
+    pp_microbatches: int = -1  # micro-batches per step; -1: global_batch / (local_batch x dp)
+    pp_stages_per_rank: int = 1  # virtual stages per pp rank (interleaved and ZBV schedules: >= 2)
+    pp_layers_per_stage: list[int] = field(default_factory=list)  # layers of each stage; empty: even split
 
 
 @dataclass
@@ -248,6 +254,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("optimizer", "implementation"): ("auto", "foreach", "fused", "for-loop"),
     ("lr_scheduler", "decay_type"): ("linear", "cosine", "wsd", "constant"),
     ("parallelism", "fsdp_reshard_after_forward"): ("default", "always", "never"),
+    ("parallelism", "pp_schedule"): ("1F1B", "GPipe", "Interleaved1F1B", "InterleavedZeroBubble", "ZBVZeroBubble"),
     ("activation_checkpoint", "mode"): ("none", "full", "selective"),
     ("tokenizer", "kind"): ("tiktoken", "hf"),
     ("data", "kind"): ("text", "chat", "pairs"),
@@ -458,6 +465,20 @@ def validate(cfg: JobConfig) -> None:
     p = cfg.parallelism
     if p.dp_replicate < 1 or p.tp < 1 or (p.dp_shard < 1 and p.dp_shard != -1):
         raise ConfigError("parallelism degrees must be >= 1 (dp_shard may be -1: the rest of the world size)")
+    if p.pp < 1 or p.pp_stages_per_rank < 1:
+        raise ConfigError("parallelism.pp and parallelism.pp_stages_per_rank must be >= 1")
+    if p.pp_microbatches < 1 and p.pp_microbatches != -1:
+        raise ConfigError("parallelism.pp_microbatches must be >= 1, or -1 (one per local batch of the step)")
+    if p.pp > 1:
+        # the schedules' own constraints on virtual stages
+        multi = p.pp_schedule in ("Interleaved1F1B", "InterleavedZeroBubble", "ZBVZeroBubble")
+        if not multi and p.pp_stages_per_rank != 1:
+            raise ConfigError(f"parallelism.pp_schedule = '{p.pp_schedule}' runs one stage per rank; set "
+                              f"pp_stages_per_rank = 1 or use 'Interleaved1F1B' for virtual stages")
+        if p.pp_schedule == "ZBVZeroBubble" and p.pp_stages_per_rank != 2:
+            raise ConfigError("parallelism.pp_schedule = 'ZBVZeroBubble' needs pp_stages_per_rank = 2 (a V of stages)")
+        if any(n < 1 for n in p.pp_layers_per_stage):
+            raise ConfigError("parallelism.pp_layers_per_stage entries must be >= 1")
     if cfg.checkpoint.interval <= 0:
         raise ConfigError("checkpoint.interval must be positive")
     j = cfg.jepa

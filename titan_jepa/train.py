@@ -39,6 +39,7 @@ from titan_jepa.optim import build_lr_scheduler, build_optimizer
 from titan_jepa.parallel.collectives import make_all_gather
 from titan_jepa.parallel.mesh import ParallelDims, build_mesh, dp_info, init_distributed
 from titan_jepa.parallel.parallelize import clip_grad_norm_, parallelize, write_sharded
+from titan_jepa.parallel.pipeline import PipelinedModel, build_pipeline
 from titan_jepa.preemption import Preemption, maybe_kill_for_test
 from titan_jepa.profiling import StepProfiler
 
@@ -71,9 +72,10 @@ def setup_logging(rank: int) -> None:
 
 
 def forward_backward(model, objective: Objective, micro_batches: list, dp, metrics: MetricsLogger,
-                     count_flops: bool) -> tuple[dict[str, float], torch.Tensor]:
+                     count_flops: bool, pipeline: PipelinedModel | None = None) -> tuple[dict[str, float], torch.Tensor]:
     """Forward and backward over the step's micro-batches; returns the global step metrics
-    and the global FLOP counts (see flops.py)."""
+    and the global FLOP counts (see flops.py). With ``pipeline`` (pp > 1) its schedule runs
+    the micro-batches through the stages and the objective runs on the last stage."""
     device = micro_batches[0].tokens.device
     # each loss term is a sum over its items (target tokens, JEPA samples, STP spans)
     # divided by the number of items summed over the micro-batches and the dp group; the
@@ -85,13 +87,20 @@ def forward_backward(model, objective: Objective, micro_batches: list, dp, metri
     sums = torch.zeros(len(SUMS), dtype=torch.float64, device=device)
     flop_counter = FlopCounterMode(display=False) if count_flops else None
     with flop_counter or contextlib.nullcontext():
-        for mb in micro_batches:
-            mb_loss, mb_sums = objective(model, mb, counts)
-            # FSDP averages gradients over the dp ranks; scaling by dp.size makes the
-            # result the gradient of the global loss
-            (mb_loss * dp.size).backward()
-            sums += mb_sums
-            metrics.count_tokens(mb.tokens.numel())
+        if pipeline is not None:  # pp > 1: the schedule runs the micro-batches through the stages
+            def loss_fn(outputs, mb):  # on the last stage, from its (logits, final normed hidden)
+                mb_loss, mb_sums = objective(pipeline.outputs(outputs), mb, counts)
+                return mb_loss * dp.size, mb_sums  # scaled as below
+            pipeline.step(micro_batches, loss_fn, sums)
+        else:
+            for mb in micro_batches:
+                mb_loss, mb_sums = objective(model, mb, counts)
+                # FSDP averages gradients over the dp ranks; scaling by dp.size makes the
+                # result the gradient of the global loss
+                (mb_loss * dp.size).backward()
+                sums += mb_sums
+    for mb in micro_batches:
+        metrics.count_tokens(mb.tokens.numel())
     step_metrics = objective.metrics(dp.all_reduce_sum(sums), counts)
     if flop_counter is not None:
         # every rank counted its own share (a tp rank a slice of each matmul)
@@ -119,7 +128,7 @@ def train(cfg: JobConfig) -> list[float]:
         torch.use_deterministic_algorithms(True)
     if rank == 0:
         write_config(cfg, cfg.run_folder)
-    logger.info(f"world {world} on {device.type}: dp_replicate {dims.dp_replicate} x dp_shard "
+    logger.info(f"world {world} on {device.type}: pp {dims.pp} x dp_replicate {dims.dp_replicate} x dp_shard "
                 f"{dims.dp_shard} x tp {dims.tp}; gradient accumulation {grad_accum}")
 
     # ---- data: one loader per batch slot, so data order ignores the layout ------------
@@ -143,7 +152,11 @@ def train(cfg: JobConfig) -> list[float]:
     if cfg.stp.enable and cfg.stp.linear_predictor:
         attach_predictor(model, model_args.dim)  # [stp]: trained with the model
     logger.info(f"model {cfg.model.flavor}: {model_args.num_params() / 1e6:,.1f}M parameters")
-    parallelize(model, dims, mesh, cfg)
+    pipeline = None
+    if dims.pp > 1:  # [parallelism] pp: keep this rank's stages, parallelised, and their schedule
+        pipeline = build_pipeline(model, dims, mesh, cfg, device)
+    else:
+        parallelize(model, dims, mesh, cfg)
     model.to_empty(device=device)
     model.init_weights(seed=cfg.job.seed, buffer_device=device, write=write_sharded)
     init_predictor(model, write=write_sharded)
@@ -171,12 +184,16 @@ def train(cfg: JobConfig) -> list[float]:
         maybe_kill_for_test(step, rank, world)  # TITAN_JEPA_TEST_KILL_AT_STEP (tests only)
         micro_batches = [next(loader).to(device) for loader in loaders]
         step_metrics, flops = forward_backward(model, objective, micro_batches, dp, metrics,
-                                               count_flops=step <= cfg.metrics.flop_counter_steps)
+                                               count_flops=step <= cfg.metrics.flop_counter_steps,
+                                               pipeline=pipeline)
         loss = step_metrics["loss"]
         if not math.isfinite(loss):
             raise TrainingError(f"step {step}: loss is {loss}; lower optimizer.lr, check "
                                 f"the data, or keep training.max_norm > 0")
-        grad_norm = clip_grad_norm_(params, cfg.training.max_norm)
+        if pipeline is not None:  # the norm over every stage
+            grad_norm = pipeline.clip_grad_norm_(cfg.training.max_norm)
+        else:
+            grad_norm = clip_grad_norm_(params, cfg.training.max_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
