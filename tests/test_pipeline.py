@@ -1,24 +1,146 @@
-"""Pipeline parallelism (titan_jepa/parallel/pipeline.py) on gloo equals one process: next-token,
-LLM-JEPA, STP with its linear predictor, interleaved virtual stages, PP x FSDP and PP x TP."""
+"""Pipeline parallelism (titan_jepa/parallel/pipeline.py) on gloo equals one process at the
+same global batch: next-token, LLM-JEPA (separate and shared_prefix), STP with its linear
+predictor, interleaved virtual stages, PP x FSDP2 and PP x TP; gradient norm and clipping;
+the initial weights; DCP checkpoints across layouts; the one-line config errors."""
+
+import json
 
 import pytest
+import torch
 
 from helpers import launch, tiny_config
+from titan_jepa.config import ConfigError, load_config
+from titan_jepa.models.llama import build_model, model_args_for
+from titan_jepa.parallel.mesh import ParallelDims
+from titan_jepa.parallel.pipeline import _prune, stage_layers, stages_of_rank
+
+pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 
 
 def _cfg(tmp_path, demo_dir, **sections):
-    # global batch 8 = 4 micro-batches of 2 rows: 4 >= pp stages, a multiple of pp = 2
-    sections.setdefault("training", {})
-    sections["training"] = {"local_batch_size": 2, **sections["training"]}
+    # global batch 8 = 4 micro-batches of 2 rows (>= pp and a multiple of it); max_norm 0.5
+    # is below the debug model's gradient norms (~1), so clipping is active at every step
+    sections["training"] = {"local_batch_size": 2, "max_norm": 0.5, **sections.get("training", {})}
     return tiny_config(tmp_path, demo_dir, **sections)
 
 
+def _grad_norms(tmp_path) -> list[float]:
+    lines = (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["grad_norm"] for line in lines]
+
+
 @pytest.fixture(scope="module")
-def single_losses(demo_dir, tmp_path_factory):
+def single(demo_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("single")
-    return launch(1, _cfg(tmp, demo_dir), tmp)
+    return launch(1, _cfg(tmp, demo_dir), tmp), _grad_norms(tmp)
 
 
-def test_pp2_1f1b_equals_one(single_losses, demo_dir, tmp_path):
+def test_pp2_1f1b_equals_one_with_grad_norm_and_clipping(single, demo_dir, tmp_path):
     losses = launch(2, _cfg(tmp_path, demo_dir, parallelism={"pp": 2}), tmp_path)
-    assert losses == pytest.approx(single_losses, rel=1e-4)
+    assert losses == pytest.approx(single[0], rel=1e-4)
+    assert _grad_norms(tmp_path) == pytest.approx(single[1], rel=1e-4)
+    assert min(single[1]) > 0.5  # clipped at every step
+
+
+@pytest.mark.parametrize("world,parallelism", [
+    (2, {"pp": 2, "pp_schedule": "Interleaved1F1B", "pp_stages_per_rank": 2}),  # 4 stages of 1 layer
+    (2, {"pp": 2, "pp_schedule": "ZBVZeroBubble", "pp_stages_per_rank": 2}),  # zero bubble, a V of stages
+    (4, {"pp": 2, "dp_shard": 2}),
+    (4, {"pp": 2, "tp": 2}),
+], ids=["interleaved-v2", "zbv", "pp2-fsdp2", "pp2-tp2"])
+def test_layouts_equal_one(single, demo_dir, tmp_path, world, parallelism):
+    losses = launch(world, _cfg(tmp_path, demo_dir, parallelism=parallelism), tmp_path)
+    assert losses == pytest.approx(single[0], rel=1e-4)
+    assert _grad_norms(tmp_path) == pytest.approx(single[1], rel=1e-4)
+
+
+CHAT = {"kind": "chat", "loss_on": "all"}
+
+
+@pytest.mark.parametrize("sections", [
+    {"jepa": {"enable": True, "views": "separate", "distance": "cosine", "jepa_ratio": 0.7}},
+    {"jepa": {"enable": True, "views": "shared_prefix", "distance": "cosine", "jepa_ratio": 0.7}},
+    {"stp": {"enable": True, "mode": "random_span", "lambda": 0.5, "linear_predictor": True}},
+], ids=["jepa-separate", "jepa-shared_prefix", "stp-linear_predictor"])
+def test_objectives_on_the_last_stage_equal_one(demo_dir, tmp_path, sections):
+    data = {**CHAT, "path": str(demo_dir / "regex_train.jsonl")} if "jepa" in sections else {}
+    seq = 256 if "jepa" in sections else 64  # room for both views of a chat sample
+    cfg = _cfg(tmp_path, demo_dir, data=data, training={"seq_len": seq, "steps": 3}, **sections)
+    one = launch(1, cfg, tmp_path)
+    pp = launch(2, dict(cfg, parallelism={"pp": 2}, job=dict(cfg["job"], dump_folder=str(tmp_path / "pp"))),
+                tmp_path)
+    assert pp == pytest.approx(one, rel=1e-4)
+
+
+def test_pruned_stages_initialise_as_one_process():
+    """Each rank's pruned model draws exactly the 1-process weights under the same names."""
+    args = model_args_for("debug")
+    full = build_model(args, "cpu")
+    full.init_weights(seed=3)
+    whole = full.state_dict()
+    seen = set()
+    for pp_rank in range(2):
+        mine = stages_of_rank(pp_rank, 2, 2, "Interleaved1F1B")  # stages {0, 2} and {1, 3}
+        layers = stage_layers(args.n_layers, 4)
+        part = build_model(args, "meta")
+        _prune(part, {i for s in mine for i in layers[s]}, 0 in mine, 3 in mine)
+        part.to_empty(device="cpu")
+        part.init_weights(seed=3)
+        for k, v in part.state_dict().items():
+            assert torch.equal(v, whole[k]), k
+            seen.add(k)
+    assert seen == set(whole)  # every weight on exactly the stages that own it
+    assert stages_of_rank(0, 2, 2, "ZBVZeroBubble") == [0, 3]
+
+
+def test_checkpoints_across_layouts(demo_dir, tmp_path):
+    """A PP=2 save resumes exactly at PP=2, at one process and at FSDP 2; an FSDP 2 save
+    resumes at PP=2 (the 5-step losses after the resumed step equal the uninterrupted run's)."""
+    ckpt = {"enable": True, "interval": 3}
+
+    def run(world, name, parallelism=None, load_step=-1):
+        cfg = _cfg(tmp_path, demo_dir, checkpoint={**ckpt, "load_step": load_step},
+                   parallelism=parallelism or {})
+        cfg["job"]["name"] = name
+        return launch(world, cfg, tmp_path)
+
+    pp = {"pp": 2}
+    full = run(2, "pp", pp)  # saves steps 3 and 5
+    for name, world, layout in (("one", 1, {}), ("fsdp2", 2, {"dp_shard": 2}), ("pp2", 2, pp)):
+        name = f"from-pp-to-{name}"
+        (tmp_path / name / "checkpoint").mkdir(parents=True)
+        (tmp_path / name / "checkpoint" / "step-3").symlink_to(tmp_path / "pp" / "checkpoint" / "step-3")
+        assert run(world, name, layout, load_step=3) == pytest.approx(full[3:], rel=1e-4), layout
+    fsdp = run(2, "fsdp", {"dp_shard": 2})
+    (tmp_path / "from-fsdp" / "checkpoint").mkdir(parents=True)
+    (tmp_path / "from-fsdp" / "checkpoint" / "step-3").symlink_to(tmp_path / "fsdp" / "checkpoint" / "step-3")
+    assert run(2, "from-fsdp", pp, load_step=3) == pytest.approx(fsdp[3:], rel=1e-4)
+
+
+@pytest.mark.parametrize("parallelism,world,match", [
+    ({"pp": 2}, 3, "world size 3 is not divisible"),
+    ({"pp": 2, "dp_shard": 2}, 2, "= 4 but the world size is 2"),
+    ({"pp": 3}, 3, "4 layers do not split evenly"),
+    ({"pp": 2, "pp_layers_per_stage": [3, 2]}, 2, "summing to the model's 4 layers"),
+    ({"pp": 2, "pp_microbatches": 8}, 2, "pp_microbatches=8 but a step has"),
+    ({"pp": 4, "pp_layers_per_stage": [1, 1, 1, 1]}, 4, "needs at least pp = 4 micro-batches"),
+    ({"pp": 2, "pp_schedule": "Interleaved1F1B", "pp_stages_per_rank": 4}, 2, "do not split evenly over"),
+    ({"pp": 2, "pp_schedule": "1F1B", "pp_stages_per_rank": 2}, 2, "runs one stage per rank"),
+    ({"pp": 2, "pp_schedule": "ZBVZeroBubble"}, 2, "needs pp_stages_per_rank = 2"),
+    ({"pp": 2, "pp_schedule": "1f1b"}, 2, "did you mean '1F1B'"),
+], ids=lambda x: str(x))
+def test_config_errors_are_one_line(demo_dir, tmp_path, parallelism, world, match):
+    """Checked before any process group or model exists."""
+    cfg_dict = tiny_config(tmp_path, demo_dir, parallelism=parallelism,
+                           training={"local_batch_size": 4})  # 2 micro-batches per dp rank
+    with pytest.raises(ConfigError, match=match) as e:
+        cfg = load_config(extra=cfg_dict)
+        dims = ParallelDims.from_config(cfg, world)
+        dims.check(cfg, model_args_for("debug"))
+    assert "\n" not in str(e.value)
+
+
+def test_tied_embeddings_refused_under_pp(demo_dir, tmp_path):
+    cfg = load_config(extra=tiny_config(tmp_path, demo_dir, parallelism={"pp": 2}, training={"local_batch_size": 2}))
+    with pytest.raises(ConfigError, match="ties the embedding"):
+        ParallelDims.from_config(cfg, 2).check(cfg, model_args_for("small"))

@@ -172,10 +172,13 @@ def trainable_keys(model: torch.nn.Module) -> set[str]:
     return {_clean_fqn(n) for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _check_model_matches(path: Path, model_sd: dict, what: str, base_only: bool = False) -> tuple[str, set]:
+def _check_model_matches(path: Path, model_sd: dict, what: str, base_only: bool = False,
+                         stage_part: bool = False) -> tuple[str, set]:
     """Compare the checkpoint's model entries with the model; returns their key prefix
     ("model." for ours, "" for model-only DCP folders with top-level keys, as torchtitan's)
-    and the model keys the checkpoint holds. ``base_only``: it may lack LoRA adapters."""
+    and the model keys the checkpoint holds. ``base_only``: it may lack LoRA adapters.
+    ``stage_part``: the model is this rank's pipeline stages (parallelism.pp > 1), so the
+    checkpoint's other entries belong to other stages."""
     md = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
     prefix = "model." if any(k.startswith("model.") for k in md) else ""
     saved = {k[len(prefix):]: tuple(v.size) for k, v in md.items()
@@ -184,7 +187,7 @@ def _check_model_matches(path: Path, model_sd: dict, what: str, base_only: bool 
         saved = {k: v for k, v in saved.items() if not k.startswith("optimizer.")}
     want = {k: tuple(v.shape) for k, v in model_sd.items()}
     missing = [k for k in want if k not in saved and not (base_only and is_adapter(k))]
-    unexpected = [k for k in saved if k not in want]
+    unexpected = [] if stage_part else [k for k in saved if k not in want]
     shapes = [f"{k} {saved[k]} vs model {want[k]}" for k in want if k in saved and saved[k] != want[k]]
     if missing or unexpected or shapes:
         parts = []
@@ -279,7 +282,8 @@ class Checkpointer:
                                       f"the base model the run started from")
             self._initial_load()
         model_sd = self._model_state(trainable_only)
-        _check_model_matches(path, model_sd, "checkpoint")  # adapters included, when LoRA is on
+        _check_model_matches(path, model_sd, "checkpoint",  # adapters included, when LoRA is on
+                             stage_part=self.cfg.parallelism.pp > 1)
         state = {"model": model_sd, "optimizer": get_optimizer_state_dict(self.model, self.optimizer)}
         dcp.load(state, checkpoint_id=str(path), no_dist=self.world == 1)
         set_model_state_dict(self.model, state["model"], options=StateDictOptions(strict=not trainable_only))
@@ -307,7 +311,8 @@ class Checkpointer:
     def _load_model_only(self, path: Path, what: str) -> None:
         """Weights alone; LoRA adapters missing from a base-model checkpoint keep their init."""
         model_sd = get_model_state_dict(self.model)
-        prefix, present = _check_model_matches(path, model_sd, what, base_only=True)
+        prefix, present = _check_model_matches(path, model_sd, what, base_only=True,
+                                               stage_part=self.cfg.parallelism.pp > 1)
         model_sd = {k: v for k, v in model_sd.items() if k in present}
         if prefix:
             state = {"model": model_sd}
