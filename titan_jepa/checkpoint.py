@@ -100,6 +100,10 @@ TMP = ".tmp"
 TRAIN_STATE = "train_state.json"
 STALL_ENV = "TITAN_JEPA_TEST_STALL_SAVE_STEP"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# optimizer entries keyed by parameter name ("optimizer.param_groups.<fqn>.lr"), not by group
+# position: under pipeline parallelism each rank's groups hold other parameters, and DCP
+# would keep one rank's copy of a positional entry
+OPTIM_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
 class CheckpointError(ConfigError):
@@ -284,10 +288,11 @@ class Checkpointer:
         model_sd = self._model_state(trainable_only)
         _check_model_matches(path, model_sd, "checkpoint",  # adapters included, when LoRA is on
                              stage_part=self.cfg.parallelism.pp > 1)
-        state = {"model": model_sd, "optimizer": get_optimizer_state_dict(self.model, self.optimizer)}
+        state = {"model": model_sd,
+                 "optimizer": get_optimizer_state_dict(self.model, self.optimizer, options=OPTIM_OPTIONS)}
         dcp.load(state, checkpoint_id=str(path), no_dist=self.world == 1)
         set_model_state_dict(self.model, state["model"], options=StateDictOptions(strict=not trainable_only))
-        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
+        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=OPTIM_OPTIONS)
         self.scheduler.load_state_dict(train_state["lr_scheduler"])
         for name, obj in self.extra.items():
             if name in train_state.get("extra", {}):
@@ -373,7 +378,7 @@ class Checkpointer:
         tmp.mkdir(parents=True, exist_ok=True)
         self._write_side_files(tmp, step)
         state = {"model": self._model_state(self.adapters_only),
-                 "optimizer": get_optimizer_state_dict(self.model, self.optimizer)}
+                 "optimizer": get_optimizer_state_dict(self.model, self.optimizer, options=OPTIM_OPTIONS)}
         writer = dcp.FileSystemWriter(str(tmp))
         if self.ckpt.async_mode:
             # the state is copied to CPU memory before this returns; the files are written
