@@ -144,3 +144,69 @@ def test_tied_embeddings_refused_under_pp(demo_dir, tmp_path):
     cfg = load_config(extra=tiny_config(tmp_path, demo_dir, parallelism={"pp": 2}, training={"local_batch_size": 2}))
     with pytest.raises(ConfigError, match="ties the embedding"):
         ParallelDims.from_config(cfg, 2).check(cfg, model_args_for("small"))
+
+
+def _measure_pp(cases):
+    """One real pipeline step per config on this rank; every rank's measured state bytes."""
+    import torch.distributed as dist
+
+    from titan_jepa.data.batch import Batch
+    from titan_jepa.optim import build_optimizer
+    from titan_jepa.parallel.mesh import build_mesh, init_distributed
+    from titan_jepa.parallel.parallelize import write_sharded
+    from titan_jepa.parallel.pipeline import build_pipeline
+    from titan_jepa.plan import measured_state_bytes
+    from titan_jepa.train import model_args_from_config
+
+    results = []
+    for cfg_dict in cases["cases"]:
+        cfg = load_config(extra=cfg_dict)
+        _, world, device = init_distributed(cfg)
+        dims = ParallelDims.from_config(cfg, world)
+        args = model_args_from_config(cfg, 0)
+        grad_accum = dims.check(cfg, args)
+        mesh, _ = build_mesh(dims, "cpu")
+        model = build_model(args, device="meta")
+        pipeline = build_pipeline(model, dims, mesh, cfg, device)
+        model.to_empty(device=device)
+        model.init_weights(seed=0, buffer_device=device, write=write_sharded)
+        optimizer = build_optimizer(model, cfg, "cpu")
+        t = cfg.training
+        tokens = torch.randint(0, args.vocab_size, (t.local_batch_size, t.seq_len),
+                               generator=torch.Generator().manual_seed(0))
+        sums = torch.zeros(1, dtype=torch.float64)
+        pipeline.step([Batch(tokens, tokens)] * grad_accum,
+                      lambda out, mb: (out[0].float().square().mean(), out[0].detach().sum().double().reshape(1)),
+                      sums)
+        optimizer.step()
+        everyone = [None] * world
+        dist.all_gather_object(everyone, measured_state_bytes(model, optimizer))
+        results.append(everyone)
+    return results
+
+
+def test_plan_bytes_equal_a_real_pp2_run(demo_dir, tmp_path):
+    """The planner's per-stage parameter / gradient / optimizer bytes are a real PP=2 run's
+    (1F1B: the embedding on rank 0, the output on rank 1; ZBV: rank 0 holds stages 0 and 3)."""
+    from titan_jepa.plan import plan
+
+    cases = [tiny_config(tmp_path, demo_dir, training={"local_batch_size": 2}, parallelism=par)
+             for par in ({"pp": 2}, {"pp": 2, "pp_schedule": "ZBVZeroBubble", "pp_stages_per_rank": 2})]
+    measured = launch(2, {"cases": cases}, tmp_path, fn=_measure_pp)
+    for case, got_ranks in zip(cases, measured):
+        cfg = load_config(extra=case)
+        for rank in range(2):
+            want = vars(plan(cfg, 2, rank))
+            for key in ("local_param_elems", "param_bytes", "grad_bytes", "optimizer_bytes"):
+                assert want[key] == got_ranks[rank][key], (case["parallelism"], rank, key)
+    one_f1b, zbv = ([vars(plan(load_config(extra=c), 2, r)) for r in range(2)] for c in cases)
+    args = model_args_for("debug")
+    emb = args.vocab_size * args.dim
+    # 1F1B: rank 0 holds the embedding and layers 0-1, rank 1 layers 2-3, the norm and the output
+    assert one_f1b[0]["layers"] == [0, 1] and one_f1b[1]["layers"] == [2, 3]
+    assert one_f1b[1]["local_param_elems"] - one_f1b[0]["local_param_elems"] == args.dim  # the final norm
+    assert one_f1b[0]["local_param_elems"] + one_f1b[1]["local_param_elems"] == args.num_params()
+    # ZBV: rank 0 holds the first and the last stage, so the embedding and the output
+    assert zbv[0]["stages"] == [0, 3] and zbv[0]["local_param_elems"] - zbv[1]["local_param_elems"] == 2 * emb + args.dim
+    # in flight: 1F1B's first stage keeps pp = 2 micro-batches, the last one
+    assert [p["in_flight_microbatches"] for p in one_f1b] == [2, 1]
