@@ -6,7 +6,10 @@
 One optimizer step: every rank takes its micro-batches (one per gradient-accumulation
 slot), the number of target tokens is summed over the data-parallel group, each
 micro-batch's loss is its sum over targets divided by that global count, gradients are
-clipped over the sharded parameters, and the optimizer and schedule step.
+clipped over the sharded parameters, and the optimizer and schedule step. With pipeline
+parallelism (parallelism.pp > 1) each rank builds only its stages and the schedule of
+titan_jepa/parallel/pipeline.py runs the micro-batches through them; the objective runs on
+the last stage.
 
 SIGTERM (preemption): the step in progress finishes, every rank agrees to stop after it,
 a checkpoint of that step is saved and the process exits with code 0 (titan_jepa/preemption.py).
