@@ -164,7 +164,6 @@ class PipelinedModel:
                  pp_group, schedule: str, n_microbatches: int, device: torch.device,
                  examples: dict[str, torch.Tensor]):
         self.model, self.stages, self.feed, self.pp_group = model, stages, feed, pp_group
-        self.has_last = any(s.is_last for s in stages)
         self._loss_fn: Callable | None = None
         self._sums: list[torch.Tensor] = []
         num_stages = dist.get_world_size(pp_group) * len(stages)
