@@ -29,16 +29,19 @@ class ParallelDims:
         if dp_shard == -1:
             rest = p.dp_replicate * p.tp * p.pp
             if world_size % rest:
+                pp = " * parallelism.pp" if p.pp > 1 else ""
                 raise ConfigError(
                     f"world size {world_size} is not divisible by parallelism.dp_replicate * "
-                    f"parallelism.tp * parallelism.pp = {rest}; change the degrees or the number of processes")
+                    f"parallelism.tp{pp} = {rest}; change the degrees or the number of processes")
             dp_shard = world_size // rest
         dims = cls(p.dp_replicate, dp_shard, p.tp, world_size, p.pp)
-        if dims.pp * dims.dp_replicate * dims.dp_shard * dims.tp != world_size:
+        product = dims.pp * dims.dp_replicate * dims.dp_shard * dims.tp
+        if product != world_size:
+            pp = f"pp={dims.pp} x " if dims.pp > 1 else ""
             raise ConfigError(
-                f"parallelism degrees pp={dims.pp} x dp_replicate={dims.dp_replicate} x dp_shard={dims.dp_shard} x "
-                f"tp={dims.tp} = {dims.pp * dims.dp_replicate * dims.dp_shard * dims.tp} but the world size is "
-                f"{world_size}; set parallelism.dp_shard = -1 to use the rest of the world")
+                f"parallelism degrees {pp}dp_replicate={dims.dp_replicate} x dp_shard={dims.dp_shard} x "
+                f"tp={dims.tp} = {product} but the world size is {world_size}; set "
+                f"parallelism.dp_shard = -1 to use the rest of the world")
         return dims
 
     @property
