@@ -172,10 +172,11 @@ def test_run_folder_config_records_the_steps_trained(demo_dir, tmp_path):
 
 
 def _world_size(cfg):
-    """The world each config is meant for: 2 CPU processes, or 8 GPUs per replica group."""
+    """The world each config is meant for: 2 CPU processes, or 8 GPUs per replica group (all
+    degrees given: their product)."""
     p = cfg.parallelism
     if p.dp_shard > 0:
-        return p.dp_replicate * p.dp_shard * p.tp
+        return p.dp_replicate * p.dp_shard * p.tp * p.pp
     per_node = 2 if cfg.training.device == "cpu" else 8
     return p.dp_replicate * per_node
 

@@ -136,6 +136,10 @@ TRAIN_STATE = "train_state.json"
 MANIFEST = "manifest.json"
 STALL_ENV = "TITAN_JEPA_TEST_STALL_SAVE_STEP"
 from titan_jepa.dtypes import DTYPES  # noqa: E402
+# optimizer entries keyed by parameter name ("optimizer.param_groups.<fqn>.lr"), not by group
+# position: under pipeline parallelism each rank's groups hold other parameters, and DCP
+# would keep one rank's copy of a positional entry
+OPTIM_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
 def checkpoint_folder(cfg: JobConfig) -> Path:
@@ -339,13 +343,15 @@ class Checkpointer:
         """checkpoint.initial_load_path, when set (else the weights keep their seeded init)."""
         if self.ckpt.initial_load_path:
             path = Path(self.ckpt.initial_load_path)
-            load_weights(self.model, path, "checkpoint.initial_load_path", self.ckpt.initial_load_format)
+            load_weights(self.model, path, "checkpoint.initial_load_path", self.ckpt.initial_load_format,
+                         stage_part=self.cfg.parallelism.pp > 1)
             logger.info(f"initial weights loaded from {path} ({self.ckpt.initial_load_format})")
 
     def _load_checkpoint(self, path: Path) -> int:
         step = int(STEP_RE.match(path.name).group(1))
         if not (path / TRAIN_STATE).is_file():
-            load_dcp(self.model, path, "checkpoint")  # LoRA adapters it lacks keep their init
+            # LoRA adapters it lacks keep their init
+            load_dcp(self.model, path, "checkpoint", stage_part=self.cfg.parallelism.pp > 1)
             logger.info(f"loaded the model-only checkpoint {path}; training starts at step {step + 1}")
             return step
         train_state = json.loads((path / TRAIN_STATE).read_text())
@@ -361,8 +367,8 @@ class Checkpointer:
         heads_sd, legacy = self._heads_to_load(path)
         # adapters included, when LoRA is on; an old checkpoint's predictor among the model's
         want = {**model_sd, **heads_sd} if legacy else model_sd
-        check_dcp(path, want, "checkpoint")
-        state = {"model": want, "optimizer": get_optimizer_state_dict(self._optim_owner, self.optimizer)}
+        check_dcp(path, want, "checkpoint", stage_part=self.cfg.parallelism.pp > 1)
+        state = {"model": want, "optimizer": get_optimizer_state_dict(self._optim_owner, self.optimizer, options=OPTIM_OPTIONS)}
         if heads_sd and not legacy:
             state["heads"] = heads_sd
         dcp.load(state, checkpoint_id=str(path), no_dist=self.world == 1)
@@ -371,7 +377,7 @@ class Checkpointer:
         set_model_state_dict(self.model, state["model"], options=StateDictOptions(strict=not trainable_only))
         if self.heads is not None:
             set_model_state_dict(self.heads, state["heads"], options=StateDictOptions(strict=True))
-        set_optimizer_state_dict(self._optim_owner, self.optimizer, state["optimizer"])
+        set_optimizer_state_dict(self._optim_owner, self.optimizer, state["optimizer"], options=OPTIM_OPTIONS)
         self.scheduler.load_state_dict(train_state["lr_scheduler"])
         for name, obj in self.extra.items():
             if name in train_state.get("extra", {}):
@@ -404,7 +410,8 @@ class Checkpointer:
         if heads_sd and not saved and not legacy:
             raise CheckpointError(f"checkpoint '{path}' has no STP linear predictor; resume it with "
                                   f"stp.linear_predictor = false")
-        if not heads_sd and (saved or "model.stp_predictor.weight" in keys):
+        # under pp only the last stage's ranks hold the heads
+        if not heads_sd and (saved or "model.stp_predictor.weight" in keys) and self.cfg.parallelism.pp == 1:
             raise CheckpointError(f"checkpoint '{path}' holds an STP linear predictor; resume it with "
                                   f"stp.enable = true and stp.linear_predictor = true")
         return heads_sd, legacy
@@ -465,7 +472,7 @@ class Checkpointer:
         self.wait()  # at most one save in flight
         tmp = self.folder / f"step-{step}{TMP}"
         state = {"model": self._model_state(self.adapters_only),
-                 "optimizer": get_optimizer_state_dict(self._optim_owner, self.optimizer)}
+                 "optimizer": get_optimizer_state_dict(self._optim_owner, self.optimizer, options=OPTIM_OPTIONS)}
         if self.heads is not None:
             state["heads"] = get_model_state_dict(self.heads)
         try:

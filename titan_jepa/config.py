@@ -101,6 +101,12 @@ class Parallelism:
     tp: int = 1  # tensor (and sequence) parallel degree
     fsdp_reshard_after_forward: Literal["default", "always", "never"] = "default"
     comm_timeout_s: int = 600
+    # pipeline parallelism (titan_jepa/parallel/pipeline.py)
+    pp: int = 1  # pipeline degree: the layers are split over pp stage groups
+    pp_schedule: Literal["1F1B", "GPipe", "Interleaved1F1B", "InterleavedZeroBubble", "ZBVZeroBubble"] = "1F1B"
+    pp_microbatches: int = -1  # micro-batches per step; -1: global_batch / (local_batch x dp)
+    pp_stages_per_rank: int = 1  # virtual stages per pp rank (interleaved and ZBV schedules: >= 2)
+    pp_layers_per_stage: list[int] = field(default_factory=list)  # layers of each stage; empty: even split
 
 
 @dataclass
@@ -549,6 +555,20 @@ def validate(cfg: JobConfig) -> None:
     p = cfg.parallelism
     if p.dp_replicate < 1 or p.tp < 1 or (p.dp_shard < 1 and p.dp_shard != -1):
         raise ConfigError("parallelism degrees must be >= 1 (dp_shard may be -1: the rest of the world size)")
+    if p.pp < 1 or p.pp_stages_per_rank < 1:
+        raise ConfigError("parallelism.pp and parallelism.pp_stages_per_rank must be >= 1")
+    if p.pp_microbatches < 1 and p.pp_microbatches != -1:
+        raise ConfigError("parallelism.pp_microbatches must be >= 1, or -1 (one per local batch of the step)")
+    if p.pp > 1:
+        # the schedules' own constraints on virtual stages
+        multi = p.pp_schedule in ("Interleaved1F1B", "InterleavedZeroBubble", "ZBVZeroBubble")
+        if not multi and p.pp_stages_per_rank != 1:
+            raise ConfigError(f"parallelism.pp_schedule = '{p.pp_schedule}' runs one stage per rank; set "
+                              f"pp_stages_per_rank = 1 or use 'Interleaved1F1B' for virtual stages")
+        if p.pp_schedule == "ZBVZeroBubble" and p.pp_stages_per_rank != 2:
+            raise ConfigError("parallelism.pp_schedule = 'ZBVZeroBubble' needs pp_stages_per_rank = 2 (a V of stages)")
+        if any(n < 1 for n in p.pp_layers_per_stage):
+            raise ConfigError("parallelism.pp_layers_per_stage entries must be >= 1")
     if cfg.checkpoint.interval <= 0:
         raise ConfigError("checkpoint.interval must be positive")
     j = cfg.jepa
@@ -611,6 +631,9 @@ def _validate_tracking(cfg: JobConfig) -> None:
         if not v.path and not (v.eval_scorer and v.eval_path):
             raise ConfigError("validation.enable needs validation.path (held-out data: a file, folder, "
                               "glob or hf:NAME)")
+        if cfg.parallelism.pp > 1:
+            raise ConfigError("validation.enable is not supported with parallelism.pp > 1 yet; validate the "
+                              "checkpoints with python -m titan_jepa.eval, or set validation.enable = false")
         if v.freq <= 0:
             raise ConfigError(f"validation.freq = {v.freq} must be positive (steps)")
         if v.steps == 0 or v.steps < -1:

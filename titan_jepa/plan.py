@@ -49,6 +49,17 @@ Byte accounting for one rank:
       largest) and no rank gathers T x V logits; ``logits_bytes`` reports this term.
   torch.compile fuses element-wise ops and usually needs somewhat less; JEPA views are
   packed inside the same rows, so seq_len already covers them.
+* pipeline parallelism (``pp > 1``): the model is pruned to this rank's stages as
+  train.py does (``titan_jepa.parallel.pipeline.build_pipeline``), so parameter, gradient and
+  optimizer bytes are those of the stages' own layers (embedding on the first stage, final
+  norm and output on the last), exact as above. FSDP under pp keeps the blocks gathered from
+  forward to backward (``fsdp_reshard_after_forward = "default"``). Activations: one chunk
+  is one stage's forward of one micro-batch (its layers, plus the head on the last stage);
+  the rank keeps the chunks the schedule has in flight at its peak: GPipe M (the step's
+  micro-batches), 1F1B min(M, pp - rank), the interleaved and zero-bubble schedules
+  min(M V, (V - 1) pp + 2 (pp - 1 - rank) + 1) with V stages per rank (Megatron's warm-up
+  count; an estimate for zero bubble, which also defers weight gradients), each chunk
+  counted at the mean chunk size of the rank's stages.
 * fits: the total against the GPU's memory less a 10 % reserve (CUDA context, NCCL
   buffers, allocator fragmentation).
 
@@ -63,7 +74,7 @@ import copy
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -76,6 +87,7 @@ from titan_jepa.errors import run_main
 from titan_jepa.models.llama import ModelArgs, build_model
 from titan_jepa.parallel.mesh import ParallelDims, build_mesh
 from titan_jepa.parallel.parallelize import parallelize
+from titan_jepa.parallel.pipeline import build_pipeline
 
 GiB = 2**30
 
@@ -111,6 +123,11 @@ class Plan:
     fits: bool
     tokens_per_microbatch: int
     grad_accum: int
+    pp: int = 1
+    pp_schedule: str = ""
+    stages: list[int] = field(default_factory=list)  # the pipeline stages this rank runs
+    layers: list[int] = field(default_factory=list)  # the Transformer layers this rank holds
+    in_flight_microbatches: int = 1  # micro-batch chunks whose activations are kept at the peak
 
 
 def _unique_params(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
@@ -206,15 +223,34 @@ def fsdp_transient_bytes(model: nn.Module, cfg: JobConfig, dims: ParallelDims) -
     root = sum(_tp_local_numel(p) for _, p in _unique_params(model) if id(p) not in block_ids)
     blocks = [sum(_tp_local_numel(p) for p in block.parameters()) for block in model.layers.values()]
     biggest = max(blocks) if blocks else 0
-    if cfg.parallelism.fsdp_reshard_after_forward == "never":
+    reshard = cfg.parallelism.fsdp_reshard_after_forward
+    if reshard == "never" or (dims.pp > 1 and reshard == "default"):
+        # (under pp, "default" keeps the blocks gathered from forward to backward)
         gathered = sum(blocks) * pdt
     else:
         gathered = 2 * biggest * pdt  # current + prefetched block
     return root * (pdt + rdt) + gathered + biggest * rdt
 
 
-def activation_bytes(args: ModelArgs, cfg: JobConfig, tp: int) -> int:
-    """Estimate of one micro-batch's activations kept for backward (see the module doc)."""
+def in_flight_chunks(schedule: str, pp: int, pp_rank: int, stages_per_rank: int, microbatches: int) -> int:
+    """Micro-batch chunks (one stage's forward of one micro-batch) whose activations a pp
+    rank keeps at its peak: GPipe runs every forward first (M); 1F1B runs pp - rank warm-up
+    forwards and then alternates (min(M, pp - rank)); the interleaved and zero-bubble
+    schedules warm up with (V - 1) pp + 2 (pp - 1 - rank) chunks before alternating
+    (Megatron's count; an estimate for the zero-bubble ones, which defer weight gradients)."""
+    if schedule == "GPipe":
+        return microbatches
+    if schedule == "1F1B":
+        return min(microbatches, pp - pp_rank)
+    v = stages_per_rank
+    return min(microbatches * v, (v - 1) * pp + 2 * (pp - 1 - pp_rank) + 1)
+
+
+def activation_bytes(args: ModelArgs, cfg: JobConfig, tp: int, layers: list[int] | None = None,
+                     head: bool = True, in_flight: int = 1) -> int:
+    """Estimate of the activations kept for backward (see the module doc): ``in_flight``
+    micro-batches through ``layers`` (default all) and, with ``head``, the output."""
+    layers = range(args.n_layers) if layers is None else layers
     e = DTYPES[cfg.training.mixed_precision_param].itemsize
     tokens = cfg.training.local_batch_size * cfg.training.seq_len
     h, hk, f = args.dim, args.n_kv_heads * args.head_dim, args.ffn_hidden_dim
@@ -222,13 +258,14 @@ def activation_bytes(args: ModelArgs, cfg: JobConfig, tp: int) -> int:
     ckpt_block = tokens * e * h // tp
     ac = cfg.activation_checkpoint
     total, any_ckpt = 0, False
-    for layer_id in range(args.n_layers):
+    for layer_id in layers:
         ckpt = ac.mode == "full" or (ac.mode == "selective" and layer_id % ac.selective_every == 0)
         any_ckpt |= ckpt
         total += ckpt_block if ckpt else full_block
-    if any_ckpt:
-        total += full_block  # the block being recomputed in backward
-    return total + head_activation_bytes(args, cfg, tp)
+    if head:
+        total += head_activation_bytes(args, cfg, tp)
+    # the block being recomputed in backward: one at a time
+    return in_flight * total + (full_block if any_ckpt else 0)
 
 
 def head_activation_bytes(args: ModelArgs, cfg: JobConfig, tp: int) -> int:
@@ -263,12 +300,27 @@ def plan(cfg: JobConfig, world_size: int, rank: int = 0, gpu: str = "H200") -> P
     try:
         mesh, _ = build_mesh(dims, "cpu")
         model = build_model(args, device="meta")
-        parallelize(model, dims, mesh, cfg)
+        pp = {}
+        if dims.pp > 1:  # this rank's stages alone, as train.py builds them
+            pipeline = build_pipeline(model, dims, mesh, cfg, torch.device("cpu"))
+            p = cfg.parallelism
+            pp = dict(pp=dims.pp, pp_schedule=p.pp_schedule, stages=[s.index for s in pipeline.stages],
+                      layers=sorted(int(k) for k in model.layers.keys()),
+                      in_flight_microbatches=in_flight_chunks(
+                          p.pp_schedule, dims.pp, mesh["pp"].get_local_rank(), p.pp_stages_per_rank, grad_accum))
+        else:
+            parallelize(model, dims, mesh, cfg)
         sb = state_bytes(model, fsdp=dims.fsdp_enabled)
         transient = fsdp_transient_bytes(model, cfg, dims)
     finally:
         dist.destroy_process_group()
-    act = activation_bytes(args, cfg, dims.tp)
+    if pp:
+        # a chunk holds one stage's layers; the rank's stages share its in-flight chunks
+        per_chunk = activation_bytes(args, cfg, dims.tp, pp["layers"], head=model.output is not None,
+                                     in_flight=1) / len(pp["stages"])
+        act = int(per_chunk * pp["in_flight_microbatches"])
+    else:
+        act = activation_bytes(args, cfg, dims.tp)
     total = sb["param_bytes"] + sb["grad_bytes"] + sb["optimizer_bytes"] + transient + act
     usable = int(GPUS[gpu] * (1 - RESERVE))
     return Plan(world_size=world_size, rank=rank, gpu=gpu, dp_replicate=dims.dp_replicate,
@@ -279,7 +331,7 @@ def plan(cfg: JobConfig, world_size: int, rank: int = 0, gpu: str = "H200") -> P
                 logits_bytes=head_activation_bytes(args, cfg, dims.tp), total_bytes=total,
                 gpu_bytes=GPUS[gpu], usable_bytes=usable, fits=total <= usable,
                 tokens_per_microbatch=cfg.training.local_batch_size * cfg.training.seq_len,
-                grad_accum=grad_accum)
+                grad_accum=grad_accum, **pp)
 
 
 def format_plan(p: Plan, cfg: JobConfig) -> str:
@@ -297,13 +349,15 @@ def format_plan(p: Plan, cfg: JobConfig) -> str:
     width = max(len(r[0]) for r in [*rows, head]) + 2
     lines = [
         f"plan for rank {p.rank} of {p.world_size}: model {cfg.model.flavor} "
-        f"({p.num_params / 1e9:.2f}B parameters), mesh dp_replicate {p.dp_replicate} x dp_shard "
+        f"({p.num_params / 1e9:.2f}B parameters), mesh pp {p.pp} x dp_replicate {p.dp_replicate} x dp_shard "
         f"{p.dp_shard} x tp {p.tp}",
         f"micro-batch {t.local_batch_size} x {t.seq_len} tokens, gradient accumulation "
         f"{p.grad_accum}, param dtype {pdt}, local parameter elements {p.local_param_elems:,}",
-        "",
-        f"{'per rank':<{width}}{'GiB':>10}{'bytes':>18}",
     ]
+    if p.pp > 1:
+        lines.append(f"pipeline {p.pp_schedule}: this rank runs stage(s) {p.stages} "
+                     f"({len(p.layers)} layers), {p.in_flight_microbatches} micro-batch chunk(s) in flight at the peak")
+    lines += ["", f"{'per rank':<{width}}{'GiB':>10}{'bytes':>18}"]
     for name, b in [*rows, head]:
         lines.append(f"{name:<{width}}{b / GiB:>10.2f}{b:>18,}")
     lines.append("-" * (width + 28))
@@ -313,7 +367,7 @@ def format_plan(p: Plan, cfg: JobConfig) -> str:
                  f"after a {RESERVE:.0%} reserve: {verdict} "
                  f"({100 * p.total_bytes / p.usable_bytes:.0f}% of usable)")
     if not p.fits:
-        lines.append("to fit: more data-parallel shards (dp_shard), tp > 1, activation_checkpoint.mode "
+        lines.append("to fit: more data-parallel shards (dp_shard), tp > 1, pp > 1, activation_checkpoint.mode "
                      "= 'full', or a smaller local_batch_size / seq_len")
     return "\n".join(lines)
 

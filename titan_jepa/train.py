@@ -6,7 +6,10 @@
 One optimizer step: every rank takes its micro-batches (one per gradient-accumulation
 slot), the number of target tokens is summed over the data-parallel group, each
 micro-batch's loss is its sum over targets divided by that global count, gradients are
-clipped over the sharded parameters, and the optimizer and schedule step.
+clipped over the sharded parameters, and the optimizer and schedule step. With pipeline
+parallelism (parallelism.pp > 1) each rank builds only its stages and the schedule of
+titan_jepa/parallel/pipeline.py runs the micro-batches through them; the objective runs on
+the last stage.
 
 Host syncs: a step only queues work on the device. Anything that needs a Python number
 from it (the NaN check of the loss, the logged metrics, grad_norm, the same-FLOP milestones,
@@ -59,6 +62,7 @@ from titan_jepa.parallel.collectives import make_all_gather
 from titan_jepa.parallel.loss_parallel import loss_context
 from titan_jepa.parallel.mesh import ParallelDims, build_mesh, dp_info, init_distributed
 from titan_jepa.parallel.parallelize import clip_grad_norm_, parallelize, parallelize_heads, write_sharded
+from titan_jepa.parallel.pipeline import PipelinedModel, build_pipeline
 from titan_jepa.preemption import Preemption
 from titan_jepa.profiling import StepProfiler
 from titan_jepa.validation import Validator
@@ -77,10 +81,13 @@ class TrainHooks:
 
 
 def forward_backward(model, objective: Objective, micro_batches: list, dp, metrics: MetricsLogger,
-                     count_flops: bool) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+                     count_flops: bool, pipeline: PipelinedModel | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, float | None]:
     """Forward and backward over the step's micro-batches; returns the global loss sums (SUMS
     order) and counts (Batch.count_vector order, FLOP counts included) as device tensors,
-    and torch's FLOP count of this rank times the world size when ``count_flops``."""
+    and torch's FLOP count of this rank times the world size when ``count_flops``. With
+    ``pipeline`` (pp > 1) its schedule runs the micro-batches through the stages and the
+    objective runs on the last stage."""
     # each loss term is a sum over its items (target tokens, JEPA samples, STP spans)
     # divided by the number of items summed over the micro-batches and the dp group; the
     # FLOP counts travel in the same all-reduce (the counts were made on the CPU by collate)
@@ -88,14 +95,22 @@ def forward_backward(model, objective: Objective, micro_batches: list, dp, metri
     sums = torch.zeros(len(SUMS), dtype=torch.float64, device=counts.device)
     flop_counter = FlopCounterMode(display=False) if count_flops else None
     with flop_counter or contextlib.nullcontext():
-        for mb in micro_batches:
-            with loss_context(model):  # loss parallel under TP: forward and backward inside
-                mb_loss, mb_sums = objective(model, mb, counts)
-                # FSDP averages gradients over the dp ranks; scaling by dp.size makes the
-                # result the gradient of the global loss
-                (mb_loss * dp.size).backward()
-            sums += mb_sums
-            metrics.count_tokens(mb.tokens.numel())
+        if pipeline is not None:  # pp > 1: the schedule runs the micro-batches through the stages
+            def loss_fn(outputs, mb):  # on the last stage, from its (logits, final normed hidden)
+                mb_loss, mb_sums = objective(pipeline.outputs(outputs), mb, counts)
+                return mb_loss * dp.size, mb_sums  # scaled as below
+            with loss_context(model):  # loss parallel under TP (the last stage's logits)
+                pipeline.step(micro_batches, loss_fn, sums)
+        else:
+            for mb in micro_batches:
+                with loss_context(model):  # loss parallel under TP: forward and backward inside
+                    mb_loss, mb_sums = objective(model, mb, counts)
+                    # FSDP averages gradients over the dp ranks; scaling by dp.size makes the
+                    # result the gradient of the global loss
+                    (mb_loss * dp.size).backward()
+                sums += mb_sums
+    for mb in micro_batches:
+        metrics.count_tokens(mb.tokens.numel())
     counted = None
     if flop_counter is not None:
         # every rank counted its own share (a tp rank a slice of each matmul)
@@ -142,7 +157,7 @@ def train(cfg: JobConfig, hooks: TrainHooks | None = None) -> list[float]:
         torch.use_deterministic_algorithms(True)
     if rank == 0:
         write_config(cfg, cfg.run_folder)
-    logger.info(f"world {world} on {device.type}: dp_replicate {dims.dp_replicate} x dp_shard "
+    logger.info(f"world {world} on {device.type}: pp {dims.pp} x dp_replicate {dims.dp_replicate} x dp_shard "
                 f"{dims.dp_shard} x tp {dims.tp}; gradient accumulation {grad_accum}")
 
     # ---- data: one loader per batch slot, so data order ignores the layout ------------
@@ -167,11 +182,16 @@ def train(cfg: JobConfig, hooks: TrainHooks | None = None) -> list[float]:
     # ---- model: built on the meta device, parallelised, then materialised ------------
     model = build_model(model_args, device="meta")
     apply_lora(model, cfg.lora)  # [lora]: adapters on the meta model, the rest frozen
-    heads = build_heads(cfg, model_args.dim)  # [stp] linear_predictor: the objective's, trained with the model
     a = model_args
     logger.info(f"model {cfg.model.flavor or 'from [model]'} (dim {a.dim}, {a.n_layers} layers, {a.n_heads}/"
                 f"{a.n_kv_heads} heads, vocab {a.vocab_size}): {a.num_params() / 1e6:,.1f}M parameters")
-    parallelize(model, dims, mesh, cfg)
+    pipeline = None
+    if dims.pp > 1:  # [parallelism] pp: keep this rank's stages, parallelised, and their schedule
+        pipeline = build_pipeline(model, dims, mesh, cfg, device)
+    else:
+        parallelize(model, dims, mesh, cfg)
+    # [stp] linear_predictor: the objective's, trained with the model (under pp: on the last stage)
+    heads = build_heads(cfg, model_args.dim) if pipeline is None or pipeline.has_last_stage else None
     model.to_empty(device=device)
     model.init_weights(seed=cfg.job.seed, buffer_device=device, write=write_sharded)
     model.train()
@@ -218,8 +238,12 @@ def train(cfg: JobConfig, hooks: TrainHooks | None = None) -> list[float]:
                            f"step {step - 1}; nothing saved (a relaunch resumes from the last checkpoint)")
             break
         sums, counts, flops_counted = forward_backward(model, objective, micro_batches, dp, metrics,
-                                                       count_flops=step <= cfg.metrics.flop_counter_steps)
-        grad_norm = clip_grad_norm_(params, cfg.training.max_norm)
+                                                       count_flops=step <= cfg.metrics.flop_counter_steps,
+                                                       pipeline=pipeline)
+        if pipeline is not None:  # the norm over every stage
+            grad_norm = pipeline.clip_grad_norm_(cfg.training.max_norm, heads)
+        else:
+            grad_norm = clip_grad_norm_(params, cfg.training.max_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

@@ -141,11 +141,13 @@ def _load_saved_names(path: Path, prefix: str, sd: dict[str, torch.Tensor], no_d
 
 
 def check_entries(saved: dict[str, tuple], want: dict[str, tuple], path: Path, what: str,
-                  may_lack: Callable[[str], bool] = lambda k: False) -> set[str]:
+                  may_lack: Callable[[str], bool] = lambda k: False, stage_part: bool = False) -> set[str]:
     """Compare saved {key: shape} with the model's; returns the keys both hold. Keys the
-    model has but the weights lack are an error unless ``may_lack(key)``."""
+    model has but the weights lack are an error unless ``may_lack(key)``. ``stage_part``:
+    the model is this rank's pipeline stages (parallelism.pp > 1), so the other saved keys
+    belong to other stages."""
     missing = [k for k in want if k not in saved and not may_lack(k)]
-    unexpected = [k for k in saved if k not in want]
+    unexpected = [] if stage_part else [k for k in saved if k not in want]
     shapes = [f"{k} {saved[k]} vs model {want[k]}" for k in want if k in saved and saved[k] != want[k]]
     if missing or unexpected or shapes:
         parts = []
@@ -161,20 +163,21 @@ def check_entries(saved: dict[str, tuple], want: dict[str, tuple], path: Path, w
     return set(saved) & set(want)
 
 
-def check_dcp(path: Path, model_sd: dict, what: str, may_lack: Callable[[str], bool] = lambda k: False) -> set[str]:
+def check_dcp(path: Path, model_sd: dict, what: str, may_lack: Callable[[str], bool] = lambda k: False,
+              stage_part: bool = False) -> set[str]:
     """check_entries of a DCP folder against a (possibly sharded) model state dict."""
     _, saved = dcp_entries(path)
     return check_entries({k: tuple(v.size) for k, v in saved.items()},
-                         {k: tuple(v.shape) for k, v in model_sd.items()}, path, what, may_lack)
+                         {k: tuple(v.shape) for k, v in model_sd.items()}, path, what, may_lack, stage_part)
 
 
 # ---- loading into a model ----------------------------------------------------------------
 def load_dcp(model: torch.nn.Module, path: Path, what: str,
-             may_lack: Callable[[str], bool] = is_lora_name) -> set[str]:
+             may_lack: Callable[[str], bool] = is_lora_name, stage_part: bool = False) -> set[str]:
     """Load a DCP folder's model entries into ``model`` (plain or sharded; every rank calls
     it); keys ``may_lack`` allows to be absent keep their values. Returns the keys loaded."""
     model_sd = get_model_state_dict(model)
-    present = check_dcp(path, model_sd, what, may_lack)
+    present = check_dcp(path, model_sd, what, may_lack, stage_part)
     model_sd = {k: v for k, v in model_sd.items() if k in present}
     prefix, _ = dcp_entries(path)
     model_sd = _load_saved_names(path, prefix, model_sd, no_dist=_world() == 1)
@@ -221,7 +224,8 @@ def load_hf(model: torch.nn.Module, path: Path, what: str) -> set[str]:
     return set(dtypes) - {k for k in dtypes if is_lora_name(k)}
 
 
-def load_weights(model: torch.nn.Module, path: str | Path, what: str, fmt: str = "auto") -> set[str]:
+def load_weights(model: torch.nn.Module, path: str | Path, what: str, fmt: str = "auto",
+                 stage_part: bool = False) -> set[str]:
     """Base weights from ``path`` (DCP or HF; ``fmt`` "auto" detects it) into ``model``;
     LoRA adapters the weights lack keep their init. Returns the keys loaded."""
     path = Path(path)
@@ -229,7 +233,11 @@ def load_weights(model: torch.nn.Module, path: str | Path, what: str, fmt: str =
         raise CheckpointError(f"{what} '{path}' is not a DCP folder (no .metadata); for safetensors set "
                               f"checkpoint.initial_load_format = 'hf'")
     kind, path = resolve(path, what) if fmt == "auto" else (fmt, path)
-    return load_hf(model, path, what) if kind == "hf" else load_dcp(model, path, what)
+    if kind == "hf" and stage_part:
+        raise CheckpointError(f"{what}: a Hugging Face initial load under parallelism.pp > 1 is not supported "
+                              f"yet; start from a DCP folder (e.g. the model-only export of a pp = 1 run, "
+                              f"checkpoint.model_only_export = true)")
+    return load_hf(model, path, what) if kind == "hf" else load_dcp(model, path, what, stage_part=stage_part)
 
 
 # ---- full tensors (the converter) --------------------------------------------------------

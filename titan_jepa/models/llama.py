@@ -111,7 +111,7 @@ class ModelArgs:
         return 6 * self.num_params(include_embedding=False) + 12 * self.n_layers * self.dim * seq_len
 
 
-# Meta's published shapes (Llama 3.1 for 8B/70B, Llama 3.2 for 1B/3B).
+# Meta's published shapes (Llama 3.1 for 8B/70B/405B, Llama 3.2 for 1B/3B).
 FLAVORS: dict[str, ModelArgs] = {
     "debug": ModelArgs(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=2304,
                        multiple_of=64, ffn_dim_multiplier=None, rope_theta=500000.0,
@@ -132,6 +132,9 @@ FLAVORS: dict[str, ModelArgs] = {
     "70B": ModelArgs(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, multiple_of=4096,
                      ffn_dim_multiplier=1.3, rope_scaling=RopeScaling(factor=8.0),
                      max_seq_len=131072),
+    "405B": ModelArgs(dim=16384, n_layers=126, n_heads=128, n_kv_heads=8, multiple_of=4096,
+                      ffn_dim_multiplier=1.2, rope_scaling=RopeScaling(factor=8.0),
+                      max_seq_len=131072),
 }
 
 

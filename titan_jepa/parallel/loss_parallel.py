@@ -27,7 +27,8 @@ from torch.overrides import TorchFunctionMode
 
 def vocab_parallel(model: nn.Module) -> bool:
     """Whether the model's output projection is sharded over a tp mesh (``apply_tp`` ran)."""
-    weight = model.output.weight
+    output = getattr(model, "output", None)  # None on a pipeline stage without the head
+    weight = output.weight if output is not None else None
     return isinstance(weight, DTensor) and "tp" in (weight.device_mesh.mesh_dim_names or ())
 
 

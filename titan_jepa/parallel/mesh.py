@@ -20,24 +20,28 @@ class ParallelDims:
     dp_shard: int
     tp: int
     world_size: int
+    pp: int = 1  # pipeline stages groups (titan_jepa/parallel/pipeline.py)
 
     @classmethod
     def from_config(cls, cfg: JobConfig, world_size: int) -> "ParallelDims":
         p = cfg.parallelism
         dp_shard = p.dp_shard
         if dp_shard == -1:
-            rest = p.dp_replicate * p.tp
+            rest = p.dp_replicate * p.tp * p.pp
             if world_size % rest:
+                pp = " * parallelism.pp" if p.pp > 1 else ""
                 raise ConfigError(
                     f"world size {world_size} is not divisible by parallelism.dp_replicate * "
-                    f"parallelism.tp = {rest}; change the degrees or the number of processes")
+                    f"parallelism.tp{pp} = {rest}; change the degrees or the number of processes")
             dp_shard = world_size // rest
-        dims = cls(p.dp_replicate, dp_shard, p.tp, world_size)
-        if dims.dp_replicate * dims.dp_shard * dims.tp != world_size:
+        dims = cls(p.dp_replicate, dp_shard, p.tp, world_size, p.pp)
+        product = dims.pp * dims.dp_replicate * dims.dp_shard * dims.tp
+        if product != world_size:
+            pp = f"pp={dims.pp} x " if dims.pp > 1 else ""
             raise ConfigError(
-                f"parallelism degrees dp_replicate={dims.dp_replicate} x dp_shard={dims.dp_shard} x "
-                f"tp={dims.tp} = {dims.dp_replicate * dims.dp_shard * dims.tp} but the world size is "
-                f"{world_size}; set parallelism.dp_shard = -1 to use the rest of the world")
+                f"parallelism degrees {pp}dp_replicate={dims.dp_replicate} x dp_shard={dims.dp_shard} x "
+                f"tp={dims.tp} = {product} but the world size is {world_size}; set "
+                f"parallelism.dp_shard = -1 to use the rest of the world")
         return dims
 
     @property
@@ -69,7 +73,40 @@ class ParallelDims:
         if cfg.training.seq_len > args.max_seq_len:
             raise ConfigError(f"training.seq_len={cfg.training.seq_len} exceeds the model's "
                               f"max_seq_len={args.max_seq_len}; raise model.max_seq_len")
-        return t.global_batch_size // per_step
+        grad_accum = t.global_batch_size // per_step
+        if self.pp > 1:
+            self._check_pp(cfg, args, grad_accum)
+        return grad_accum
+
+    def _check_pp(self, cfg: JobConfig, args: ModelArgs, grad_accum: int) -> None:
+        """Pipeline degrees against the model and the step's micro-batches (one per local batch)."""
+        p = cfg.parallelism
+        stages = self.pp * p.pp_stages_per_rank
+        if p.pp_microbatches not in (-1, grad_accum):
+            raise ConfigError(
+                f"parallelism.pp_microbatches={p.pp_microbatches} but a step has global_batch_size / "
+                f"(local_batch_size x dp) = {grad_accum} micro-batches; set local_batch_size = "
+                f"{cfg.training.global_batch_size // (self.dp * p.pp_microbatches) or 1} or pp_microbatches = -1")
+        if p.pp_layers_per_stage:
+            if len(p.pp_layers_per_stage) != stages or sum(p.pp_layers_per_stage) != args.n_layers:
+                raise ConfigError(
+                    f"parallelism.pp_layers_per_stage={p.pp_layers_per_stage} must have pp x pp_stages_per_rank = "
+                    f"{stages} entries summing to the model's {args.n_layers} layers")
+        elif args.n_layers % stages:
+            raise ConfigError(
+                f"the model's {args.n_layers} layers do not split evenly over pp x pp_stages_per_rank = {stages} "
+                f"stages; choose degrees that divide them or set parallelism.pp_layers_per_stage")
+        if args.tie_embeddings:
+            raise ConfigError(f"model.flavor = '{cfg.model.flavor}' ties the embedding to the output, which sit on "
+                              f"the first and last pipeline stages; use an untied flavor or parallelism.pp = 1")
+        if p.pp_schedule in ("1F1B", "GPipe") and grad_accum < self.pp:
+            raise ConfigError(
+                f"parallelism.pp_schedule = '{p.pp_schedule}' needs at least pp = {self.pp} micro-batches per step, "
+                f"got {grad_accum}; lower training.local_batch_size or raise global_batch_size")
+        if p.pp_schedule not in ("1F1B", "GPipe") and grad_accum % self.pp:
+            raise ConfigError(
+                f"parallelism.pp_schedule = '{p.pp_schedule}' needs the micro-batches per step ({grad_accum}) "
+                f"to be a multiple of pp = {self.pp}; change training.local_batch_size or global_batch_size")
 
 
 def device_type_for(cfg: JobConfig) -> str:
@@ -116,12 +153,18 @@ def _restart_store(world: int, timeout: timedelta):
 
 
 def build_mesh(dims: ParallelDims, device_type: str) -> tuple[DeviceMesh | None, DeviceMesh | None]:
-    """The 3-D mesh (dp_replicate, dp_shard, tp) and its flattened data-parallel mesh "dp";
-    (None, None) for a single process."""
+    """The 3-D mesh (dp_replicate, dp_shard, tp), or with pipeline parallelism the 4-D mesh
+    (pp, dp_replicate, dp_shard, tp), and its flattened data-parallel mesh "dp"; (None, None)
+    for a single process. pp is outermost: the stages talk point to point only, so they may
+    sit on different nodes, while tp stays innermost (within a node)."""
     if dims.world_size == 1:
         return None, None
-    mesh = init_device_mesh(device_type, (dims.dp_replicate, dims.dp_shard, dims.tp),
-                            mesh_dim_names=("dp_replicate", "dp_shard", "tp"))
+    if dims.pp > 1:
+        mesh = init_device_mesh(device_type, (dims.pp, dims.dp_replicate, dims.dp_shard, dims.tp),
+                                mesh_dim_names=("pp", "dp_replicate", "dp_shard", "tp"))
+    else:
+        mesh = init_device_mesh(device_type, (dims.dp_replicate, dims.dp_shard, dims.tp),
+                                mesh_dim_names=("dp_replicate", "dp_shard", "tp"))
     return mesh, mesh["dp_replicate", "dp_shard"]._flatten("dp")
 
 
