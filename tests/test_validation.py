@@ -135,3 +135,16 @@ def test_keep_best_survives_keep_latest_and_resume(tmp_path):
     assert resumed.load() == 5 and resumed.best == {"metric": "val/loss", "mode": "min", "value": 1.0, "step": 3}
     resumed.note_validation(6, {"val/loss": 0.5})  # better: step 6 saved, step 3 pruned
     assert sorted(complete_checkpoints(folder)) == [6]
+
+
+def test_validation_under_pipeline_parallelism_equals_one_process(demo_dir, tmp_path):
+    """PP=2 (1F1B): the schedule runs the validation micro-batches forward only and the
+    objective on the last stage; the val/ metrics equal one process's."""
+    one, pp = tmp_path / "one", tmp_path / "pp"
+    no_gen = {"eval_scorer": ""}
+    launch(1, chat_jepa_config(one, demo_dir, validation=no_gen), tmp_path)
+    launch(2, chat_jepa_config(pp, demo_dir, validation=no_gen, parallelism={"pp": 2}), tmp_path)
+    a, b = val_rows(one)[2], val_rows(pp)[2]
+    assert a["val/batches"] == b["val/batches"] == 2
+    for k in ("val/loss", "val/ntp_loss", "val/jepa_loss", "val/jepa_cos"):
+        assert b[k] == pytest.approx(a[k], rel=1e-5), k

@@ -631,9 +631,6 @@ def _validate_tracking(cfg: JobConfig) -> None:
         if not v.path and not (v.eval_scorer and v.eval_path):
             raise ConfigError("validation.enable needs validation.path (held-out data: a file, folder, "
                               "glob or hf:NAME)")
-        if cfg.parallelism.pp > 1:
-            raise ConfigError("validation.enable is not supported with parallelism.pp > 1 yet; validate the "
-                              "checkpoints with python -m titan_jepa.eval, or set validation.enable = false")
         if v.freq <= 0:
             raise ConfigError(f"validation.freq = {v.freq} must be positive (steps)")
         if v.steps == 0 or v.steps < -1:
@@ -645,9 +642,9 @@ def _validate_tracking(cfg: JobConfig) -> None:
                                   f"{', '.join(gen)} (hellaswag and spider: run python -m titan_jepa.eval)")
             if v.eval_samples <= 0 or v.eval_max_new_tokens <= 0 or v.eval_batch_size <= 0:
                 raise ConfigError("validation.eval_samples, eval_max_new_tokens and eval_batch_size must be positive")
-            if cfg.parallelism.tp > 1:
-                raise ConfigError("validation.eval_scorer (generation in the loop) needs parallelism.tp = 1; "
-                                  "evaluate TP runs' checkpoints with python -m titan_jepa.eval")
+            if cfg.parallelism.tp > 1 or cfg.parallelism.pp > 1:
+                raise ConfigError("validation.eval_scorer (generation in the loop) needs parallelism.tp = 1 "
+                                  "and pp = 1; evaluate TP/PP runs' checkpoints with python -m titan_jepa.eval")
     c = cfg.checkpoint
     if c.keep_best:
         if not c.keep_best.startswith("val/"):

@@ -268,7 +268,7 @@ def train(cfg: JobConfig, hooks: TrainHooks | None = None) -> list[float]:
                                "flops_vs_ntp": same_flop.ratio,
                                "grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0]})
         if validate:
-            val_metrics = metrics.log_val(step, validator.run(model, objective))
+            val_metrics = metrics.log_val(step, validator.run(model, objective, pipeline))
             checkpointer.note_validation(step, val_metrics)  # checkpoint.keep_best
         checkpointer.maybe_save(step)  # every checkpoint.interval steps and at the last one
         if cfg.checkpoint.same_flop and milestones:

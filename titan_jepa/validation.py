@@ -40,6 +40,7 @@ import torch
 
 from titan_jepa.data.loader import build_dataloader
 from titan_jepa.data.sources import DataError
+from titan_jepa.objectives.combined import SUMS
 from titan_jepa.parallel.loss_parallel import loss_context
 
 logger = logging.getLogger("titan_jepa")
@@ -52,6 +53,23 @@ def objective_sums(objective, model, mb) -> tuple[torch.Tensor, torch.Tensor]:
     with loss_context(model):  # under TP the logits are vocab-sharded (loss parallel)
         _, sums = objective(model, mb, counts.clamp(min=1))
     return sums.to(torch.float64), counts
+
+
+def pipeline_sums(objective, pipeline, mbs: list, weights: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """objective_sums of one micro-batch per slot under pipeline parallelism: the schedule
+    runs them forward only, the objective on the last stage; ``weights`` zero the fillers."""
+    weight_of = {id(mb): w for mb, w in zip(mbs, weights)}
+
+    def loss_fn(outputs, mb):
+        with loss_context(pipeline.model):
+            _, mb_sums = objective(pipeline.outputs(outputs), mb, mb.count_vector.clamp(min=1))
+        w = weight_of[id(mb)]
+        return torch.zeros((), device=mb_sums.device), mb_sums.to(torch.float64) * w
+
+    sums = torch.zeros(len(SUMS), dtype=torch.float64, device=mbs[0].tokens.device)
+    pipeline.eval_step(mbs, loss_fn, sums)
+    counts = sum(mb.count_vector * w for mb, w in zip(mbs, weights))
+    return sums, counts
 
 
 def validation_config(cfg):
@@ -93,22 +111,23 @@ class Validator:
     def due(self, step: int) -> bool:
         return step % self.freq == 0 or step == self.last_step
 
-    def run(self, model, objective) -> dict[str, float]:
-        """Validation metrics (``val/...``), the same on every rank."""
+    def run(self, model, objective, pipeline=None) -> dict[str, float]:
+        """Validation metrics (``val/...``), the same on every rank. ``pipeline``: under pp,
+        the schedule runs the micro-batches forward only and the objective on the last stage."""
         out = {}
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
                 if self.data_cfg is not None:
-                    out.update(self._loss(model, objective))
+                    out.update(self._loss(model, objective, pipeline))
                 if self.generation is not None:
                     out.update(self.generation.run(model))
         finally:
             model.train(was_training)
         return out
 
-    def _loss(self, model, objective) -> dict[str, float]:
+    def _loss(self, model, objective, pipeline=None) -> dict[str, float]:
         device = next(iter(model.parameters())).device
         loaders = [self._loader(slot) for slot in self.slots]
         total_sums = total_counts = None
@@ -118,12 +137,17 @@ class Validator:
             more = torch.tensor([float(any(mb is not None for mb in mbs))], device=device)
             if self.dp.all_reduce_sum(more).item() == 0:
                 break
-            for mb in mbs:
-                weight = 0.0 if mb is None else 1.0
-                sums, counts = objective_sums(objective, model, (mb or self._filler).to(device))
-                sums, counts = sums * weight, counts * weight
-                total_sums = sums if total_sums is None else total_sums + sums
-                total_counts = counts if total_counts is None else total_counts + counts
+            weights = [0.0 if mb is None else 1.0 for mb in mbs]
+            mbs = [(mb or self._filler).to(device) for mb in mbs]
+            if pipeline is not None:
+                sums, counts = pipeline_sums(objective, pipeline, mbs, weights)
+            else:
+                sums = counts = 0
+                for mb, weight in zip(mbs, weights):
+                    mb_sums, mb_counts = objective_sums(objective, model, mb)
+                    sums, counts = sums + mb_sums * weight, counts + mb_counts * weight
+            total_sums = sums if total_sums is None else total_sums + sums
+            total_counts = counts if total_counts is None else total_counts + counts
             batches += 1
         reduced = self.dp.all_reduce_sum(torch.cat([total_sums, total_counts]))
         sums, counts = reduced.split([total_sums.numel(), total_counts.numel()])

@@ -177,7 +177,11 @@ class PipelinedModel:
         self._sums.append(sums.detach())
         return loss
 
-    def step(self, micro_batches: list, loss_fn: Callable, sums: torch.Tensor) -> None:
+    def eval_step(self, micro_batches: list, loss_fn: Callable, sums: torch.Tensor) -> None:
+        """``step`` forward only (validation): the same micro-batch bookkeeping, no backward."""
+        self.step(micro_batches, loss_fn, sums, backward=False)
+
+    def step(self, micro_batches: list, loss_fn: Callable, sums: torch.Tensor, backward: bool = True) -> None:
         """Forward and backward of the step's micro-batches through the pipeline.
 
         ``loss_fn(outputs, micro_batch) -> (loss, mb_sums)`` runs on the last stage; the
@@ -189,10 +193,11 @@ class PipelinedModel:
         self._loss_fn, self._sums = loss_fn, []
         tokens = torch.cat([mb.tokens for mb in micro_batches])
         target = torch.arange(len(micro_batches))  # stays on the CPU: read by _schedule_loss
-        if any(s.is_first for s in self.stages):
-            self.schedule.step(tokens, target=target, return_outputs=False)
+        if backward:
+            run = lambda *args: self.schedule.step(*args, target=target, return_outputs=False)  # noqa: E731
         else:
-            self.schedule.step(target=target, return_outputs=False)
+            run = lambda *args: self.schedule.eval(*args, target=target)  # noqa: E731
+        run(tokens) if any(s.is_first for s in self.stages) else run()
         total = torch.stack(self._sums).sum(0).to(sums) if self._sums else torch.zeros_like(sums)
         dist.all_reduce(total, op=dist.ReduceOp.SUM, group=self.pp_group)
         sums += total
