@@ -137,14 +137,19 @@ def test_keep_best_survives_keep_latest_and_resume(tmp_path):
     assert sorted(complete_checkpoints(folder)) == [6]
 
 
-def test_validation_under_pipeline_parallelism_equals_one_process(demo_dir, tmp_path):
-    """PP=2 (1F1B): the schedule runs the validation micro-batches forward only and the
-    objective on the last stage; the val/ metrics equal one process's."""
-    one, pp = tmp_path / "one", tmp_path / "pp"
+def test_validation_under_pipeline_parallelism_and_hsdp_equals_one_process(demo_dir, tmp_path):
+    """PP=2 (1F1B: the schedule runs the validation micro-batches forward only, the objective
+    on the last stage) and HSDP 2x2: the val/ metrics equal one process's."""
+    one, pp, one4, hsdp = tmp_path / "one", tmp_path / "pp", tmp_path / "one4", tmp_path / "hsdp"
     no_gen = {"eval_scorer": ""}
+    four_slots = {"local_batch_size": 2}  # HSDP 2 x 2 needs 4 batch slots of the global 8 rows
     launch(1, chat_jepa_config(one, demo_dir, validation=no_gen), tmp_path)
     launch(2, chat_jepa_config(pp, demo_dir, validation=no_gen, parallelism={"pp": 2}), tmp_path)
-    a, b = val_rows(one)[2], val_rows(pp)[2]
-    assert a["val/batches"] == b["val/batches"] == 2
-    for k in ("val/loss", "val/ntp_loss", "val/jepa_loss", "val/jepa_cos"):
-        assert b[k] == pytest.approx(a[k], rel=1e-5), k
+    launch(1, chat_jepa_config(one4, demo_dir, validation=no_gen, training=four_slots), tmp_path)
+    launch(4, chat_jepa_config(hsdp, demo_dir, validation=no_gen, training=four_slots,
+                               parallelism={"dp_replicate": 2, "dp_shard": 2}), tmp_path)
+    for ref, other in ((one, pp), (one4, hsdp)):
+        a, b = val_rows(ref)[2], val_rows(other)[2]
+        assert a["val/batches"] == b["val/batches"] == 2
+        for k in ("val/loss", "val/ntp_loss", "val/jepa_loss", "val/jepa_cos"):
+            assert b[k] == pytest.approx(a[k], rel=1e-5), (other.name, k)
