@@ -26,6 +26,8 @@ def build_optimizer(model: nn.Module, cfg: JobConfig, device_type: str,
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": o.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
+    # an empty group (LoRA trains 2-D adapters only) breaks DCP's name-keyed optimizer state
+    groups = [g for g in groups if g["params"]]
     return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, **kwargs)
 
 
