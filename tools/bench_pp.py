@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -33,14 +32,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from titan_jepa.config import load_config
+from titan_jepa.data.batch import Batch
+from titan_jepa.models.llama import ModelArgs, build_model
+from titan_jepa.parallel.mesh import ParallelDims, build_mesh
+from titan_jepa.parallel.pipeline import build_pipeline
 
-from titan_jepa.config import load_config  # noqa: E402
-from titan_jepa.data.batch import Batch  # noqa: E402
-from titan_jepa.models.llama import ModelArgs, build_model  # noqa: E402
-from titan_jepa.parallel.mesh import ParallelDims, build_mesh  # noqa: E402
-from titan_jepa.parallel.pipeline import build_pipeline  # noqa: E402
 
 SCHEDULES = {"1F1B": 1, "GPipe": 1, "Interleaved1F1B": 2, "InterleavedZeroBubble": 2, "ZBVZeroBubble": 2}
 PP = 2
