@@ -382,3 +382,20 @@ def test_sizes_only_manifest(tmp_path):
     assert verify_checkpoint(tmp_path) is None
     _truncate_file(tmp_path / "__0_0.distcp")
     assert "__0_0.distcp has" in verify_checkpoint(tmp_path)
+
+
+def test_checkpoint_with_positional_optimizer_state_still_resumes(demo_dir, tmp_path, monkeypatch):
+    """Checkpoints written before pipeline parallelism keyed the optimizer's param groups by
+    position (optimizer.param_groups.0.lr); they resume exactly like today's name-keyed ones."""
+    import titan_jepa.checkpoint as ckpt_mod
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    cfg = config(tmp_path, demo_dir, training={"steps": 4},
+                 checkpoint={"enable": True, "interval": 2, "keep_latest_k": 0})
+    with monkeypatch.context() as m:
+        m.setattr(ckpt_mod, "OPTIM_OPTIONS", StateDictOptions())  # the old, positional layout
+        full = launch(1, cfg, tmp_path)
+    md = FileSystemReader(str(tmp_path / "t" / "checkpoint" / "step-2")).read_metadata().state_dict_metadata
+    assert "optimizer.param_groups.0.lr" in md
+    cfg["checkpoint"]["load_step"] = 2
+    assert launch(1, cfg, tmp_path) == full[2:]

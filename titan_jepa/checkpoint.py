@@ -142,6 +142,18 @@ from titan_jepa.dtypes import DTYPES  # noqa: E402
 OPTIM_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
+def _optim_options(path: Path) -> StateDictOptions:
+    """How the checkpoint at ``path`` stored its optimizer state: keyed by parameter name
+    (``optimizer.param_groups.<fqn>.lr``: this version) or by group position
+    (``optimizer.param_groups.<i>.lr``: checkpoints written before pipeline parallelism),
+    so older checkpoints still resume."""
+    keys = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    groups = [k[len("optimizer.param_groups."):-len(".lr")] for k in keys
+              if k.startswith("optimizer.param_groups.") and k.endswith(".lr")]
+    positional = bool(groups) and all(g.isdigit() for g in groups)
+    return StateDictOptions() if positional else OPTIM_OPTIONS
+
+
 def checkpoint_folder(cfg: JobConfig) -> Path:
     folder = Path(cfg.checkpoint.folder)
     return folder if folder.is_absolute() else cfg.run_folder / folder
@@ -368,7 +380,9 @@ class Checkpointer:
         # adapters included, when LoRA is on; an old checkpoint's predictor among the model's
         want = {**model_sd, **heads_sd} if legacy else model_sd
         check_dcp(path, want, "checkpoint", stage_part=self.cfg.parallelism.pp > 1)
-        state = {"model": want, "optimizer": get_optimizer_state_dict(self._optim_owner, self.optimizer, options=OPTIM_OPTIONS)}
+        optim_options = _optim_options(path)
+        state = {"model": want, "optimizer": get_optimizer_state_dict(self._optim_owner, self.optimizer,
+                                                                      options=optim_options)}
         if heads_sd and not legacy:
             state["heads"] = heads_sd
         dcp.load(state, checkpoint_id=str(path), no_dist=self.world == 1)
@@ -377,7 +391,7 @@ class Checkpointer:
         set_model_state_dict(self.model, state["model"], options=StateDictOptions(strict=not trainable_only))
         if self.heads is not None:
             set_model_state_dict(self.heads, state["heads"], options=StateDictOptions(strict=True))
-        set_optimizer_state_dict(self._optim_owner, self.optimizer, state["optimizer"], options=OPTIM_OPTIONS)
+        set_optimizer_state_dict(self._optim_owner, self.optimizer, state["optimizer"], options=optim_options)
         self.scheduler.load_state_dict(train_state["lr_scheduler"])
         for name, obj in self.extra.items():
             if name in train_state.get("extra", {}):
