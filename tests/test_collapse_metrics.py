@@ -93,3 +93,35 @@ def test_collapse_metrics_logged_and_equal_on_two_fsdp_ranks(demo_dir, tmp_path)
         for k in COLLAPSE_METRICS:
             assert a[k] > 0 and a[k] == pytest.approx(b[k], rel=1e-4), k
     assert one[0]["jepa_pred_erank"] != one[1]["jepa_pred_erank"]  # a number of the step, not a constant
+
+
+def test_plot_metrics_draws_the_collapse_panels(tmp_path):
+    import sys
+    from pathlib import Path
+
+    import matplotlib.pyplot as plt
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import plot_metrics
+
+    rows = [{"step": s, "loss": 3.0 / s, "jepa_pred_std": 0.5 / s, "jepa_target_std": 0.6 / s,
+             "jepa_pred_erank": 10.0 / s, "jepa_target_erank": 12.0 / s} for s in range(1, 5)]
+    path = tmp_path / "run" / "metrics.jsonl"
+    path.parent.mkdir()
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    drawn = {}
+    savefig = plt.Figure.savefig
+
+    def spy(fig, out, **kw):  # record each panel's lines before saving
+        drawn.update({ax.get_title(): [list(line.get_ydata()) for line in ax.get_lines()] for ax in fig.axes})
+        return savefig(fig, out, **kw)
+
+    plt.Figure.savefig = spy
+    try:
+        plot_metrics.main([str(path), "-o", str(tmp_path / "p.png")])
+    finally:
+        plt.Figure.savefig = savefig
+    assert drawn["JEPA embedding std (per dim, mean)"] == [[r["jepa_pred_std"] for r in rows],
+                                                           [r["jepa_target_std"] for r in rows]]
+    assert drawn["JEPA effective rank"] == [[r["jepa_pred_erank"] for r in rows],
+                                            [r["jepa_target_erank"] for r in rows]]
