@@ -115,9 +115,10 @@ def check_batch(b, kind):
             assert t[0] == TOK.bos_id and t[-1] == last, t.tolist()
 
 
-def run_loader(path, kind, shard_by="record", slots=1, num_epochs=1, batches=30):
+def run_loader(path, kind, shard_by="record", slots=1, num_epochs=1, batches=30, pack_buffer=0):
     cfg = JobConfig()
     cfg.data.path, cfg.data.kind, cfg.data.num_epochs, cfg.data.shard_by = str(path), kind, num_epochs, shard_by
+    cfg.data.pack_buffer = pack_buffer  # chat/pairs: > 1 packs best-fit
     cfg.training.seq_len, cfg.training.local_batch_size = SEQ, 2
     for slot in range(slots):
         try:
@@ -135,12 +136,13 @@ def test_jsonl_readers_and_packers(tmp_path_factory, kind, data):
     lines = data.draw(st.lists(line(kind), min_size=0, max_size=12))
     shard_by = data.draw(st.sampled_from(["record", "file"]))
     num_epochs = data.draw(st.sampled_from([1, -1]))
+    pack_buffer = 0 if kind == "text" else data.draw(st.sampled_from([0, 3]))
     folder = tmp_path_factory.mktemp("fuzz")
     half = len(lines) // 2
     (folder / "a.jsonl").write_bytes(b"\n".join(lines[:half]) + b"\n")
     (folder / "b.jsonl").write_bytes(b"\n".join(lines[half:]))
     with bounded():
-        run_loader(folder, kind, shard_by, slots=2, num_epochs=num_epochs)
+        run_loader(folder, kind, shard_by, slots=2, num_epochs=num_epochs, pack_buffer=pack_buffer)
 
 
 @given(raw=st.binary(max_size=400) | st.text(max_size=300).map(lambda s: s.encode("utf-8", "surrogatepass")))

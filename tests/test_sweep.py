@@ -197,3 +197,19 @@ def test_tiny_sweep_end_to_end(tmp_path, demo_dir):
     p = _sweep(*args, "--resume", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     assert p.stdout.count("resumed: already evaluated") == 4
+
+
+def test_make_subset_deterministic_and_nested(tmp_path):
+    import make_subset
+
+    src = tmp_path / "train.jsonl"
+    src.write_text("".join(json.dumps({"i": i}) + "\n" for i in range(160)))
+    (a16, n16), (a4, n4) = make_subset.write_subsets(src, ["1/16", "1/4"], 0, tmp_path / "a")
+    (b16, _), = make_subset.write_subsets(src, ["1/16"], 0, tmp_path / "b")
+    (c16, _), = make_subset.write_subsets(src, ["1/16"], 1, tmp_path / "c")
+    ids = {p: [json.loads(x)["i"] for x in p.read_text().splitlines()] for p in (a16, a4, b16, c16)}
+    assert (n16, n4) == (10, 40) and a16.name == "train_1of16.jsonl" and a4.name == "train_1of4.jsonl"
+    assert ids[a16] == ids[b16] != ids[c16]  # the same seed, the same lines
+    assert set(ids[a16]) < set(ids[a4]) and ids[a4] == sorted(ids[a4])  # nested, in file order
+    with pytest.raises(make_subset.UserError, match="must be in"):
+        make_subset.write_subsets(src, ["2"], 0, tmp_path / "d")

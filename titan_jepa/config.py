@@ -159,6 +159,9 @@ class Data:
     bad_lines: Literal["skip", "fail"] = "skip"  # skip: a counted warning; fail: an error naming file:line
     max_sample_len: int = -1  # chat: longer samples are bad input; -1: training.seq_len
     shuffle_buffer: int = 0  # 0: files are read in order
+    # chat/pairs: best-fit-decreasing packing over a look-ahead of this many samples (data/packing.py
+    # BestFitPacker); 0 or 1: greedy, in stream order
+    pack_buffer: int = 0
     # "record": slot r reads records r, r+N, ...; "file": whole files per slot
     shard_by: Literal["record", "file"] = "record"
     num_epochs: int = -1  # -1: loop forever
@@ -540,6 +543,11 @@ def validate(cfg: JobConfig) -> None:
     for name in ("steps", "global_batch_size", "local_batch_size", "seq_len"):
         if getattr(t, name) <= 0 and not (name == "steps" and t.steps == -1):
             raise ConfigError(f"training.{name} must be positive, got {getattr(t, name)}")
+    if cfg.data.pack_buffer < 0:
+        raise ConfigError(f"data.pack_buffer = {cfg.data.pack_buffer} must be >= 0 (0 or 1: greedy packing)")
+    if cfg.data.pack_buffer > 1 and cfg.data.kind == "text":
+        raise ConfigError("data.pack_buffer packs chat and pairs samples; text documents are cut at row "
+                          "ends and never pad, so set data.pack_buffer = 0 for data.kind = 'text'")
     if cfg.metrics.log_freq <= 0:
         raise ConfigError("metrics.log_freq must be positive")
     if cfg.metrics.sync_every < 0:

@@ -16,7 +16,8 @@ from it (the NaN check of the loss, the logged metrics, grad_norm, the same-FLOP
 the SIGTERM agreement between ranks) waits for a *sync step*: a log step (metrics.log_freq),
 a checkpoint step, the last step, and every metrics.sync_every steps when that is > 0. There
 the global losses and FLOP counts of every step since the last sync come to the host in one
-copy: a NaN is reported at that step, naming the step where it first appeared; same-FLOP
+copy (a log step of a JEPA run also all-gathers that step's Pred/Target embeddings for the
+collapse diagnostics, objectives/combined.py): a NaN is reported at that step, naming the step where it first appeared; same-FLOP
 milestones are found for the steps that passed them, and their checkpoint is saved at that
 sync step. The batch counts are made on the CPU by the data pipeline (data/batch.py).
 
@@ -237,6 +238,8 @@ def train(cfg: JobConfig, hooks: TrainHooks | None = None) -> list[float]:
             logger.warning(f"preempted (SIGTERM) while loading the data of step {step}: stopped after "
                            f"step {step - 1}; nothing saved (a relaunch resumes from the last checkpoint)")
             break
+        log_step = step % cfg.metrics.log_freq == 0 or step == cfg.training.steps
+        objective.keep_embeddings = log_step  # JEPA collapse diagnostics: this step's Pred/Target
         sums, counts, flops_counted = forward_backward(model, objective, micro_batches, dp, metrics,
                                                        count_flops=step <= cfg.metrics.flop_counter_steps,
                                                        pipeline=pipeline)
@@ -251,7 +254,6 @@ def train(cfg: JobConfig, hooks: TrainHooks | None = None) -> list[float]:
         pending.append((step, objective.loss(sums, counts), counts[FLOP_SLICE]))
 
         # ---- sync steps: the only place the host reads device numbers ----
-        log_step = step % cfg.metrics.log_freq == 0 or step == cfg.training.steps
         validate = validator is not None and validator.due(step)  # every validation.freq steps and the last
         sync = log_step or validate or checkpointer.due(step) or (
             cfg.metrics.sync_every > 0 and step % cfg.metrics.sync_every == 0)
@@ -263,6 +265,7 @@ def train(cfg: JobConfig, hooks: TrainHooks | None = None) -> list[float]:
         milestones, step_flops = read_pending(pending, step, losses, same_flop)
         if log_step:
             metrics.log(step, {**objective.metrics(sums, counts),
+                               **objective.collapse_metrics(),  # {} without JEPA (all-gathers over dp)
                                **({"flops_counted": flops_counted} if flops_counted is not None else {}),
                                "flops": training_flops(model_args, *step_flops[:2]),
                                "flops_vs_ntp": same_flop.ratio,

@@ -1,4 +1,5 @@
-"""Plot a run's metrics.jsonl (loss, JEPA loss, throughput, learning rate) as one PNG.
+"""Plot a run's metrics.jsonl (loss, JEPA loss, throughput, learning rate and, for JEPA runs, the
+collapse diagnostics: Pred/Target per-dimension std and effective rank) as one PNG.
 
     python tools/plot_metrics.py outputs/my_run/metrics.jsonl            # -> outputs/my_run/metrics.png
     python tools/plot_metrics.py outputs/a/metrics.jsonl outputs/b/metrics.jsonl -o compare.png
@@ -22,6 +23,13 @@ PANELS = [
     ("JEPA loss", ("jepa_loss",), "jepa loss", False),
     ("throughput", ("tokens_per_s",), "tokens/s per rank", False),
     ("learning rate", ("lr",), "lr", False),
+]
+# (title, (key, line label, line style) each drawn, y label): JEPA collapse diagnostics
+MULTI_PANELS = [
+    ("JEPA embedding std (per dim, mean)", (("jepa_pred_std", "pred", "-"), ("jepa_target_std", "target", "--")),
+     "std"),
+    ("JEPA effective rank", (("jepa_pred_erank", "pred", "-"), ("jepa_target_erank", "target", "--")),
+     "exp(entropy of singular values)"),
 ]
 
 
@@ -54,7 +62,26 @@ def plot(paths: list[Path], out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     runs = [(p.parent.name or str(p), read_metrics(p)) for p in paths]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
+    fig, axes = plt.subplots(3, 2, figsize=(11, 10), constrained_layout=True)
+    for ax, (title, series, ylabel) in zip(axes.flat[len(PANELS):], MULTI_PANELS):
+        drawn = False
+        for i, (label, rows) in enumerate(runs):
+            for key, name, style in series:
+                pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+                if pts:
+                    steps, values = zip(*pts)
+                    ax.plot(steps, values, style, color=f"C{i}", linewidth=1.2,
+                            label=f"{label} {name}" if len(runs) > 1 else name)
+                    drawn = True
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        if drawn:
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, f"no '{series[0][0]}' in the metrics", ha="center", va="center",
+                    transform=ax.transAxes, color="gray")
     for ax, (title, keys, ylabel, log) in zip(axes.flat, PANELS):
         drawn = False
         for label, rows in runs:

@@ -9,7 +9,8 @@ A plain deterministic iterator in the training process (no worker processes): to
 and packing run far faster than a model consumes tokens (see tools/bench_data.py).
 
 State: the source position (file, byte offset / row, line, epoch, record counter), the
-shuffle buffer's records and RNG, the packer's unfinished document or pending sample, the
+shuffle buffer's records and RNG, the packer's unfinished document, pending sample or
+(``data.pack_buffer`` > 1, best-fit packing) open and finished rows, the
 bad-input counters and the batch count. It is one JSON string under a per-rank key, so it
 survives torch.save and torch.distributed.checkpoint unchanged (DCP would otherwise merge
 equal keys of different ranks and drop keys that a fresh loader does not have yet).
@@ -28,7 +29,7 @@ from dataclasses import replace
 
 from titan_jepa.data.batch import Batch
 from titan_jepa.data.chat import ChatSamples, with_chat_fields
-from titan_jepa.data.packing import DocPacker, SamplePacker, collate
+from titan_jepa.data.packing import BestFitPacker, DocPacker, SamplePacker, collate
 from titan_jepa.data.sources import BadLines, DataError, build_source
 from titan_jepa.data.text import TextDocs
 from titan_jepa.data.pairs import PairSamples
@@ -68,7 +69,8 @@ class DataLoader:
                 self.views = MaskViews(self.encode, cfg.stp, tokenizer, t.seq_len, cfg.job.seed,
                                        dp_rank, self.bad)
             self.encode = self.views or self.encode
-            self.packer = SamplePacker(t.seq_len, tokenizer.pad_id, self._next_item)
+            self.packer = (BestFitPacker(t.seq_len, tokenizer.pad_id, self._next_item, d.pack_buffer)
+                           if d.pack_buffer > 1 else SamplePacker(t.seq_len, tokenizer.pad_id, self._next_item))
         self.batches = 0
         self._any_good = False  # whether this loader has accepted one record (or resumed past one)
 

@@ -5,6 +5,13 @@ items summed over all micro-batches of the step and all data-parallel ranks (``c
 ``Batch.count_vector``s summed, in data/batch.py's COUNT_FIELDS order), so a result does not
 depend on the number of ranks or micro-batches. The objective owns its trainable heads (the
 STP linear predictor, objectives/heads.py); the model is the backbone alone.
+
+Collapse diagnostics (JEPA runs, log steps only): with ``keep_embeddings`` set for a step,
+the objective keeps each micro-batch's detached Pred and Target embeddings, and
+``collapse_metrics()`` turns them into jepa_pred_std / jepa_target_std / jepa_pred_erank /
+jepa_target_erank (objectives/jepa.py ``collapse_stats``) over the step's samples of every
+data-parallel rank: the embeddings are all-gathered through the ``gather`` callable (exact:
+the same numbers as one process; one (M, D) gather per log step, no D x D statistics).
 """
 
 from __future__ import annotations
@@ -16,7 +23,8 @@ import torch
 from titan_jepa.config import JobConfig
 from titan_jepa.data.batch import COUNT_FIELDS, Batch
 from titan_jepa.objectives.heads import Heads
-from titan_jepa.objectives.jepa import cosine_sum, jepa_distance_sum, view_embeddings
+from titan_jepa.objectives.jepa import (COLLAPSE_METRICS, collapse_stats, cosine_sum, jepa_distance_sum,
+                                        view_embeddings)
 from titan_jepa.objectives.next_token import next_token_loss_sum
 from titan_jepa.objectives.stp import curvature_sum, pair_vectors, tube_loss_sum
 
@@ -35,6 +43,8 @@ class Objective:
         self.stp = cfg.stp if cfg.stp.enable else None
         self.heads = heads
         self.gather, self.rank = gather, rank
+        self.keep_embeddings = False  # set for a log step: keep Pred/Target for collapse_metrics
+        self.kept: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def __call__(self, model, mb: Batch, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss to backpropagate, detached sums in SUMS order)."""
@@ -50,6 +60,8 @@ class Objective:
                                      self.gather, self.rank)
             loss = loss + self.jepa.lambda_ * jepa / counts[JEPA_SAMPLES].clamp(min=1)
             cos = cosine_sum(pred, target)
+            if self.keep_embeddings:
+                self.kept.append((pred.detach(), target.detach()))
         stp = torch.zeros((), device=ntp.device)
         if self.stp is not None:
             if self.stp.mode == "curvature":
@@ -60,6 +72,22 @@ class Objective:
                 stp = tube_loss_sum(target, predicting, mb.stp.weight, predictor)
             loss = loss + self.stp.lambda_ * stp / counts[STP_ITEMS].clamp(min=1)
         return loss, torch.stack([ntp.detach(), jepa.detach(), cos, stp.detach()]).double()
+
+    def collapse_metrics(self) -> dict[str, float]:
+        """The collapse diagnostics of the embeddings kept since ``keep_embeddings`` was set
+        (every rank of the dp group calls it at the same step: it all-gathers); clears them
+        and unsets ``keep_embeddings``. {} when nothing was kept (no JEPA, or a pipeline stage
+        without the objective). Host numbers: log steps only."""
+        kept, self.kept, self.keep_embeddings = self.kept, [], False
+        if not kept:
+            return {}
+        pred = torch.cat([p.float() for p, _ in kept])
+        target = torch.cat([t.float() for _, t in kept])
+        if self.gather is not None:
+            with torch.no_grad():
+                pred = torch.cat(self.gather(pred.contiguous()))
+                target = torch.cat(self.gather(target.contiguous()))
+        return dict(zip(COLLAPSE_METRICS, collapse_stats(pred, target).tolist()))
 
     def loss(self, sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """The global step loss as a tensor on the sums' device (no host sync); the same

@@ -60,3 +60,33 @@ def cosine_sum(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Sum of cos(pred, target), a metric (no gradient)."""
     with torch.no_grad():
         return F.cosine_similarity(pred.float(), target.float(), dim=-1).sum()
+
+
+def effective_rank(x: torch.Tensor) -> torch.Tensor:
+    """exp(entropy of the normalised singular values) of an (M, D) matrix (RankMe; not
+    centred): p_i = s_i / sum(s), erank = exp(-sum p_i log p_i); 1 for rank one, min(M, D)
+    for equal singular values, 0 for M = 0 or a zero matrix."""
+    if x.shape[0] == 0:
+        return torch.zeros((), dtype=torch.float64, device=x.device)
+    s = torch.linalg.svdvals(x.double())
+    total = s.sum()
+    p = s / total.clamp(min=torch.finfo(torch.float64).tiny)
+    erank = torch.exp(-torch.special.xlogy(p, p).sum())
+    return torch.where(total > 0, erank, torch.zeros_like(erank))
+
+
+def collapse_stats(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Collapse diagnostics of the (M, D) Pred and Target embeddings of one step, as a float64
+    tensor [pred_std, target_std, pred_erank, target_erank]: the per-dimension standard
+    deviation across the M samples (population, /M), averaged over the D dims, and the
+    effective rank (``effective_rank``). A metric: no gradient, no host read."""
+    with torch.no_grad():
+        out = []
+        for x in (pred, target):
+            x = x.double()
+            out.append(x.std(dim=0, correction=0).mean() if x.shape[0] else x.new_zeros(()))
+        out += [effective_rank(pred), effective_rank(target)]
+        return torch.stack(out)
+
+
+COLLAPSE_METRICS = ("jepa_pred_std", "jepa_target_std", "jepa_pred_erank", "jepa_target_erank")
