@@ -6,8 +6,8 @@
 #
 #   bash tools/sweep_issue16.sh protocol|lowdata|all [sweep.py options, e.g. --jobs 2 or --dry-run]
 #
-# protocol: all of synth_train; baseline vs LLM-JEPA lambda 1 / k 1 (sweeps/i16_l1k1) and
-#           lambda 2 / k 3 (sweeps/i16_l2k3).
+# protocol: all of synth_train; baseline vs LLM-JEPA lambda 1 / k 1 (sweeps/i16_l1k1, 3 seeds) and
+#           a one-seed probe of lambda 2 / k 3 (sweeps/i16_l2k3; L2K3_SEEDS="82 23 37" for all three).
 # lowdata:  per fraction F in 1of16, 1of4, all: baseline vs LLM-JEPA ($JEPA_ARM, default
 #           lambda 1 / k 1: set it to the better arm of `protocol`) in sweeps/i16_<F>_jepa, and
 #           baseline vs STP (random_span, linear predictor, lambda 0.02) in sweeps/i16_<F>_stp.
@@ -25,9 +25,9 @@ JEPA_ARM=${JEPA_ARM:-"jepa.lambda=1 jepa.k=1"}
 NTP_ROWS="training.global_batch_size=4 training.local_batch_size=4"
 STP_ARM="jepa.enable=false stp.enable=true stp.mode=random_span stp.linear_predictor=true stp.lambda=0.02 $NTP_ROWS"
 
-sweep() {  # sweep OUT TRAIN_PATH ARM_OVERRIDES  (4 epochs, best-fit packing over 64 samples)
+sweep() {  # sweep OUT TRAIN_PATH ARM_OVERRIDES [SEEDS]  (4 epochs, best-fit packing over 64 samples)
   # shellcheck disable=SC2086
-  python tools/sweep.py --config "$CONFIG" --seeds "${SEEDS[@]}" --baseline jepa.enable=false $NTP_ROWS \
+  python tools/sweep.py --config "$CONFIG" --seeds ${4:-${SEEDS[*]}} --baseline jepa.enable=false $NTP_ROWS \
     --grid $3 --set data.num_epochs=4 data.pack_buffer=64 data.path="$2" \
     --eval-data ../shared/data/llm_jepa/synth_test.jsonl --scorer exact --eval-batch-size 64 \
     --max-new-tokens 64 --resume --out "$1" "${EXTRA[@]}"
@@ -46,7 +46,7 @@ share_baseline() {  # share_baseline FROM TO: the baseline runs of FROM into TO
 if [[ $WHAT == protocol || $WHAT == all ]]; then
   sweep sweeps/i16_l1k1 "$TRAIN" "jepa.lambda=1 jepa.k=1"
   share_baseline sweeps/i16_l1k1 sweeps/i16_l2k3
-  sweep sweeps/i16_l2k3 "$TRAIN" "jepa.lambda=2 jepa.k=3"
+  sweep sweeps/i16_l2k3 "$TRAIN" "jepa.lambda=2 jepa.k=3" "${L2K3_SEEDS:-82}"
 fi
 if [[ $WHAT == lowdata || $WHAT == all ]]; then
   python tools/make_subset.py "$TRAIN" --fractions 1/16 1/4 --seed 0 --out-dir outputs/subsets
