@@ -9,7 +9,8 @@
 # protocol: all of synth_train; baseline vs LLM-JEPA lambda 1 / k 1 (sweeps/i16_l1k1, 3 seeds) and
 #           a one-seed probe of lambda 2 / k 3 (sweeps/i16_l2k3; L2K3_SEEDS="82 23 37" for all three).
 # lowdata:  per fraction F in 1of16, 1of4, all: baseline vs LLM-JEPA ($JEPA_ARM, default
-#           lambda 1 / k 1: set it to the better arm of `protocol`) in sweeps/i16_<F>_jepa, and
+#           lambda 1 / k 1: set it to the better arm of `protocol`) in sweeps/i16_<F>_jepa (all
+#           of the data with the default arm: the protocol's sweeps/i16_l1k1), and
 #           baseline vs STP (random_span, linear predictor, lambda 0.02) in sweeps/i16_<F>_stp.
 # Sweeps of the same data share their baseline runs: they are copied into the next sweep's
 # folder and --resume skips them.
@@ -33,11 +34,13 @@ sweep() {  # sweep OUT TRAIN_PATH ARM_OVERRIDES [SEEDS]  (4 epochs, best-fit pac
     --max-new-tokens 64 --resume --out "$1" "${EXTRA[@]}"
 }
 
-share_baseline() {  # share_baseline FROM TO: the baseline runs of FROM into TO
-  for d in runs evals logs; do
-    mkdir -p "$2/$d"
-    for s in "${SEEDS[@]}"; do
-      compgen -G "$1/$d/baseline_s$s*" >/dev/null && cp -rn "$1/$d"/baseline_s"$s"* "$2/$d/"
+share_baseline() {  # share_baseline FROM TO: the finished (evaluated) baseline runs of FROM into TO
+  [[ " ${EXTRA[*]} " == *" --dry-run "* ]] && return 0
+  for s in "${SEEDS[@]}"; do
+    [[ -f $1/evals/baseline_s$s.json ]] || continue  # not finished: TO trains its own
+    for d in runs evals logs; do
+      mkdir -p "$2/$d"
+      cp -rn "$1/$d"/baseline_s"$s"* "$2/$d/"
     done
   done
   return 0
@@ -53,13 +56,11 @@ if [[ $WHAT == lowdata || $WHAT == all ]]; then
   for F in 1of16 1of4 all; do
     path=$TRAIN
     [[ $F == all ]] || path=outputs/subsets/synth_train_$F.jsonl
-    if [[ $F == all && $JEPA_ARM == "jepa.lambda=1 jepa.k=1" && -d sweeps/i16_l1k1 ]]; then
-      share_baseline sweeps/i16_l1k1 sweeps/i16_all_jepa  # (its JEPA runs too: the same runs)
-      compgen -G "sweeps/i16_l1k1/evals/lambda1-k1_s*" >/dev/null && cp -rn sweeps/i16_l1k1/runs/lambda1-k1_s* \
-        sweeps/i16_all_jepa/runs/ && cp -rn sweeps/i16_l1k1/evals/lambda1-k1_s* sweeps/i16_all_jepa/evals/
-    fi
-    sweep "sweeps/i16_${F}_jepa" "$path" "$JEPA_ARM"
-    share_baseline "sweeps/i16_${F}_jepa" "sweeps/i16_${F}_stp"
+    jepa_sweep=sweeps/i16_${F}_jepa
+    # all of the data with lambda 1 / k 1 is the protocol's sweep: the same runs
+    [[ $F == all && $JEPA_ARM == "jepa.lambda=1 jepa.k=1" ]] && jepa_sweep=sweeps/i16_l1k1
+    sweep "$jepa_sweep" "$path" "$JEPA_ARM"
+    share_baseline "$jepa_sweep" "sweeps/i16_${F}_stp"
     sweep "sweeps/i16_${F}_stp" "$path" "$STP_ARM"
   done
 fi
