@@ -42,7 +42,11 @@ def write_subsets(path: Path, fractions: list[str], seed: int, out_dir: Path) ->
             raise UserError(f"--fractions '{text}' must be in (0, 1]")
         keep = subset_lines(lines, f, seed)
         out = out_dir / f"{path.stem}_{f.numerator}of{f.denominator}.jsonl"
-        out.write_text("".join(x + "\n" for x in keep))
+        text = "".join(x + "\n" for x in keep)
+        if not (out.is_file() and out.read_text() == text):  # runs may be reading the same file
+            tmp = out.with_name(out.name + ".tmp")
+            tmp.write_text(text)
+            tmp.replace(out)
         written.append((out, len(keep)))
     return written
 
