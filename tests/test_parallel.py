@@ -136,3 +136,51 @@ def test_tp_logits_stay_vocab_sharded_under_loss_parallel(tmp_path):
     assert tp["loss_type"] == "Tensor"  # a plain tensor for the rest of the step
     assert tp["loss"] == pytest.approx(single["loss"], rel=1e-5)
     assert torch.tensor(tp["output_grad"]) == pytest.approx(torch.tensor(single["output_grad"]), abs=1e-5)
+
+
+def _rope_dtype_worker(cfg: dict) -> dict:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from titan_jepa.models import llama
+    from titan_jepa.models.llama import ModelArgs, Transformer
+    from titan_jepa.parallel.parallelize import apply_fsdp
+
+    args = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256,
+                     multiple_of=16, ffn_dim_multiplier=None, max_seq_len=4096)
+    model = Transformer(args)
+    model.init_weights(seed=0)
+    dist.init_process_group("gloo")
+    apply_fsdp(model, init_device_mesh("cpu", (2,), mesh_dim_names=("dp_shard",)),
+               torch.bfloat16, torch.float32, "default")
+    seen, rope = [], llama.apply_rope
+
+    def spy(x, cos, sin):
+        seen.append((str(x.dtype), str(cos.dtype), str(sin.dtype)))
+        out = rope(x, cos, sin)
+        # the rotation against float64 at positions up to 4095
+        ang = (torch.arange(4096, dtype=torch.float64)[-x.shape[1]:, None]
+               * llama.rope_frequencies(args).double()[None, :])
+        x0, x1 = x.double().unflatten(-1, (-1, 2)).unbind(-1)
+        c, s = ang.cos()[None, :, None, :], ang.sin()[None, :, None, :]
+        ref = torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).flatten(-2)
+        # share of outputs that are not the float64 rotation rounded to bf16
+        seen.append(float((out.detach() != ref.to(out.dtype)).double().mean()))
+        return out
+
+    llama.apply_rope = spy
+    try:
+        positions = torch.arange(4096 - 16, 4096)[None].expand(2, -1)
+        model(torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0)), positions=positions)
+    finally:
+        llama.apply_rope = rope
+    return {"dtypes": [s for s in seen if isinstance(s, tuple)], "errors": [e for e in seen if isinstance(e, float)]}
+
+
+def test_fsdp_bf16_keeps_rope_tables_float32(tmp_path):
+    """FSDP2 with bf16 params casts the blocks' activations, not the RoPE cos/sin tables the
+    model hands each block: at positions near 4k the rotated q and k are the float64 rotation
+    rounded to bf16 (bf16 tables, 8 significant bits, move many of them off it)."""
+    out = launch(2, {}, tmp_path, fn=_rope_dtype_worker)
+    assert out["dtypes"] == [["torch.bfloat16", "torch.float32", "torch.float32"]] * 4  # q, k x 2 blocks
+    assert max(out["errors"]) < 0.01, out["errors"]

@@ -180,7 +180,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
         c, s = cos[:, :, None, :], sin[:, :, None, :]
         return torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).flatten(-2).type_as(x)
     xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
-    rot = torch.complex(cos.float(), sin.float())[:, :, None, :]  # FSDP may hand bf16 tables
+    rot = torch.complex(cos.float(), sin.float())[:, :, None, :]  # (float32 tables; .float() is a no-op then)
     return torch.view_as_real(xc * rot).flatten(-2).type_as(x)
 
 

@@ -135,6 +135,15 @@ def apply_compile(model: nn.Module) -> None:
         block.compile(fullgraph=False)
 
 
+def block_mp_policy(mp: MixedPrecisionPolicy) -> MixedPrecisionPolicy:
+    """The policy of a transformer block: ``mp`` without casting the forward inputs. A block's
+    activation input already has the parameter dtype (the embedding's output, or the stage
+    input under pp); what casting would change are the float32 RoPE cos/sin tables the model
+    hands every block, which in bf16 (8 significant bits) lose the angles at long context."""
+    return MixedPrecisionPolicy(param_dtype=mp.param_dtype, reduce_dtype=mp.reduce_dtype,
+                                output_dtype=mp.output_dtype, cast_forward_inputs=False)
+
+
 def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, param_dtype: torch.dtype,
                reduce_dtype: torch.dtype, reshard: str) -> None:
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
@@ -143,7 +152,8 @@ def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, param_dtype: torch.dtype,
     for i, block in enumerate(blocks):
         # the last block is needed again at once by backward: keep it gathered
         last = i == len(blocks) - 1 and reshard == "default"
-        fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=not last and reshard_after_forward)
+        fully_shard(block, mesh=dp_mesh, mp_policy=block_mp_policy(mp),
+                    reshard_after_forward=not last and reshard_after_forward)
     fully_shard(model, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
 
 

@@ -59,7 +59,7 @@ from titan_jepa.models.attention import MaskMeta
 from titan_jepa.parallel.float8 import apply_float8
 from titan_jepa.parallel.mesh import ParallelDims, device_type_for
 from titan_jepa.dtypes import DTYPES
-from titan_jepa.parallel.parallelize import apply_ac, apply_compile, apply_tp, clip_grad_norm_
+from titan_jepa.parallel.parallelize import apply_ac, apply_compile, apply_tp, block_mp_policy, clip_grad_norm_
 
 SCHEDULES = {"1F1B": Schedule1F1B, "GPipe": ScheduleGPipe, "Interleaved1F1B": ScheduleInterleaved1F1B,
              "InterleavedZeroBubble": ScheduleInterleavedZeroBubble, "ZBVZeroBubble": ScheduleZBVZeroBubble}
@@ -271,7 +271,7 @@ def build_pipeline(model: nn.Module, dims: ParallelDims, mesh: DeviceMesh, cfg: 
         reshard = p.fsdp_reshard_after_forward == "always"
         for stage in stages:
             for block in stage.layers.values():
-                fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard)
+                fully_shard(block, mesh=dp_mesh, mp_policy=block_mp_policy(mp), reshard_after_forward=reshard)
             fully_shard(stage, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard)
         act_dtype = DTYPES[cfg.training.mixed_precision_param]
     # what travels between stages (static shapes: no shape inference at the first step)
