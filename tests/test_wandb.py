@@ -129,3 +129,22 @@ def test_progress_line_has_steps_tokens_and_eta(tmp_path, caplog, monkeypatch):
     assert [format_duration(s) for s in (5, 65, 3 * 3600 + 420, 2 * 86400 + 3600 * 4)] == \
         ["5s", "1m05s", "3h07m", "2d04h"]
     assert [format_count(n) for n in (950, 12_300, 4_560_000, 7.89e9)] == ["950", "12.3K", "4.56M", "7.89B"]
+
+
+def test_tokens_per_s_and_mfu_are_per_device_under_model_parallelism(tmp_path, monkeypatch):
+    """tp x pp ranks share one batch slot's work: each counts the slot's tokens, so the rate
+    per device (and the MFU from it) is divided by tp x pp, as torchtitan does."""
+    import torch
+
+    rows = {}
+    for mp_size in (1, 4):
+        monkeypatch.setattr("titan_jepa.metrics.time.perf_counter", lambda: 0.0)
+        m = MetricsLogger(tmp_path / str(mp_size), 1, tensorboard=False, jsonl=False, flops_per_token=6e6,
+                          device=torch.device("cpu"), peak_flops=1e12, model_parallel_size=mp_size)
+        m.count_tokens(1000)
+        m.count_tokens(1000)
+        monkeypatch.setattr("titan_jepa.metrics.time.perf_counter", lambda: 2.0)  # 2000 tokens in 2 s
+        rows[mp_size] = m.log(1, {"loss": 1.0})
+        m.close()
+    assert rows[1]["tokens_per_s"] == pytest.approx(1000.0) and rows[1]["mfu"] == pytest.approx(0.6)
+    assert rows[4]["tokens_per_s"] == pytest.approx(250.0) and rows[4]["mfu"] == pytest.approx(0.15)

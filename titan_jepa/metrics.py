@@ -7,6 +7,11 @@ layout and across resumes), the ETA is the mean time per step since the first st
 process logged (its warm-up left out; the first line has no ETA yet), times the steps left.
 ``metrics.jsonl`` rows carry ``tokens_seen`` and ``eta_s``.
 
+``tok/s`` (``tokens_per_s``) is per device, as in torchtitan: the tokens of this rank's batch
+slot per second, divided by the ranks that share the slot's work (``model_parallel_size`` =
+tp x pp). ``mfu`` is that rate times the model's FLOPs per token over the device's peak, so
+neither is multiplied by tp or pp.
+
 Validation (``log_val``) writes its own row ``{"step", "val/...": ...}`` to metrics.jsonl, the
 same ``val/`` names to TensorBoard and wandb, and one console line.
 
@@ -102,8 +107,10 @@ class MetricsLogger:
 
     def __init__(self, run_folder: Path, rank: int, tensorboard: bool, jsonl: bool,
                  flops_per_token: float, device: torch.device, peak_flops: float = -1.0,
-                 total_steps: int = 0, tokens_per_step: int = 0, wandb: dict | None = None):
+                 total_steps: int = 0, tokens_per_step: int = 0, wandb: dict | None = None,
+                 model_parallel_size: int = 1):
         self.rank = rank
+        self.model_parallel_size = model_parallel_size  # ranks that share a batch slot (tp x pp)
         self.total_steps, self.tokens_per_step = total_steps, tokens_per_step
         self._first_log: tuple[int, float] | None = None  # (step, time) of the first log
         self.device = device
@@ -157,7 +164,7 @@ class MetricsLogger:
     def log(self, step: int, values: dict[str, float]) -> dict[str, float]:
         now = time.perf_counter()
         elapsed = max(now - self._t0, 1e-9)
-        tps = self._tokens / elapsed  # per rank
+        tps = self._tokens / elapsed / self.model_parallel_size  # per device
         mem, mem_unit = memory_gib(self.device)
         progress, progress_row = self.progress(step, now)
         row = {"step": step, **values, "tokens_per_s": tps, "memory_gib": mem, **progress_row}

@@ -212,7 +212,7 @@ def train(cfg: JobConfig, hooks: TrainHooks | None = None) -> list[float]:
                             model_args.flops_per_token(cfg.training.seq_len), device, m.gpu_peak_flops,
                             total_steps=cfg.training.steps,
                             tokens_per_step=cfg.training.global_batch_size * cfg.training.seq_len,
-                            wandb=wandb)
+                            wandb=wandb, model_parallel_size=dims.tp * dims.pp)
 
     # ---- checkpoint: resume (model, optimizer, schedule, loaders, RNG) or initial load --
     same_flop = SameFlopTracker(model_args, cfg.checkpoint.interval)

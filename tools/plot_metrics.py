@@ -21,7 +21,7 @@ from titan_jepa.errors import DataError, UserError, run_main
 PANELS = [
     ("loss", ("loss",), "loss", False),
     ("JEPA loss", ("jepa_loss",), "jepa loss", False),
-    ("throughput", ("tokens_per_s",), "tokens/s per rank", False),
+    ("throughput", ("tokens_per_s",), "tokens/s per device", False),
     ("learning rate", ("lr",), "lr", False),
 ]
 # (title, (key, line label, line style) each drawn, y label): JEPA collapse diagnostics
