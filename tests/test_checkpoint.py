@@ -19,7 +19,7 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint import FileSystemWriter
 
 from helpers import ROOT, launch, tiny_config
-from titan_jepa.checkpoint import MANIFEST, STALL_ENV, CheckpointError, complete_checkpoints, verify_checkpoint
+from titan_jepa.checkpoint import MANIFEST, CheckpointError, complete_checkpoints, verify_checkpoint
 from titan_jepa.config import load_config, write_config
 
 STEPS = 10
@@ -105,9 +105,10 @@ def test_resume_on_another_layout(fsdp_run, demo_dir, tmp_path, world, paralleli
 def test_killed_save_leaves_last_checkpoint(baseline, demo_dir, tmp_path):
     cfg = config(tmp_path, demo_dir, checkpoint={"enable": True, "interval": 2, "keep_latest_k": 1})
     # one thread, as the in-process baseline: another thread count changes float reductions
-    env = {**os.environ, STALL_ENV: "6", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("RANK", None), env.pop("WORLD_SIZE", None)
-    proc = subprocess.Popen([sys.executable, "-m", "titan_jepa.train", "--config", toml_for(cfg, tmp_path)],
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "kill_entry.py"), "--stall-in-save", "6",
+                             "--config", toml_for(cfg, tmp_path)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         out = []

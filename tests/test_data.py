@@ -392,7 +392,7 @@ def test_bad_lines_chat(tmp_path, tok):
         "no assistant message": 1, "empty user message": 1, "sample longer than max_sample_len (64 tokens)": 1}
     for i in range(1, 7):
         p.write_text("\n".join([BAD_CHAT[0], BAD_CHAT[i]]) + "\n")
-        with pytest.raises(DataError, match=rf"c\.jsonl:2: "):
+        with pytest.raises(DataError, match=r"c\.jsonl:2: "):
             take(build_dataloader(make_cfg(p, "chat", seq_len=64, bs=1, bad_lines="fail"), tok), 5)
     with pytest.raises(DataError, match="max_sample_len"):
         build_dataloader(make_cfg(p, "chat", seq_len=64, max_sample_len=65), tok)

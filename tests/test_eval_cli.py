@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helpers import ROOT, launch, tiny_config
-from titan_jepa.config import Metrics, load_config
+from titan_jepa.config import load_config
 from titan_jepa.data.tokenizer import build_tokenizer
 from titan_jepa.eval.generate import greedy_generate_uncached
 from titan_jepa.eval.run import evaluate, generation_prompt, read_rows

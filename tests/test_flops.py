@@ -5,7 +5,7 @@ import torch
 
 from helpers import launch, tiny_config
 from titan_jepa.data.batch import Batch
-from titan_jepa.flops import SameFlopTracker, flop_counts, training_flops, visible_pairs
+from titan_jepa.flops import SameFlopTracker, training_flops, visible_pairs
 from titan_jepa.models.llama import model_args_for
 
 

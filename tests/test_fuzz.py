@@ -17,10 +17,8 @@ import contextlib
 import json
 import os
 import signal
-from pathlib import Path
 
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -102,3 +102,39 @@ def test_model_package_imports_no_distributed_and_no_config():
             for n in names:
                 assert not n.startswith("torch.distributed"), (path.name, n)
                 assert not n.startswith("titan_jepa") or n.startswith("titan_jepa.models"), (path.name, n)
+
+
+def _reads_before_local_import(path: Path) -> list[str]:
+    """Functions that read a name before a function-level ``import`` binds it: the import
+    makes the name local to the whole function, so the earlier read raises UnboundLocalError
+    (e.g. ``torch.backends...`` above ``import torch._dynamo``), on a path CPU tests may not run."""
+    found = []
+    for fn in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        bound = {}  # name -> first line a function-level import binds it
+        for node in ast.walk(fn):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                for a in node.names:
+                    name = a.asname or a.name.split(".")[0]
+                    bound[name] = min(bound.get(name, node.lineno), node.lineno)
+        for node in ast.walk(fn):
+            if (isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in bound
+                    and node.lineno < bound[node.id]):
+                found.append(f"{path.name}:{node.lineno} {fn.name}() reads '{node.id}' before "
+                             f"the import on line {bound[node.id]}")
+    return found
+
+
+def test_no_name_is_read_before_a_function_level_import_binds_it():
+    files = [*ROOT.rglob("*.py"), *(ROOT.parent / "tools").glob("*.py")]
+    found = [f for p in files for f in _reads_before_local_import(p)]
+    assert not found, "\n".join(found)
+    bug = "def f():\n    torch.ones(1)\n    import torch._dynamo\n"
+    tmp = ROOT.parent / "outputs" / "_import_check.py"
+    tmp.parent.mkdir(exist_ok=True)
+    tmp.write_text(bug)
+    try:
+        assert _reads_before_local_import(tmp) == ["_import_check.py:2 f() reads 'torch' before the import on line 3"]
+    finally:
+        tmp.unlink()

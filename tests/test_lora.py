@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from helpers import launch, tiny_config
-from titan_jepa.config import ConfigError, Lora, Metrics, load_config
+from titan_jepa.config import ConfigError, Lora, load_config
 from titan_jepa.lora import (
     LoRALinear,
     apply_lora,

@@ -85,9 +85,9 @@ layout), each slot in its own file written by the rank owning it, so any rank ca
 slot. RNG states are per rank; a rank that has no file of its own (more ranks than when
 saved) takes rank 0's.
 
-Test hook: with ``TITAN_JEPA_TEST_STALL_SAVE_STEP=N`` rank 0 prints ``stalled in save of
-step N`` and sleeps inside the save of step N, after all files are written and before the
-rename, so a test can SIGKILL the process mid-save deterministically.
+Test hook: ``before_rename(step)`` (train.TrainHooks.before_checkpoint_rename) runs on rank 0
+inside the save of each step, after all files are written and before the rename, so a test
+can SIGKILL the process mid-save deterministically (tests/kill_entry.py --stall-in-save N).
 """
 
 from __future__ import annotations
@@ -100,9 +100,9 @@ import random
 import shutil
 import sys
 import threading
-import time
 import zlib
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -134,7 +134,6 @@ TMP = ".tmp"
 CORRUPT = ".corrupt"
 TRAIN_STATE = "train_state.json"
 MANIFEST = "manifest.json"
-STALL_ENV = "TITAN_JEPA_TEST_STALL_SAVE_STEP"
 from titan_jepa.dtypes import DTYPES  # noqa: E402
 # optimizer entries keyed by parameter name ("optimizer.param_groups.<fqn>.lr"), not by group
 # position: under pipeline parallelism each rank's groups hold other parameters, and DCP
@@ -265,10 +264,13 @@ class Checkpointer:
     """Saves and restores everything a run needs to continue bit-identically."""
 
     def __init__(self, cfg: JobConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler, loaders: list, extra: dict | None = None, heads: torch.nn.Module | None = None):
+                 scheduler, loaders: list, extra: dict | None = None, heads: torch.nn.Module | None = None,
+                 before_rename: Callable[[int], None] | None = None):
         """``extra``: more small objects with state_dict()/load_state_dict() (the same on
         every rank, JSON-able), kept in train_state.json under their names. ``heads``: the
-        objectives' trainable modules (objectives/heads.py), saved under "heads"."""
+        objectives' trainable modules (objectives/heads.py), saved under "heads".
+        ``before_rename``: a test hook (see the module docstring)."""
+        self.before_rename = before_rename
         self.cfg, self.ckpt = cfg, cfg.checkpoint
         self.model, self.optimizer, self.scheduler, self.loaders = model, optimizer, scheduler, loaders
         self.heads = heads
@@ -547,9 +549,8 @@ class Checkpointer:
         with self._lock:
             if step in self._finalized:
                 return
-            if os.environ.get(STALL_ENV) == str(step):
-                print(f"stalled in save of step {step}", flush=True)
-                time.sleep(3600)
+            if self.before_rename is not None:
+                self.before_rename(step)
             write_manifest(self.folder / f"step-{step}{TMP}", self.ckpt.checksums)
             _rename_into_place(self.folder / f"step-{step}{TMP}", self.folder / f"step-{step}")
             self._finalized.add(step)

@@ -76,9 +76,12 @@ class TrainHooks:
     """Callbacks a caller injects into the loop (tests: fault injection, sync counting).
 
     on_step_start(step): at the start of every step, before its batches are read.
+    before_checkpoint_rename(step): on rank 0, inside the save of a checkpoint, after all its
+        files are written and before step-N.tmp is renamed to step-N.
     """
 
     on_step_start: Callable[[int], None] | None = None
+    before_checkpoint_rename: Callable[[int], None] | None = None
 
 
 def forward_backward(model, objective: Objective, micro_batches: list, dp, metrics: MetricsLogger,
@@ -217,7 +220,7 @@ def train(cfg: JobConfig, hooks: TrainHooks | None = None) -> list[float]:
     # ---- checkpoint: resume (model, optimizer, schedule, loaders, RNG) or initial load --
     same_flop = SameFlopTracker(model_args, cfg.checkpoint.interval)
     checkpointer = Checkpointer(cfg, model, optimizer, scheduler, loaders, extra={"same_flop": same_flop},
-                                heads=heads)
+                                heads=heads, before_rename=hooks.before_checkpoint_rename)
     done_steps = checkpointer.load()  # the step of the checkpoint resumed from, else 0
 
     # ---- the loop ----------------------------------------------------------------------

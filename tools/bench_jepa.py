@@ -131,7 +131,7 @@ def main() -> None:
 
     times = median_step_times({name: steps[name] for name in order}, args.rounds)
     base_t = times["next-token only"]
-    print(f"\n| variant | tokens per step (rows x len) | step time (s) | ratio to next-token |")
+    print("\n| variant | tokens per step (rows x len) | step time (s) | ratio to next-token |")
     print("|---|---|---|---|")
     for name, t in times.items():
         rows, width = shapes[name]

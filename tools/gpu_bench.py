@@ -66,6 +66,7 @@ from pathlib import Path
 T_START = time.monotonic()  # run as a script, --hard-limit-s counts from here, before torch's import
 
 import torch  # noqa: E402
+import torch._dynamo  # noqa: E402  (not inside run_bench: that would make `torch` local there)
 import torch.nn.functional as F  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -747,8 +748,6 @@ def run_bench(args, started: float) -> Report:
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 comparisons stay fp32
         # 1B, 3B, float8, AC-wrapped or not: more block graphs than dynamo's default 8 per code
         # object; past the limit it would run the blocks eager (and slower) without a word
-        import torch._dynamo
-
         for knob in ("recompile_limit", "cache_size_limit"):
             if hasattr(torch._dynamo.config, knob):
                 setattr(torch._dynamo.config, knob, 64)
