@@ -19,7 +19,8 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint import FileSystemWriter
 
 from helpers import ROOT, launch, tiny_config
-from titan_jepa.checkpoint import MANIFEST, CheckpointError, complete_checkpoints, verify_checkpoint
+from titan_jepa.checkpoint import CheckpointError, complete_checkpoints
+from titan_jepa.checkpoint_files import MANIFEST, verify_checkpoint
 from titan_jepa.config import load_config, write_config
 
 STEPS = 10
@@ -373,7 +374,7 @@ def test_sizes_only_manifest(tmp_path):
     a truncated file does not."""
     import torch.distributed.checkpoint as dcp
 
-    from titan_jepa.checkpoint import write_manifest
+    from titan_jepa.checkpoint_files import write_manifest
 
     dcp.save({"w": torch.arange(1000.0)}, storage_writer=dcp.FileSystemWriter(str(tmp_path)), no_dist=True)
     write_manifest(tmp_path, checksums=False)

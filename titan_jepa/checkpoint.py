@@ -63,20 +63,8 @@ With checkpoint.async_mode the state is copied to CPU memory and written by a ba
 thread (over its own gloo group); rank 0 renames when the write completes, and the next save
 and ``finish`` wait for it. Saving the same step twice in one run is a no-op.
 
-Integrity: just before the rename, rank 0 writes ``manifest.json`` ({relative path: [size,
-crc32]} of every file of the folder; zlib.crc32 streamed in 4 MiB blocks: measured on the
-2-core CI machine 1.0 s per GB hashed in memory, 4.3 s per GB with the read-back, on one
-thread of rank 0, after the write; in the background with async_mode;
-``checkpoint.checksums = false`` records sizes alone and reads nothing back). Resume verifies the newest complete checkpoint against
-its manifest (and that its ``.metadata`` parses); a truncated or missing file, a garbage
-``.metadata`` or a changed byte gives one warning naming the step, the folder is renamed
-to ``step-<N>.corrupt`` (never deleted; kept by keep_latest_k pruning) and the next older
-one is tried. With none left the run stops with one line naming the folder and
-``--checkpoint.load_step``; an explicit ``checkpoint.load_step`` that fails verification
-stops with one line and is left in place. Checkpoints written before manifests existed are
-checked for a readable ``.metadata`` and present files only. A save that fails (a full disk,
-say) removes its ``.tmp`` folder and stops the run with one line; the previous checkpoint
-is untouched.
+Integrity (``manifest.json``, verification on resume, the fallback to an older checkpoint):
+see titan_jepa/checkpoint_files.py.
 
 Layout independence: DCP reshards model and optimizer tensors (FSDP2 / TP DTensors or plain
 tensors) by their global offsets. Data-loader states are per batch slot (train.py keeps one
@@ -100,7 +88,6 @@ import random
 import shutil
 import sys
 import threading
-import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -116,6 +103,17 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from titan_jepa.checkpoint_files import (
+    TMP,
+    TRAIN_STATE,
+    checkpoint_folder,
+    move_aside,
+    remove_unfinished,
+    rename_into_place,
+    verify_checkpoint,
+    write_file,
+    write_manifest,
+)
 from titan_jepa.config import ConfigError, JobConfig, Lora
 from titan_jepa.models.llama import clean_name
 from titan_jepa.weights import (  # CheckpointError, complete_checkpoints: also imported from here
@@ -130,10 +128,6 @@ from titan_jepa.weights import (  # CheckpointError, complete_checkpoints: also 
 
 logger = logging.getLogger("titan_jepa")
 
-TMP = ".tmp"
-CORRUPT = ".corrupt"
-TRAIN_STATE = "train_state.json"
-MANIFEST = "manifest.json"
 from titan_jepa.dtypes import DTYPES  # noqa: E402
 # optimizer entries keyed by parameter name ("optimizer.param_groups.<fqn>.lr"), not by group
 # position: under pipeline parallelism each rank's groups hold other parameters, and DCP
@@ -153,96 +147,10 @@ def _optim_options(path: Path) -> StateDictOptions:
     return StateDictOptions() if positional else OPTIM_OPTIONS
 
 
-def checkpoint_folder(cfg: JobConfig) -> Path:
-    folder = Path(cfg.checkpoint.folder)
-    return folder if folder.is_absolute() else cfg.run_folder / folder
-
-
 def _rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _crc32(path: Path, block: int = 4 << 20) -> int:
-    crc = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            crc = zlib.crc32(chunk, crc)
-    return crc
-
-
-def write_manifest(folder: Path, checksums: bool = True) -> None:
-    """``manifest.json``: [size, crc32 or None] of every other file under ``folder`` (rank 0,
-    before the rename)."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
-    manifest = {p.relative_to(folder).as_posix(): [p.stat().st_size, _crc32(p) if checksums else None]
-                for p in files}
-    _write(folder / MANIFEST, json.dumps({"version": 1, "files": manifest}).encode())
-
-
-def verify_checkpoint(path: Path) -> str | None:
-    """The reason ``path`` is not intact (checked against its manifest), or None."""
-    manifest_file = path / MANIFEST
-    if manifest_file.is_file():
-        try:
-            files = json.loads(manifest_file.read_text())["files"]
-        except (ValueError, KeyError, TypeError):
-            return "its manifest.json is unreadable"
-        for rel, (size, crc) in files.items():
-            f = path / rel
-            if not f.is_file():
-                return f"{rel} is missing"
-            if f.stat().st_size != size:
-                return f"{rel} has {f.stat().st_size} bytes, the manifest says {size}"
-            if crc is not None and _crc32(f) != crc:
-                return f"{rel} does not match its checksum"
-    try:  # also the only check of checkpoints written before manifests
-        md = dcp.FileSystemReader(str(path)).read_metadata()
-    except Exception as e:  # noqa: BLE001 -- unpickling garbage raises anything
-        return f".metadata is unreadable ({type(e).__name__})"
-    for info in (md.storage_data or {}).values():
-        name = getattr(info, "relative_path", None)
-        if name and not (path / name).is_file():
-            return f"{name} is missing"
-        if name and (path / name).stat().st_size < info.offset + info.length:
-            return f"{name} is truncated"
-    return None
-
-
-def _move_aside(path: Path) -> Path:
-    target, n = path.with_name(path.name + CORRUPT), 1
-    while target.exists():
-        target, n = path.with_name(f"{path.name}{CORRUPT}.{n}"), n + 1
-    os.rename(path, target)
-    return target
-
-
-def _rename_into_place(tmp: Path, final: Path) -> None:
-    if final.exists():  # the same step saved again (a run resumed from an earlier step)
-        old = final.with_name(final.name + ".old" + TMP)
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(final, old)
-        os.rename(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, final)
-
-
-def _remove_unfinished(folder: Path) -> None:
-    if folder.is_dir():
-        for p in folder.iterdir():
-            if p.name.endswith(TMP) and p.is_dir():
-                logger.warning(f"removing the unfinished checkpoint {p} (an interrupted save)")
-                shutil.rmtree(p, ignore_errors=True)
 
 
 def trainable_keys(model: torch.nn.Module) -> set[str]:
@@ -303,8 +211,8 @@ class Checkpointer:
         checkpoint.initial_load_path; returns the step reached (0: start from scratch)."""
         if self.ckpt.enable:
             if self.rank == 0:
-                _remove_unfinished(self.folder)
-                _remove_unfinished(self.export_folder)
+                remove_unfinished(self.folder)
+                remove_unfinished(self.export_folder)
             self._barrier()
             found = complete_checkpoints(self.folder)
             if self.ckpt.load_step != -1:
@@ -340,7 +248,7 @@ class Checkpointer:
             if self.rank == 0:
                 reason = verify_checkpoint(found[step])
                 if reason:
-                    aside = _move_aside(found[step])
+                    aside = move_aside(found[step])
                     moved.append(aside.name)
                     older = [s for s in found if s < step]
                     logger.warning(f"checkpoint step {step} is corrupt ({reason}); moved it aside to {aside} "
@@ -472,7 +380,7 @@ class Checkpointer:
         if self._last_saved == step:  # saved already (e.g. resumed at this step): only record it
             self.wait()
             if self.rank == 0:
-                _write(self.folder / "best.json", json.dumps(self.best).encode())
+                write_file(self.folder / "best.json", json.dumps(self.best).encode())
             return
         self.save(step)
 
@@ -533,16 +441,16 @@ class Checkpointer:
                            "model_keys": "trainable" if self.adapters_only else "all",
                            "extra": {name: obj.state_dict() for name, obj in self.extra.items()},
                            "best": self.best}
-            _write(tmp / TRAIN_STATE, json.dumps(train_state).encode())
+            write_file(tmp / TRAIN_STATE, json.dumps(train_state).encode())
             if hasattr(self.model, "args"):  # a Transformer (tests drive bare modules too)
                 write_model_args(tmp, self.model.args)
         for loader in self.loaders:
-            _write(tmp / "dataloader" / f"slot_{loader.rank}.json", json.dumps(loader.state_dict()).encode())
+            write_file(tmp / "dataloader" / f"slot_{loader.rank}.json", json.dumps(loader.state_dict()).encode())
         rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
                "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
         buf = io.BytesIO()
         torch.save(rng, buf)
-        _write(tmp / "rng" / f"rank_{self.rank}.pt", buf.getvalue())
+        write_file(tmp / "rng" / f"rank_{self.rank}.pt", buf.getvalue())
 
     def _finalize(self, step: int) -> None:
         """Rank 0, once every rank's files are written: make step-N visible, prune old ones."""
@@ -552,12 +460,12 @@ class Checkpointer:
             if self.before_rename is not None:
                 self.before_rename(step)
             write_manifest(self.folder / f"step-{step}{TMP}", self.ckpt.checksums)
-            _rename_into_place(self.folder / f"step-{step}{TMP}", self.folder / f"step-{step}")
+            rename_into_place(self.folder / f"step-{step}{TMP}", self.folder / f"step-{step}")
             self._finalized.add(step)
             logger.info(f"checkpoint saved: {self.folder / f'step-{step}'}")
             best = self.best["step"] if self.best is not None else None
             if best == step:
-                _write(self.folder / "best.json", json.dumps(self.best).encode())
+                write_file(self.folder / "best.json", json.dumps(self.best).encode())
             k = self.ckpt.keep_latest_k
             if k > 0:
                 for old_step, old in list(complete_checkpoints(self.folder).items())[:-k]:
@@ -611,7 +519,7 @@ def export_model(model: torch.nn.Module, folder: Path, step: int,
             dcp.save({"model": sd}, storage_writer=dcp.FileSystemWriter(str(tmp)), no_dist=True)
             write_model_args(tmp, model.args)
             write_manifest(tmp)
-            _rename_into_place(tmp, final)
+            rename_into_place(tmp, final)
         return final
     sd = {k: v.detach().to(dtype) for k, v in get_model_state_dict(model).items()}
     if lora is not None and lora_modules(model) and lora.save_adapters_only:
@@ -620,7 +528,7 @@ def export_model(model: torch.nn.Module, folder: Path, step: int,
     if rank == 0:
         write_model_args(tmp, model.args)
         write_manifest(tmp)
-        _rename_into_place(tmp, final)
+        rename_into_place(tmp, final)
     return final
 
 
