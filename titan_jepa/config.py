@@ -1,7 +1,8 @@
-"""Typed configuration: one dataclass per TOML section, loading, CLI overrides, checks.
+"""Typed configuration: loading, CLI overrides, checks (the dataclasses of the sections are
+titan_jepa/config_sections.py, re-exported here).
 
 A run is described by a TOML file whose sections map one-to-one onto the dataclasses
-below. ``--section.key value`` (or ``--section.key=value``) on the command line overrides
+of config_sections.py. ``--section.key value`` (or ``--section.key=value``) on the command line overrides
 a value. Enumerated fields are typed ``Literal[...]``; the loader (``_coerce``) checks every
 value against its field's type, from TOML and the CLI alike, so unknown sections or keys,
 wrong types and values outside a field's choices are rejected with one line naming the
@@ -22,291 +23,31 @@ import tomllib
 import types
 import typing
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from titan_jepa.config_sections import (  # the schema; re-exported: import them from here
+    Job as Job,
+    Model as Model,
+    Training as Training,
+    Optimizer as Optimizer,
+    LRScheduler as LRScheduler,
+    Parallelism as Parallelism,
+    ActivationCheckpoint as ActivationCheckpoint,
+    Compile as Compile,
+    Metrics as Metrics,
+    Tokenizer as Tokenizer,
+    Data as Data,
+    Checkpoint as Checkpoint,
+    Validation as Validation,
+    Jepa as Jepa,
+    Profiling as Profiling,
+    Float8 as Float8,
+    Lora as Lora,
+    Stp as Stp,
+    JobConfig as JobConfig,
+)
 from titan_jepa.errors import ConfigError
-
-
-@dataclass
-class Job:
-    name: str = "run"
-    dump_folder: str = "./outputs"  # the run folder is dump_folder/name
-    seed: int = 0
-    deterministic: bool = False  # torch.use_deterministic_algorithms on top of seeding
-
-
-@dataclass
-class Model:
-    """The model shape: a base (the flavor) with any field below overriding it (-1, "" or
-    unset: the base's). titan_jepa/model_config.py resolves it."""
-
-    # titan_jepa.models.llama.FLAVORS; "": the config.json of checkpoint.initial_load_path
-    # when initial_load_format = "hf", else "debug"
-    flavor: str = ""
-    attn_backend: Literal["sdpa", "flex"] = "sdpa"  # "sdpa" (any device) or "flex" (FlexAttention, CUDA fast path)
-    vocab_size: int = -1  # -1: the flavor's (or the tokenizer's, when it is smaller) size
-    max_seq_len: int = -1  # -1: the flavor's; RoPE tables are built for this length
-    norm_eps: float = -1.0  # -1: the flavor's
-    dim: int = -1
-    n_layers: int = -1
-    n_heads: int = -1
-    n_kv_heads: int = -1
-    multiple_of: int = -1  # the FFN hidden size is rounded up to a multiple of this
-    ffn_dim_multiplier: float = -1.0  # 0: none (hidden = 8/3 dim, rounded up to multiple_of)
-    rope_theta: float = -1.0
-    rope_scaling: Literal["", "none", "llama3"] = ""  # "none" or "llama3" (Llama-3.1 frequency scaling); "": the flavor's
-    rope_factor: float = -1.0  # llama3 scaling fields; -1: the flavor's (Meta's defaults 8, 1, 4, 8192)
-    rope_low_freq_factor: float = -1.0
-    rope_high_freq_factor: float = -1.0
-    rope_original_max_seq_len: int = -1
-    tie_embeddings: bool | None = None  # None (unset): the flavor's
-
-
-@dataclass
-class Training:
-    steps: int = 50  # -1: as many as data.num_epochs of data give (counted before training)
-    global_batch_size: int = 8  # sequences per optimizer step, summed over data-parallel ranks
-    local_batch_size: int = 4  # sequences per micro-batch on one rank
-    seq_len: int = 128
-    max_norm: float = 1.0  # gradient clipping; <= 0 disables it
-    mixed_precision_param: Literal["float32", "bfloat16"] = "float32"  # the FSDP param dtype
-    mixed_precision_reduce: Literal["float32"] = "float32"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-
-
-@dataclass
-class Optimizer:
-    lr: float = 3e-4
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    implementation: Literal["auto", "foreach", "fused", "for-loop"] = "auto"
-
-
-@dataclass
-class LRScheduler:
-    warmup_steps: int = 10
-    decay_type: Literal["linear", "cosine", "wsd", "constant"] = "cosine"
-    decay_ratio: float = 0.2  # wsd only: the fraction of steps spent decaying at the end
-    min_lr_ratio: float = 0.1  # the final lr as a fraction of optimizer.lr
-
-
-@dataclass
-class Parallelism:
-    dp_replicate: int = 1  # HSDP replica groups (usually nodes)
-    dp_shard: int = -1  # FSDP shard group size; -1: what remains of the world size
-    tp: int = 1  # tensor (and sequence) parallel degree
-    fsdp_reshard_after_forward: Literal["default", "always", "never"] = "default"
-    comm_timeout_s: int = 600
-    # pipeline parallelism (titan_jepa/parallel/pipeline.py)
-    pp: int = 1  # pipeline degree: the layers are split over pp stage groups
-    pp_schedule: Literal["1F1B", "GPipe", "Interleaved1F1B", "InterleavedZeroBubble", "ZBVZeroBubble"] = "1F1B"
-    pp_microbatches: int = -1  # micro-batches per step; -1: global_batch / (local_batch x dp)
-    pp_stages_per_rank: int = 1  # virtual stages per pp rank (interleaved and ZBV schedules: >= 2)
-    pp_layers_per_stage: list[int] = field(default_factory=list)  # layers of each stage; empty: even split
-
-
-@dataclass
-class ActivationCheckpoint:
-    mode: Literal["none", "full", "selective"] = "none"
-    selective_every: int = 2  # selective: checkpoint every Nth block
-
-
-@dataclass
-class Compile:
-    enable: bool = False  # torch.compile each transformer block
-
-
-@dataclass
-class Metrics:
-    log_freq: int = 1
-    # host syncs (loss NaN check, metrics, SIGTERM agreement, same-FLOP milestones) run on the
-    # log steps, checkpoint steps and the last step; > 0: also every sync_every steps
-    sync_every: int = 0
-    enable_tensorboard: bool = True
-    enable_jsonl: bool = True
-    gpu_peak_flops: float = -1.0  # -1: look the device up in the peak-FLOPs table
-    flop_counter_steps: int = 1  # also measure FLOPs with torch.utils.flop_counter for the first N steps
-    enable_wandb: bool = False  # Weights & Biases (pip install 'titan-jepa[wandb]'); WANDB_MODE=offline works
-    wandb_project: str = "titan_jepa"
-    wandb_run_name: str = ""  # "": job.name
-    wandb_tags: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Tokenizer:
-    kind: Literal["tiktoken", "hf"] = "tiktoken"  # Llama-3 tokenizer.model, or a Hugging Face tokenizer.json
-    path: str = "assets/tokenizer/tokenizer.model"
-    # "llama3": the Llama-3 layout built on token ids (data/chat_template.py); "hf": the Jinja
-    # chat template of a tokenizer_config.json (data/hf_chat_template.py), e.g. Llama-3.2-Instruct's
-    chat_template: Literal["llama3", "hf"] = "llama3"
-    chat_template_path: str = ""  # "hf": its tokenizer_config.json; "": the one beside tokenizer.path
-    chat_template_date: str = "26 Jul 2024"  # "hf": the template's date_string ("Today Date"), fixed so data never depends on the day
-
-
-@dataclass
-class Data:
-    # "text" (documents), "chat" ({"messages": [...]}) or "pairs" ({"text", "code"} paraphrases)
-    kind: Literal["text", "chat", "pairs"] = "text"
-    path: str = "demo_data/corpus.jsonl"  # a local file, folder or glob; or hf:NAME for datasets
-    hf_split: str = "train"
-    text_field: str = "text"
-    # chat: the tokens trained on; "all_but_eot": all, no <|eot_id|> targets (the reference as it ran)
-    loss_on: Literal["assistant", "all", "all_but_eot"] = "assistant"
-    bad_lines: Literal["skip", "fail"] = "skip"  # skip: a counted warning; fail: an error naming file:line
-    max_sample_len: int = -1  # chat: longer samples are bad input; -1: training.seq_len
-    shuffle_buffer: int = 0  # 0: files are read in order
-    # chat/pairs: best-fit-decreasing packing over a look-ahead of this many samples (data/packing.py
-    # BestFitPacker); 0 or 1: greedy, in stream order
-    pack_buffer: int = 0
-    # "record": slot r reads records r, r+N, ...; "file": whole files per slot
-    shard_by: Literal["record", "file"] = "record"
-    num_epochs: int = -1  # -1: loop forever
-
-
-@dataclass
-class Checkpoint:
-    enable: bool = False
-    folder: str = "checkpoint"  # inside the run folder, unless absolute
-    interval: int = 500
-    keep_latest_k: int = 3  # 0 keeps all
-    async_mode: bool = False
-    load_step: int = -1  # -1: the latest, when one exists
-    initial_load_path: str = ""  # a DCP folder or Hugging Face safetensors to start from
-    initial_load_format: Literal["dcp", "hf"] = "dcp"
-    model_only_export: bool = False  # write the final model weights alone
-    export_dtype: Literal["float32", "bfloat16"] = "float32"
-    same_flop: bool = False  # also save at the steps whose FLOPs match a next-token run's
-    # manifest.json: each file's size and crc32 (rank 0 reads every file back once per save and
-    # the newest once on resume, about 4 s per GB); false: sizes only, no read-back
-    checksums: bool = True
-    # "val/<metric>" (e.g. "val/loss", "val/accuracy"): the checkpoint of the step with the best
-    # value is saved and kept beside the latest keep_latest_k ones (<ckpt>/best.json names it)
-    keep_best: str = ""
-    keep_best_mode: Literal["auto", "max", "min"] = "auto"  # "auto" (max for accuracy-like names, else min), "max" or "min"
-
-
-@dataclass
-class Validation:
-    """Held-out loss (and optional generation eval) every ``freq`` steps and at the last step."""
-
-    enable: bool = False
-    path: str = ""  # a file, folder, glob or hf:NAME, read as [data] (kind, text_field, ...) is
-    hf_split: str = "validation"  # hf: datasets only
-    freq: int = 100  # steps
-    steps: int = -1  # global batches per validation; -1: the whole set (one pass)
-    eval_scorer: str = ""  # generation eval: "" (off), "auto" or a scorer of titan_jepa/eval/scorers.py
-    eval_path: str = ""  # its {"messages": [...]} test lines; "": validation.path
-    eval_samples: int = 32  # the first N lines, shared out over the data-parallel ranks
-    eval_max_new_tokens: int = 64
-    eval_batch_size: int = 8  # prompts per generate call on one rank
-
-
-@dataclass
-class Jepa:
-    """LLM-JEPA: loss = gamma * next-token + lambda * d(Pred(Enc(Text)), Enc(Code))."""
-
-    enable: bool = False
-    lambda_: float = 1.0  # TOML key: lambda
-    gamma: float = 1.0
-    k: int = 1  # predictor tokens <|predictor_1|>..<|predictor_k|>; 0: Pred is identity
-    distance: Literal["cosine", "l2", "mse", "infonce"] = "cosine"
-    infonce_temperature: float = 0.07
-    jepa_ratio: float = 1.0  # probability that a sample carries its views (loss dropout)
-    views: Literal["separate", "shared_prefix"] = "separate"  # separate: the reference
-    view_template: Literal["chat", "plain"] = "chat"  # chat: each view is a templated message; plain: raw tokens
-    front_pred: bool = False  # predictor tokens before the Text content instead of after
-    reverse_pred: bool = False  # predict Text from Code instead
-    last_token: int = 0  # 0: Enc index computed from the view; < 0: offset from the view's end (reference)
-
-
-@dataclass
-class Profiling:
-    """torch.profiler traces (and CUDA memory snapshots) of chosen steps, in the run folder."""
-
-    enable_profiling: bool = False
-    profile_steps: list[int] = field(default_factory=list)  # steps to trace; empty: start_step..
-    start_step: int = 3  # used when profile_steps is empty: trace active_steps steps from here
-    active_steps: int = 1
-    save_traces_folder: str = "profile_traces"  # inside the run folder, unless absolute
-    enable_memory_snapshot: bool = False  # CUDA only: allocator history dumped at the traced steps
-    save_memory_snapshot_folder: str = "memory_snapshot"
-
-
-@dataclass
-class Float8:
-    """Float8 training of the transformer blocks' linear layers through torchao (CUDA, sm89+)."""
-
-    enable: bool = False
-    recipe: Literal["tensorwise", "rowwise", "rowwise_with_gw_hp"] = "tensorwise"
-
-
-@dataclass
-class Lora:
-    """LoRA adapters on the blocks' linear layers; everything else frozen (see titan_jepa/lora.py)."""
-
-    enable: bool = False
-    rank: int = 8
-    alpha: float = 16.0  # the adapter output is scaled by alpha / rank
-    dropout: float = 0.0  # on the adapter path only
-    target_modules: list[Literal["wq", "wk", "wv", "wo", "w1", "w2", "w3"]] = field(
-        default_factory=lambda: ["wq", "wk", "wv", "wo"])
-    # with checkpoint.initial_load_path (the base model) set, training checkpoints hold the
-    # trainable parameters alone (the adapters); on resume the frozen base is re-loaded from
-    # initial_load_path. Without merge_on_export the model-only export holds the adapters alone
-    save_adapters_only: bool = True
-    # the model-only export folds the adapters into the base weights: plain Llama names, readable
-    # by tools/convert_hf.py and the eval like any base model
-    merge_on_export: bool = True
-
-
-@dataclass
-class Stp:
-    """Semantic Tube Prediction: a JEPA-style loss from one sequence's own hidden states."""
-
-    enable: bool = False
-    lambda_: float = 0.02  # TOML key: lambda
-    mode: Literal["random_span", "e2e", "curvature", "random_span_mask"] = "random_span"
-    spans_per_sample: int = 1  # spans per document (text) or per chat sample
-    max_span_len: int = -1  # -1: no limit
-    # "reference": s ~ U{0..N-1}, t ~ U{s+1..N}; "length": len ~ U{1..}, then s
-    sampling: Literal["reference", "length"] = "reference"
-    # "cosine_like": 2rp/(r^2+p^2); "jaccard_like": 1-|r-p|/(r+p)
-    weighting: Literal["none", "cosine_like", "jaccard_like"] = "none"
-    linear_predictor: bool = False  # a bias-free d x d map on the predicting side, trained with the model
-    min_doc_len: int = 4  # text: documents (segments) shorter than this get no span
-
-
-@dataclass
-class JobConfig:
-    job: Job = field(default_factory=Job)
-    model: Model = field(default_factory=Model)
-    training: Training = field(default_factory=Training)
-    optimizer: Optimizer = field(default_factory=Optimizer)
-    lr_scheduler: LRScheduler = field(default_factory=LRScheduler)
-    parallelism: Parallelism = field(default_factory=Parallelism)
-    activation_checkpoint: ActivationCheckpoint = field(default_factory=ActivationCheckpoint)
-    compile: Compile = field(default_factory=Compile)
-    metrics: Metrics = field(default_factory=Metrics)
-    tokenizer: Tokenizer = field(default_factory=Tokenizer)
-    data: Data = field(default_factory=Data)
-    checkpoint: Checkpoint = field(default_factory=Checkpoint)
-    validation: Validation = field(default_factory=Validation)
-    jepa: Jepa = field(default_factory=Jepa)
-    stp: Stp = field(default_factory=Stp)
-    profiling: Profiling = field(default_factory=Profiling)
-    float8: Float8 = field(default_factory=Float8)
-    lora: Lora = field(default_factory=Lora)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @property
-    def run_folder(self) -> Path:
-        return Path(self.job.dump_folder) / self.job.name
 
 
 # Keys that moved to another section: an old config gets one line naming the new place.
