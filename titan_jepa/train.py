@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -158,7 +159,17 @@ def train(cfg: JobConfig, hooks: TrainHooks | None = None) -> list[float]:
     dp = dp_info(dp_mesh)
     torch.manual_seed(cfg.job.seed)
     if cfg.job.deterministic:
+        # cuBLAS is deterministic only with a fixed workspace; without it the first CUDA matmul
+        # raises under use_deterministic_algorithms (read when cuBLAS starts, after this line)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
+    flop_counter_steps = cfg.metrics.flop_counter_steps
+    if model_args.attn_backend == "flex" and flop_counter_steps > 0:
+        # under torch's FLOP counter (a dispatch mode) compiled code runs eager, and eager
+        # FlexAttention holds a (batch, heads, seq, seq) score tensor: out of memory at 8k
+        logger.info("metrics.flop_counter_steps is ignored with model.attn_backend = 'flex' "
+                    "(FlexAttention would run unfused under torch's FLOP counter)")
+        flop_counter_steps = 0
     if rank == 0:
         write_config(cfg, cfg.run_folder)
     logger.info(f"world {world} on {device.type}: pp {dims.pp} x dp_replicate {dims.dp_replicate} x dp_shard "
@@ -244,7 +255,7 @@ def train(cfg: JobConfig, hooks: TrainHooks | None = None) -> list[float]:
         log_step = step % cfg.metrics.log_freq == 0 or step == cfg.training.steps
         objective.keep_embeddings = log_step  # JEPA collapse diagnostics: this step's Pred/Target
         sums, counts, flops_counted = forward_backward(model, objective, micro_batches, dp, metrics,
-                                                       count_flops=step <= cfg.metrics.flop_counter_steps,
+                                                       count_flops=step <= flop_counter_steps,
                                                        pipeline=pipeline)
         if pipeline is not None:  # the norm over every stage
             grad_norm = pipeline.clip_grad_norm_(cfg.training.max_norm, heads)

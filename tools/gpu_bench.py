@@ -313,7 +313,9 @@ class Ctx:
 
     def __init__(self, args):
         self.smoke = args.smoke
-        self.device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+        # with an index: init_process_group(device_id=...) refuses a bare "cuda"
+        self.device = (torch.device("cuda", torch.cuda.current_device())
+                       if torch.cuda.is_available() and not args.smoke else torch.device("cpu"))
         self.cuda = self.device.type == "cuda"
         self.work = Path(args.work_dir)
         self.work.mkdir(parents=True, exist_ok=True)
@@ -360,9 +362,9 @@ def one_rank_mesh(ctx: Ctx):
 
     if ctx.mesh is None:
         if not dist.is_initialized():
-            ctx.own_group = True
             dist.init_process_group("nccl" if ctx.cuda else "gloo", store=dist.HashStore(), rank=0,
                                     world_size=1, **({"device_id": ctx.device} if ctx.cuda else {}))
+            ctx.own_group = True  # only once it exists: run_bench destroys it at the end
         ctx.mesh = init_device_mesh(ctx.device.type, (1,), mesh_dim_names=("dp_shard",))
     return ctx.mesh
 
@@ -761,9 +763,9 @@ def run_bench(args, started: float) -> Report:
             run_section(report, name, section_budget(name, nominal, args.hard_limit_s, started), SECTION_FNS[name], ctx)
     finally:
         watchdog.cancel()
-        if ctx.own_group:
-            import torch.distributed as dist
+        import torch.distributed as dist
 
+        if ctx.own_group and dist.is_initialized():
             dist.destroy_process_group()
     report.data["finished"] = now()
     report.write()

@@ -96,6 +96,9 @@ class FlexAttention:
 
     def __init__(self, block_size: int = 128):
         self.block_size = block_size
+        # torch.compile(flex_attention) here, outside any trace: made lazily inside the first
+        # compiled block it would be a torch.compile call under dynamo (a graph break)
+        _flex_attention()
 
     def build_mask(self, meta: MaskMeta, batch: int, seq_len: int, device: torch.device):
         from torch.nn.attention.flex_attention import create_block_mask
