@@ -15,7 +15,7 @@ counts once; two different results for the same baseline run are an error.
 
 Writes ``OUT.md`` (a table per fraction: mean ± std over seeds, paired one-tailed t-tests
 against the baseline on the seeds both have) and ``OUT.png`` (accuracy against fraction, log
-scale, error bars = sample std), and ``OUT.json`` with every number.
+scale, error bars = sample std, faint points = the seeds), and ``OUT.json`` with every number.
 """
 
 from __future__ import annotations
@@ -170,7 +170,10 @@ def plot(rows: list[dict], path: Path) -> None:
             xs = [r["fraction"] * (1.0 + 0.04 * (k - (len(arms) - 1) / 2)) for r in rs]
             ys = [100 * r[f"{score}_mean"] for r in rs]
             es = [0.0 if r["n"] < 2 else 100 * r[f"{score}_std"] for r in rs]
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=4, label=arm)
+            line = ax.errorbar(xs, ys, yerr=es, marker="o", capsize=4, label=arm)
+            for x, r in zip(xs, rs):  # the seeds themselves, faint
+                vals = [100 * v for v in r[f"{score}_per_seed"].values()]
+                ax.scatter([x] * len(vals), vals, s=12, alpha=0.35, color=line[0].get_color(), zorder=3)
         ax.set_xscale("log", base=2)
         fr = sorted({r["fraction"] for r in rows})
         ax.set_xticks(fr)
