@@ -126,15 +126,10 @@ def _reads_before_local_import(path: Path) -> list[str]:
     return found
 
 
-def test_no_name_is_read_before_a_function_level_import_binds_it():
+def test_no_name_is_read_before_a_function_level_import_binds_it(tmp_path):
     files = [*ROOT.rglob("*.py"), *(ROOT.parent / "tools").glob("*.py")]
     found = [f for p in files for f in _reads_before_local_import(p)]
     assert not found, "\n".join(found)
-    bug = "def f():\n    torch.ones(1)\n    import torch._dynamo\n"
-    tmp = ROOT.parent / "outputs" / "_import_check.py"
-    tmp.parent.mkdir(exist_ok=True)
-    tmp.write_text(bug)
-    try:
-        assert _reads_before_local_import(tmp) == ["_import_check.py:2 f() reads 'torch' before the import on line 3"]
-    finally:
-        tmp.unlink()
+    bug = tmp_path / "_import_check.py"
+    bug.write_text("def f():\n    torch.ones(1)\n    import torch._dynamo\n")
+    assert _reads_before_local_import(bug) == ["_import_check.py:2 f() reads 'torch' before the import on line 3"]

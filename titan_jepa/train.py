@@ -17,9 +17,9 @@ the SIGTERM agreement between ranks) waits for a *sync step*: a log step (metric
 a checkpoint step, the last step, and every metrics.sync_every steps when that is > 0. There
 the global losses and FLOP counts of every step since the last sync come to the host in one
 copy (a log step of a JEPA run also all-gathers that step's Pred/Target embeddings for the
-collapse diagnostics, objectives/combined.py): a NaN is reported at that step, naming the step where it first appeared; same-FLOP
-milestones are found for the steps that passed them, and their checkpoint is saved at that
-sync step. The batch counts are made on the CPU by the data pipeline (data/batch.py).
+collapse diagnostics, objectives/combined.py): a NaN is reported at that step, naming the
+step where it first appeared; same-FLOP milestones are found for the steps that passed them,
+and their checkpoint is saved at that sync step. The batch counts are made on the CPU by the data pipeline (data/batch.py).
 
 SIGTERM (preemption): the step in progress finishes, every rank agrees to stop after it (at the
 next sync step when there are several processes), a checkpoint of that step is saved and the

@@ -28,6 +28,7 @@ import sys
 from fractions import Fraction
 from pathlib import Path
 
+from sweep_report import fmt_num
 from titan_jepa.errors import UserError, run_main
 from titan_jepa.eval.scorers import exact_match, startswith_match
 from titan_jepa.stats import mean_std, paired_t_test_one_tailed
@@ -133,10 +134,6 @@ def _pct(mean: float, std: float) -> str:
     return f"{100 * mean:.2f} ± " + ("—" if math.isnan(std) else f"{100 * std:.2f}")
 
 
-def _p(x: float) -> str:
-    return "—" if x is None or math.isnan(x) else f"{x:.3g}"
-
-
 def markdown(rows: list[dict]) -> str:
     seeds = sorted({s for r in rows for s in r["seeds"]})
     lines = ["| data | arm | seeds | exact % (mean ± std) | per seed " + " / ".join(map(str, seeds))
@@ -148,9 +145,9 @@ def markdown(rows: list[dict]) -> str:
         base = r["arm"] == BASELINE_LABEL
         lines.append(f"| {Fraction(r['fraction']).limit_denominator(1024)} | {r['arm']} | {r['n']} | "
                      f"{_pct(r['exact_mean'], r['exact_std'])} | {per} | "
-                     f"{'—' if base else _p(r['exact_p'])} | "
+                     f"{'—' if base else fmt_num(r['exact_p'], '.3g')} | "
                      f"{_pct(r['startswith_mean'], r['startswith_std'])} | "
-                     f"{'—' if base else _p(r['startswith_p'])} |")
+                     f"{'—' if base else fmt_num(r['startswith_p'], '.3g')} |")
     lines += ["", "p: paired one-tailed t-test against next-token over the seeds both arms have "
               "(H1: the arm is better). std: sample standard deviation over seeds.", ""]
     return "\n".join(lines)
