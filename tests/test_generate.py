@@ -9,10 +9,11 @@ from titan_jepa.models.llama import build_model, model_args_for
 
 
 class _Tok:
-    vocab_size = 2304
+    vocab_size = base_vocab_size = 2304
     pad_id = 2000
     eot_id = 2001
     eos_id = 2002
+    stop_ids = {2001, 2002}
 
 
 def _model(seed=0, **kw):

@@ -16,6 +16,8 @@ Layout (``<ckpt>`` is ``checkpoint.folder``, relative to the run folder unless a
         .metadata, __<rank>_0.distcp  DCP: "model.<fqn>", "heads.<fqn>" (the objectives' heads,
                                       objectives/heads.py) and "optimizer.<...>" entries
         model_args.json               the resolved model shape (ModelArgs; in every export too)
+        tokens.json                   the tokenizer's file, hash, special ids and added tokens
+                                      (data/tokenizer.py tokens_record; in every export too)
         train_state.json              {"step", "lr_scheduler", "num_slots", "world_size", "model_keys", "extra"}
         manifest.json                 {"version", "files": {relative path: [size, crc32]}}
         dataloader/slot_<k>.json      data-loader state of batch slot k: {"dp_rank_<k>": "<json>"}
@@ -173,12 +175,15 @@ class Checkpointer:
 
     def __init__(self, cfg: JobConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler, loaders: list, extra: dict | None = None, heads: torch.nn.Module | None = None,
-                 before_rename: Callable[[int], None] | None = None):
+                 before_rename: Callable[[int], None] | None = None, tokens: dict | None = None):
         """``extra``: more small objects with state_dict()/load_state_dict() (the same on
         every rank, JSON-able), kept in train_state.json under their names. ``heads``: the
         objectives' trainable modules (objectives/heads.py), saved under "heads".
-        ``before_rename``: a test hook (see the module docstring)."""
-        self.before_rename = before_rename
+        ``before_rename``: a test hook (see the module docstring). ``tokens``: the tokenizer's
+        ``tokens_record`` (tokens.json beside every checkpoint and export)."""
+        self.before_rename, self.tokens = before_rename, tokens
+        # the tokenizer added tokens: base weights with fewer vocabulary rows grow (weights.py)
+        self._grown = bool(tokens and tokens.get("added"))
         self.cfg, self.ckpt = cfg, cfg.checkpoint
         self.model, self.optimizer, self.scheduler, self.loaders = model, optimizer, scheduler, loaders
         self.heads = heads
@@ -266,14 +271,14 @@ class Checkpointer:
         if self.ckpt.initial_load_path:
             path = Path(self.ckpt.initial_load_path)
             load_weights(self.model, path, "checkpoint.initial_load_path", self.ckpt.initial_load_format,
-                         stage_part=self.cfg.parallelism.pp > 1)
+                         stage_part=self.cfg.parallelism.pp > 1, grow=self._grown)
             logger.info(f"initial weights loaded from {path} ({self.ckpt.initial_load_format})")
 
     def _load_checkpoint(self, path: Path) -> int:
         step = int(STEP_RE.match(path.name).group(1))
         if not (path / TRAIN_STATE).is_file():
             # LoRA adapters it lacks keep their init
-            load_dcp(self.model, path, "checkpoint", stage_part=self.cfg.parallelism.pp > 1)
+            load_dcp(self.model, path, "checkpoint", stage_part=self.cfg.parallelism.pp > 1, grow=self._grown)
             logger.info(f"loaded the model-only checkpoint {path}; training starts at step {step + 1}")
             return step
         train_state = json.loads((path / TRAIN_STATE).read_text())
@@ -443,7 +448,7 @@ class Checkpointer:
                            "best": self.best}
             write_file(tmp / TRAIN_STATE, json.dumps(train_state).encode())
             if hasattr(self.model, "args"):  # a Transformer (tests drive bare modules too)
-                write_model_args(tmp, self.model.args)
+                write_model_args(tmp, self.model.args, self.tokens)
         for loader in self.loaders:
             write_file(tmp / "dataloader" / f"slot_{loader.rank}.json", json.dumps(loader.state_dict()).encode())
         rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
@@ -490,7 +495,7 @@ class Checkpointer:
         self.wait()
         if self.ckpt.model_only_export:
             path = export_model(self.model, self.export_folder, step, DTYPES[self.ckpt.export_dtype],
-                                lora=self.cfg.lora if self.cfg.lora.enable else None)
+                                lora=self.cfg.lora if self.cfg.lora.enable else None, tokens=self.tokens)
             logger.info(f"model-only export written: {path}")
         self._barrier()
 
@@ -500,7 +505,7 @@ class Checkpointer:
 
 
 def export_model(model: torch.nn.Module, folder: Path, step: int,
-                 dtype: torch.dtype = torch.float32, lora: Lora | None = None) -> Path:
+                 dtype: torch.dtype = torch.float32, lora: Lora | None = None, tokens: dict | None = None) -> Path:
     """Save the weights alone (DCP "model." entries, in ``dtype``) to ``folder/step-<step>``;
     every rank calls it. Usable as checkpoint.initial_load_path or as a seed checkpoint.
     ``lora`` (the enabled [lora] section) of a model with adapters: ``merge_on_export`` writes
@@ -517,7 +522,7 @@ def export_model(model: torch.nn.Module, folder: Path, step: int,
             sd = {k: v.to(dtype) for k, v in merge_lora_state_dict(full, lora.alpha).items()}
             del full
             dcp.save({"model": sd}, storage_writer=dcp.FileSystemWriter(str(tmp)), no_dist=True)
-            write_model_args(tmp, model.args)
+            write_model_args(tmp, model.args, tokens)
             write_manifest(tmp)
             rename_into_place(tmp, final)
         return final
@@ -526,7 +531,7 @@ def export_model(model: torch.nn.Module, folder: Path, step: int,
         sd = {k: v for k, v in sd.items() if is_lora_name(k)}
     dcp.save({"model": sd}, storage_writer=dcp.FileSystemWriter(str(tmp)), no_dist=world == 1)
     if rank == 0:
-        write_model_args(tmp, model.args)
+        write_model_args(tmp, model.args, tokens)
         write_manifest(tmp)
         rename_into_place(tmp, final)
     return final
@@ -546,10 +551,11 @@ def create_seed_checkpoint(cfg: JobConfig) -> Path:
     if existing:
         raise CheckpointError(f"{folder} already holds checkpoint steps {list(existing)}; "
                               f"a seed checkpoint goes into an empty checkpoint.folder")
-    args = model_args_from_config(cfg, build_tokenizer(cfg.tokenizer).vocab_size)
+    tok = build_tokenizer(cfg)
+    args = model_args_from_config(cfg, tok.vocab_size, len(tok.added_tokens))
     model = build_model(args, device="cpu")
     model.init_weights(seed=cfg.job.seed)
-    return export_model(model, folder, 0, torch.float32)
+    return export_model(model, folder, 0, torch.float32, tokens=tok.tokens_record())
 
 
 def main(argv: list[str] | None = None) -> None:

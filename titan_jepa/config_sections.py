@@ -124,11 +124,18 @@ class Metrics:
 class Tokenizer:
     kind: Literal["tiktoken", "hf"] = "tiktoken"  # Llama-3 tokenizer.model, or a Hugging Face tokenizer.json
     path: str = "assets/tokenizer/tokenizer.model"
-    # "llama3": the Llama-3 layout built on token ids (data/chat_template.py); "hf": the Jinja
-    # chat template of a tokenizer_config.json (data/hf_chat_template.py), e.g. Llama-3.2-Instruct's
-    chat_template: Literal["llama3", "hf"] = "llama3"
-    chat_template_path: str = ""  # "hf": its tokenizer_config.json; "": the one beside tokenizer.path
+    # "auto": the Llama-3 layout when the vocabulary has its header tokens, else the model's own
+    # template; "llama3": the Llama-3 layout built on token ids (data/chat_template.py); "hf": the
+    # model's Jinja template (data/hf_chat_template.py), e.g. Llama-3.2-Instruct's or SmolLM2's ChatML
+    chat_template: Literal["auto", "llama3", "hf"] = "auto"
+    # the template's file: a chat_template.jinja, a tokenizer_config.json or a .gguf; "": beside
+    # tokenizer.path, chat_template.jinja, else tokenizer_config.json's "chat_template"
+    chat_template_path: str = ""
     chat_template_date: str = "26 Jul 2024"  # "hf": the template's date_string ("Today Date"), fixed so data never depends on the day
+    # "auto": tokens the objectives need that the vocabulary lacks (<|predictor_k|>, <|mask|>; Llama-3
+    # uses its reserved slots) are appended, and <|pad|> when the pad token occurs in text; the
+    # model's vocabulary grows to hold them. "never": a missing token is an error
+    add_tokens: Literal["auto", "never"] = "auto"
 
 
 @dataclass

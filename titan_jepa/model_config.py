@@ -11,7 +11,10 @@
     tie_embeddings = true
 
 The combination is checked here (dim % n_heads, n_heads % n_kv_heads, ...), with one-line
-ConfigErrors, before any model is built. Training, the planner, the seed checkpoint, the
+ConfigErrors, before any model is built. The vocabulary grows when the tokenizer appended
+tokens the method needs (``tokenizer.add_tokens``, data/tokenizer.py): to the tokenizer's
+size rounded up to a multiple of 64 (``VOCAB_MULTIPLE``: any tensor-parallel degree divides
+it, and GPU matmuls like it), unless ``model.vocab_size`` is set. Training, the planner, the seed checkpoint, the
 eval and tools/convert_hf.py --config all resolve the shape through this one function.
 """
 
@@ -52,11 +55,17 @@ def _base(cfg: JobConfig) -> tuple[ModelArgs, str]:
     return model_args_for("debug"), "flavor 'debug'"
 
 
-def model_args_from_config(cfg: JobConfig, vocab_size: int) -> ModelArgs:
+VOCAB_MULTIPLE = 64
+
+
+def model_args_from_config(cfg: JobConfig, vocab_size: int, added_tokens: int = 0) -> ModelArgs:
     """ModelArgs of ``cfg.model`` (flavor + overrides), checked; ``vocab_size`` is the
-    tokenizer's (0: unknown), which the model's vocabulary must hold."""
+    tokenizer's (0: unknown), which the model's vocabulary must hold; ``added_tokens`` of them
+    were appended by this stack, and the vocabulary grows to hold those (see above)."""
     m = cfg.model
     args, base = _base(cfg)
+    if added_tokens and m.vocab_size == -1 and vocab_size - added_tokens <= args.vocab_size < vocab_size:
+        args = replace(args, vocab_size=-(-vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE)
     args = replace(args, attn_backend=m.attn_backend)
     overrides = {k: getattr(m, k) for k in _SAME_NAME if getattr(m, k) != -1}
     if m.ffn_dim_multiplier != -1:

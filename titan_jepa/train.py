@@ -149,8 +149,8 @@ def train(cfg: JobConfig, hooks: TrainHooks | None = None) -> list[float]:
     rank, world, device = init_distributed(cfg)
     setup_logging(rank)
     dims = ParallelDims.from_config(cfg, world)
-    tokenizer = build_tokenizer(cfg.tokenizer)
-    model_args = model_args_from_config(cfg, tokenizer.vocab_size)
+    tokenizer = build_tokenizer(cfg)  # with the tokens the objectives need (tokenizer.add_tokens)
+    model_args = model_args_from_config(cfg, tokenizer.vocab_size, len(tokenizer.added_tokens))
     grad_accum = dims.check(cfg, model_args)
     if model_args.attn_backend == "flex" and device.type != "cuda":
         raise ConfigError("model.attn_backend = 'flex' trains on CUDA only (FlexAttention has no "
@@ -231,7 +231,8 @@ def train(cfg: JobConfig, hooks: TrainHooks | None = None) -> list[float]:
     # ---- checkpoint: resume (model, optimizer, schedule, loaders, RNG) or initial load --
     same_flop = SameFlopTracker(model_args, cfg.checkpoint.interval)
     checkpointer = Checkpointer(cfg, model, optimizer, scheduler, loaders, extra={"same_flop": same_flop},
-                                heads=heads, before_rename=hooks.before_checkpoint_rename)
+                                heads=heads, before_rename=hooks.before_checkpoint_rename,
+                                tokens=tokenizer.tokens_record())
     done_steps = checkpointer.load()  # the step of the checkpoint resumed from, else 0
 
     # ---- the loop ----------------------------------------------------------------------

@@ -22,7 +22,7 @@ Generation eval (``validation.eval_scorer``): the first ``eval_samples`` lines o
 ``eval_path`` (default: ``path``; {"messages": [...]} lines, the gold is the last assistant
 message) are shared out over the data-parallel ranks (rank r takes lines r, r + dp, ...;
 shares are padded to one size with weight-zero repeats), prompted as titan_jepa/eval does
-(the chat template + the assistant header) and decoded greedily with the KV-cache
+(the model's chat template and its generation prompt) and decoded greedily with the KV-cache
 generator in batches of ``eval_batch_size``. Every batch decodes exactly
 ``eval_max_new_tokens`` tokens (a row's answer ends at its first stop token), so every
 rank runs the same number of forward calls on the FSDP-sharded model. The scorer's
@@ -161,8 +161,9 @@ class GenerationEval:
     """Greedy decoding on the first eval_samples test lines, scored, data-parallel."""
 
     def __init__(self, cfg, tokenizer, dp, max_seq_len: int):
+        from titan_jepa.data.chat_template import generation_prompt
         from titan_jepa.eval import scorers as S
-        from titan_jepa.eval.run import generation_prompt, read_rows
+        from titan_jepa.eval.run import read_rows
 
         v = cfg.validation
         path = v.eval_path or v.path
@@ -182,7 +183,7 @@ class GenerationEval:
             raise DataError(f"validation eval: a prompt of {longest} tokens + eval_max_new_tokens "
                             f"{self.max_new} exceeds the model's max_seq_len {max_seq_len}; lower "
                             f"validation.eval_max_new_tokens or raise model.max_seq_len")
-        self.stop = {tokenizer.eot_id, tokenizer.eos_id}
+        self.stop = set(tokenizer.stop_ids)
         self.last_predictions: list[str] = []
 
     def run(self, model) -> dict[str, float]:

@@ -20,6 +20,12 @@ into a model with adapters: they keep their init). Any difference is one Checkpo
 line naming the missing / unexpected keys or the first shape mismatch. The model may be
 sharded (FSDP2 / TP DTensors): DCP reads each rank's shards; Hugging Face files are read
 on rank 0 and broadcast.
+
+A grown vocabulary (the tokenizer appended the method's tokens, data/tokenizer.py): base
+weights with fewer embedding (and untied output) rows than the model load into the first
+rows, and each new row starts at the mean of the saved rows of its matrix (``grow_vocab``;
+transformers' ``resize_token_embeddings`` starts them at the mean too, plus a 1e-9-scaled
+covariance sample). Such weights are read whole on rank 0 and broadcast, as HF ones are.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavai
 
 STEP_RE = re.compile(r"^step-(\d+)$")
 MODEL_ARGS = "model_args.json"
+TOKENS = "tokens.json"
 # the shape fields a Hugging Face config.json must agree on with the model (each is the
 # [model] field of the same name, but ffn_hidden_dim: multiple_of / ffn_dim_multiplier)
 _SHAPE_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "ffn_hidden_dim", "tie_embeddings")
@@ -100,10 +107,23 @@ def resolve(path: str | Path, what: str = "--checkpoint") -> tuple[str, Path]:
                           f"checkpoints, nor a Hugging Face folder (config.json + model.safetensors)")
 
 
-def write_model_args(folder: Path, args: ModelArgs) -> None:
-    """The resolved model shape, next to the weights (rank 0 calls it)."""
+def write_model_args(folder: Path, args: ModelArgs, tokens: dict | None = None) -> None:
+    """The resolved model shape, next to the weights (rank 0 calls it), and ``tokens``
+    (the tokenizer's ``tokens_record``: its file, special ids and added tokens) as tokens.json."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / MODEL_ARGS).write_text(json.dumps(args.to_dict(), indent=2) + "\n")
+    if tokens is not None:
+        (folder / TOKENS).write_text(json.dumps(tokens, indent=2) + "\n")
+
+
+def read_tokens(folder: Path) -> dict | None:
+    """The tokens.json written beside weights by ``write_model_args``, or None."""
+    try:
+        return json.loads((folder / TOKENS).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"'{folder / TOKENS}' is unreadable ({e}); restore it from the run folder") from None
 
 
 def read_model_args(kind: str, path: Path) -> ModelArgs | None:
@@ -173,10 +193,25 @@ def check_dcp(path: Path, model_sd: dict, what: str, may_lack: Callable[[str], b
 
 # ---- loading into a model ----------------------------------------------------------------
 def load_dcp(model: torch.nn.Module, path: Path, what: str,
-             may_lack: Callable[[str], bool] = is_lora_name, stage_part: bool = False) -> set[str]:
+             may_lack: Callable[[str], bool] = is_lora_name, stage_part: bool = False,
+             grow: bool = False) -> set[str]:
     """Load a DCP folder's model entries into ``model`` (plain or sharded; every rank calls
     it); keys ``may_lack`` allows to be absent keep their values. Returns the keys loaded."""
     model_sd = get_model_state_dict(model)
+    _, saved = dcp_entries(path)
+    if grow and _fewer_vocab_rows({k: tuple(v.size) for k, v in saved.items()},
+                                                    {k: tuple(v.shape) for k, v in model_sd.items()}):
+        if stage_part:
+            raise CheckpointError(f"{what} '{path}' has a smaller vocabulary than the model (the tokenizer "
+                                  f"added tokens); grow it with a pp = 1 run first (its model-only export)")
+        def read():
+            sd = read_dcp_state_dict(path)
+            check_entries({k: tuple(v.shape) for k, v in grow_vocab(sd, model.args.vocab_size,
+                                                                      model.args.tie_embeddings).items()},
+                          {k: tuple(v.shape) for k, v in model_sd.items()}, path, what, may_lack)
+            return sd
+
+        return _load_full_state(model, read, path, what)
     present = check_dcp(path, model_sd, what, may_lack, stage_part)
     model_sd = {k: v for k, v in model_sd.items() if k in present}
     prefix, _ = dcp_entries(path)
@@ -185,9 +220,12 @@ def load_dcp(model: torch.nn.Module, path: Path, what: str,
     return present
 
 
-def _check_hf_shape(model_args: ModelArgs, path: Path, what: str) -> None:
+def _check_hf_shape(model_args: ModelArgs, path: Path, what: str, grow: bool = False) -> ModelArgs:
+    """The folder's shape, checked against the model's (with ``grow``, a smaller vocabulary
+    grows); returns it."""
     saved = read_model_args("hf", path)
-    diff = [f for f in _SHAPE_FIELDS if getattr(saved, f) != getattr(model_args, f)]
+    diff = [f for f in _SHAPE_FIELDS if getattr(saved, f) != getattr(model_args, f)
+            and not (grow and f == "vocab_size" and saved.vocab_size < model_args.vocab_size)]
     if diff:
         have = ", ".join(f"{f} {getattr(saved, f)}" for f in diff)
         mine = ", ".join(f"{f} {getattr(model_args, f)}" for f in diff)
@@ -196,23 +234,41 @@ def _check_hf_shape(model_args: ModelArgs, path: Path, what: str) -> None:
             fix += (", " if fix else "") + "model.multiple_of / ffn_dim_multiplier giving it"
         raise CheckpointError(f"{what} '{path}' (hf): its config.json has {have} but the model has {mine}; "
                               f"set {fix}")
+    return saved
 
 
-def load_hf(model: torch.nn.Module, path: Path, what: str) -> set[str]:
-    """Load a Hugging Face folder into ``model`` (plain or sharded; every rank calls it):
-    rank 0 reads the files, set_model_state_dict broadcasts and shards. The model's LoRA
-    adapters (absent from a HF base model) keep their init. Returns the keys loaded."""
+VOCAB_KEYS = ("tok_embeddings.weight", "output.weight")
+
+
+def grow_vocab(sd: dict[str, torch.Tensor], vocab_size: int, tied: bool) -> dict[str, torch.Tensor]:
+    """``sd`` (full tensors) with its embedding and untied output matrices grown to
+    ``vocab_size`` rows, each new row the mean of the saved rows (float64 sums)."""
+    sd = dict(sd)
+    for key in VOCAB_KEYS:
+        w = sd.get(key)
+        if w is not None and w.shape[0] < vocab_size and not (tied and key == "output.weight"):
+            mean = w.double().mean(0, keepdim=True).to(w.dtype)
+            sd[key] = torch.cat([w, mean.expand(vocab_size - w.shape[0], -1)])
+    if tied and "tok_embeddings.weight" in sd:
+        sd["output.weight"] = sd["tok_embeddings.weight"]
+    return sd
+
+
+def _load_full_state(model: torch.nn.Module, read: Callable[[], dict[str, torch.Tensor]], path: Path,
+                     what: str) -> set[str]:
+    """Rank 0 reads whole tensors in our names (``read()``, may raise CheckpointError), the
+    vocabulary grows to the model's, set_model_state_dict broadcasts and shards. Keys the
+    weights lack (LoRA adapters) keep their init. Every rank calls it; returns the keys loaded."""
     dtypes = {k: v.dtype for k, v in get_model_state_dict(model).items()}
     sd, err = {}, None
     if _rank() == 0:
         try:
-            _check_hf_shape(model.args, path, what)
-            sd = hf_convert.from_hf_state_dict(hf_convert.load_hf_safetensors(path), model.args)
+            sd = grow_vocab(read(), model.args.vocab_size, model.args.tie_embeddings)
             sd = {k: v.to(dtypes[k]) if k in dtypes else v for k, v in sd.items()}
         except CheckpointError as e:
             err = str(e)
         except (OSError, KeyError, ValueError) as e:
-            err = f"{what} '{path}' (hf): " + (str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
+            err = f"{what} '{path}': " + (str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
     if _world() > 1:
         box = [err]
         dist.broadcast_object_list(box, src=0)
@@ -224,8 +280,28 @@ def load_hf(model: torch.nn.Module, path: Path, what: str) -> set[str]:
     return set(dtypes) - {k for k in dtypes if is_lora_name(k)}
 
 
+def load_hf(model: torch.nn.Module, path: Path, what: str, grow: bool = False) -> set[str]:
+    """Load a Hugging Face folder into ``model`` (plain or sharded; every rank calls it):
+    rank 0 reads the files, set_model_state_dict broadcasts and shards. The model's LoRA
+    adapters (absent from a HF base model) keep their init. ``grow``: the model's vocabulary
+    grew (the tokenizer added tokens), so fewer saved rows are completed (``grow_vocab``).
+    Returns the keys loaded."""
+    def read():
+        saved = _check_hf_shape(model.args, path, what, grow)
+        return hf_convert.from_hf_state_dict(hf_convert.load_hf_safetensors(path), saved)
+
+    return _load_full_state(model, read, path, f"{what} (hf)")
+
+
+def _fewer_vocab_rows(saved: dict[str, tuple], want: dict[str, tuple]) -> bool:
+    """Whether saved weights differ from the model only by fewer vocabulary rows."""
+    grown = [k for k in VOCAB_KEYS if k in saved and k in want and saved[k][1:] == want[k][1:]
+             and saved[k][0] < want[k][0]]
+    return bool(grown) and all(saved[k] == want[k] for k in want if k in saved and k not in grown)
+
+
 def load_weights(model: torch.nn.Module, path: str | Path, what: str, fmt: str = "auto",
-                 stage_part: bool = False) -> set[str]:
+                 stage_part: bool = False, grow: bool = False) -> set[str]:
     """Base weights from ``path`` (DCP or HF; ``fmt`` "auto" detects it) into ``model``;
     LoRA adapters the weights lack keep their init. Returns the keys loaded."""
     path = Path(path)
@@ -237,7 +313,9 @@ def load_weights(model: torch.nn.Module, path: str | Path, what: str, fmt: str =
         raise CheckpointError(f"{what}: a Hugging Face initial load under parallelism.pp > 1 is not supported "
                               f"yet; start from a DCP folder (e.g. the model-only export of a pp = 1 run, "
                               f"checkpoint.model_only_export = true)")
-    return load_hf(model, path, what) if kind == "hf" else load_dcp(model, path, what, stage_part=stage_part)
+    if kind == "hf":
+        return load_hf(model, path, what, grow)
+    return load_dcp(model, path, what, stage_part=stage_part, grow=grow)
 
 
 # ---- full tensors (the converter) --------------------------------------------------------

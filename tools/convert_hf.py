@@ -13,6 +13,12 @@ Ours -> Hugging Face (a folder LlamaForCausalLM.from_pretrained can read):
   and export of a run holds next to its weights; so any shape exports with no option.
   torchtitan DCP folders load in both namings: v0.2.x's (ours: ``attention.wq``, ``output``)
   and the later ``attention.qkv_linear.wq``, ``lm_head`` (titan_jepa/torchtitan_names.py).
+  The tokenizer: when --src has the ``tokens.json`` every checkpoint and export of a run
+  holds and the run's tokenizer is a Hugging Face tokenizer.json, --dst also gets the
+  tokenizer files (tokenizer.json with the tokens the run added, such as <|predictor_1|>
+  and <|pad|>; tokenizer_config.json, chat_template.jinja and generation_config.json from
+  beside the original), and config.json the bos / eos / pad ids, so transformers'
+  AutoTokenizer and AutoModelForCausalLM load --dst as it is.
 
 Hugging Face -> ours (a torch.save'd state dict with our names):
     python tools/convert_hf.py --from-hf --src hf_folder --dst model.pt
@@ -88,6 +94,9 @@ def model_args_to_export(a, sd: dict[str, torch.Tensor]):
             args = model_args_from_config(load_config(a.config), 0)
         except ConfigError as e:
             fail(str(e))
+        rows = int(sd["tok_embeddings.weight"].shape[0])
+        if rows > args.vocab_size:  # the run grew the vocabulary (tokens it added)
+            args = replace(args, vocab_size=rows)
     elif a.flavor:
         if a.flavor not in FLAVORS:
             fail(f"unknown flavor '{a.flavor}'; choose one of {', '.join(FLAVORS)}")
@@ -116,14 +125,48 @@ def to_hf(a) -> None:
             sd["output.weight"], sd["tok_embeddings.weight"]):
         fail("the model ties embeddings but output.weight differs from tok_embeddings")
     n_params = sum(t.numel() for k, t in sd.items() if not (args.tie_embeddings and k == "output.weight"))
+    tok = export_tokenizer(a.src)
+    ids = {"bos_token_id": a.bos_id, "eos_token_id": a.eos_id, "pad_token_id": None}
+    if tok is not None:
+        stops = sorted(tok.stop_ids)
+        ids = {"bos_token_id": tok.bos_id if a.bos_id is None else a.bos_id, "pad_token_id": tok.pad_id,
+               "eos_token_id": a.eos_id if a.eos_id is not None else (stops[0] if len(stops) == 1 else stops)}
     log(f"{len(sd)} tensors, {n_params:,} parameters; writing {a.dst} ({a.dtype})")
     try:
         names = hf_convert.save_hf_checkpoint(
-            sd, args, a.dst, dtype=DTYPES[a.dtype], max_shard_bytes=int(a.max_shard_gb * 2**30),
-            bos_token_id=a.bos_id, eos_token_id=a.eos_id)
+            sd, args, a.dst, dtype=DTYPES[a.dtype], max_shard_bytes=int(a.max_shard_gb * 2**30), **ids)
     except (KeyError, ValueError) as e:
         fail(str(e).strip("'\""))
     log(f"wrote config.json and {len(names)} safetensors file(s) to {a.dst}")
+    if tok is not None:
+        files = tok.save_pretrained(a.dst)
+        log(f"wrote the tokenizer ({', '.join(files)}; added tokens: "
+            f"{', '.join(tok.added_tokens) or 'none'}) to {a.dst}")
+
+
+def export_tokenizer(src: str):
+    """The run's Hugging Face tokenizer with its added tokens, from the tokens.json beside
+    --src; None when there is none or the tokenizer is a Llama-3 tokenizer.model."""
+    from titan_jepa.data.tokenizer import HFTokenizer, TokenizerError, apply_tokens_record
+
+    record = weights.read_tokens(Path(src)) if os.path.isdir(src) else None
+    if record is None:
+        log("no tokens.json beside --src: no tokenizer files written (copy the model's own)")
+        return None
+    if record.get("kind") != "hf":
+        log(f"the run's tokenizer is a Llama-3 tokenizer.model ({record.get('path')}): no tokenizer.json "
+            f"written (it added no tokens; copy the model's own tokenizer files)")
+        return None
+    path = Path(record["path"])
+    if not path.is_file():
+        fail(f"the run's tokenizer '{path}' (from {Path(src) / weights.TOKENS}) does not exist; restore it "
+             f"to export the tokenizer files")
+    try:
+        tok = HFTokenizer(path)
+        apply_tokens_record(tok, record)
+    except TokenizerError as e:
+        fail(str(e))
+    return tok
 
 
 def from_hf(a) -> None:

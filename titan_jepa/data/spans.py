@@ -134,7 +134,8 @@ class MaskViews:
     """``stp.mode = "random_span_mask"`` (the mask ablation, chat data): two extra segments
     per sample, packed in the same row: the full sequence with one random span of its
     user+assistant content replaced by a single <|mask|> token, and the span alone. Pred is
-    the masked view's last token before its final <|eot_id|>; the target is the span view's
+    the masked view's last content token, before its final end-of-turn token (<|eot_id|>,
+    ChatML's <|im_end|>); the target is the span view's
     last token. The pair is recorded in ``sample["stp_views"]`` as offsets in the sample."""
 
     def __init__(self, samples, stp_cfg, tokenizer, seq_len: int, seed: int, slot: int, bad):
@@ -173,7 +174,10 @@ class MaskViews:
             self.bad.report(where, f"sample with its STP mask views longer than training.seq_len ({self.seq_len})")
             return None
         sample["segments"] = segments
-        sample["stp_views"] = [len(full) + len(masked) - 2, len(full) + len(masked) + len(span_ids) - 1]
+        # Pred: the masked view's last content token (the one before its end-of-turn token,
+        # whatever follows that: ChatML's "<|im_end|>\n" too), where the original ae - 1 went
+        last = ae - 1 - sum(1 for i in dropped if i <= ae - 1)
+        sample["stp_views"] = [len(full) + last, len(full) + len(masked) + len(span_ids) - 1]
         return sample
 
 

@@ -5,9 +5,10 @@
 Prompts of a batch are left-padded to one length; each prompt's rotary positions start at 0
 at its first real token and the cache's mask hides the padding (models/kv_cache.py), so a
 prompt decodes to the same tokens whatever batch it is in. A row stops at the first stop
-token (default: <|eot_id|> and <|end_of_text|>), which is not returned, or after
-``max_new_tokens``; the batch stops when every row has stopped. Argmax runs over the
-tokenizer's ids only (a model's vocabulary may be padded beyond them).
+token (default: the tokenizer's ``stop_ids``: end of turn, eos and generation_config.json's
+eos ids), which is not returned, or after ``max_new_tokens``; the batch stops when every
+row has stopped. Argmax runs over the tokenizer's own ids only (a model's vocabulary may be
+padded beyond them, and the tokens this stack added are never generated).
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from titan_jepa.models.kv_cache import build_kv_caches
 
 
 def default_stop_ids(tokenizer) -> set[int]:
-    return {tokenizer.eot_id, tokenizer.eos_id}
+    return set(tokenizer.stop_ids)
 
 
 def _vocab_limit(model, tokenizer) -> int:
+    """Argmax runs over ids below this: the tokenizer's own vocabulary, without the rows a
+    model pads beyond it and the tokens this stack added (predictors, mask, pad)."""
     n = model.args.vocab_size
-    return min(n, tokenizer.vocab_size) if tokenizer is not None else n
+    return min(n, tokenizer.base_vocab_size) if tokenizer is not None else n
 
 
 def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device):

@@ -15,11 +15,18 @@ CKPT is anything titan_jepa/weights.py reads:
     adapters alone takes its base weights from ``checkpoint.initial_load_path``;
   * a checkpoint folder holding ``step-N`` folders: the latest complete one;
   * a Hugging Face Llama folder (config.json + *.safetensors): the shape comes from its
-    config.json, --config is then only needed for the tokenizer (or pass --tokenizer).
+    config.json, and the tokenizer from its tokenizer.json when there is one.
 
-Prompts are the Llama-3 chat template over every message before the last assistant message
-(system, user), followed by the assistant header (the generation prompt); the gold answer is
-the last assistant message. The results JSON holds the scorer, n, accuracy, extra metrics
+The tokenizer: --tokenizer, else --config's [tokenizer], else the one beside the weights
+(an HF folder's tokenizer.json, or the tokenizer a run's checkpoint names in its
+tokens.json). Tokens a run added (predictors, pad) are never needed to prompt a model, and
+are never generated.
+
+Prompts are the model's chat template (``tokenizer.chat_template``: the Llama-3 layout, or
+the model's own Jinja template, e.g. SmolLM2's ChatML) over every message before the last
+assistant message (system, user), followed by the template's generation prompt; decoding
+stops at the model's end-of-turn / eos tokens (``generation_config.json``). The gold answer
+is the last assistant message. The results JSON holds the scorer, n, accuracy, extra metrics
 and one record per sample (prediction, gold, correct). Runs in one process.
 """
 
@@ -37,12 +44,13 @@ from pathlib import Path
 import torch
 
 from titan_jepa.config import ConfigError, JobConfig, load_config
+from titan_jepa.data.chat_template import generation_prompt
 from titan_jepa.dtypes import DTYPES
 from titan_jepa.errors import run_main
 from titan_jepa.eval import scorers as S
 from titan_jepa.eval.generate import greedy_generate, next_token_logits
 from titan_jepa.logs import setup_logging
-from titan_jepa.weights import load_model
+from titan_jepa.weights import load_model, read_tokens, resolve
 
 logger = logging.getLogger("titan_jepa")
 
@@ -95,23 +103,6 @@ def read_rows(path: str | Path, limit: int = -1) -> list[dict]:
     if not rows:
         raise EvalError(f"--data '{path}' holds no samples")
     return rows
-
-
-def assistant_header(tokenizer) -> list[int]:
-    """<|start_header_id|>assistant<|end_header_id|>\\n\\n, as data/chat_template.py writes it."""
-    sp = tokenizer.special_tokens
-
-    def special(name):
-        return [sp[name]] if name in sp else tokenizer.encode(name)
-
-    return (special("<|start_header_id|>") + tokenizer.encode("assistant")
-            + special("<|end_header_id|>") + tokenizer.encode("\n\n"))
-
-
-def generation_prompt(tokenizer, messages: list[dict]) -> list[int]:
-    """The chat template over the messages before the last assistant one + the assistant header."""
-    context = messages[:-1] if messages and messages[-1]["role"] == "assistant" else messages
-    return tokenizer.encode_chat(context).ids + assistant_header(tokenizer)
 
 
 # ---- evaluation ---------------------------------------------------------------------------
@@ -230,8 +221,13 @@ def run(argv: list[str] | None = None) -> dict:
     if a.tokenizer:
         cfg.tokenizer.path = a.tokenizer
         cfg.tokenizer.kind = "hf" if a.tokenizer.endswith(".json") else "tiktoken"
-    elif not a.config and (Path(a.checkpoint) / "tokenizer.json").is_file():
-        cfg.tokenizer.path, cfg.tokenizer.kind = str(Path(a.checkpoint) / "tokenizer.json"), "hf"
+    elif not a.config:  # the tokenizer beside the weights: an HF folder's, or the run's (tokens.json)
+        _, weights_dir = resolve(a.checkpoint)
+        record = read_tokens(weights_dir)
+        if (weights_dir / "tokenizer.json").is_file():
+            cfg.tokenizer.path, cfg.tokenizer.kind = str(weights_dir / "tokenizer.json"), "hf"
+        elif record is not None:
+            cfg.tokenizer.path, cfg.tokenizer.kind = record["path"], record["kind"]
     scorer = S.resolve_scorer(a.scorer, a.data)
     if a.batch_size <= 0 or a.max_new_tokens <= 0:
         raise EvalError("--batch-size and --max-new-tokens must be positive")
