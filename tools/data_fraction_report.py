@@ -28,7 +28,7 @@ import sys
 from fractions import Fraction
 from pathlib import Path
 
-from sweep_report import fmt_num
+from sweep_report import fmt_num, read_eval
 from titan_jepa.errors import UserError, run_main
 from titan_jepa.eval.scorers import exact_match, startswith_match
 from titan_jepa.stats import mean_std, paired_t_test_one_tailed
@@ -74,7 +74,7 @@ def label_of(slug: str, baseline: bool, labels: list[tuple[str, str]]) -> str:
 def score_file(path: Path) -> dict[str, float]:
     """{'exact': acc, 'startswith': acc} from one evaluation JSON's predictions."""
     try:
-        preds = json.loads(path.read_text())["predictions"]
+        preds = read_eval(path)["predictions"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ReportError(f"{path}: not an evaluation JSON with 'predictions' ({e}); "
                           f"rerun its sweep with --resume") from None
@@ -97,8 +97,9 @@ def collect(points: list[tuple[float, list[Path]]], labels: list[tuple[str, str]
             for arm in meta["arms"]:
                 name = label_of(arm["slug"], arm["baseline"], labels)
                 runs = arms.setdefault(name, {})
-                for f in sorted((sweep / "evals").glob(f"{arm['slug']}_s*.json")):
-                    seed_text = f.name[len(arm["slug"]) + 2:-len(".json")]
+                for f in sorted([*(sweep / "evals").glob(f"{arm['slug']}_s*.json"),
+                                 *(sweep / "evals").glob(f"{arm['slug']}_s*.json.gz")]):
+                    seed_text = f.name[len(arm["slug"]) + 2:].removesuffix(".gz").removesuffix(".json")
                     if not seed_text.isdigit():  # <run>.run.json: timings, not predictions
                         continue
                     seed, scores = int(seed_text), score_file(f)

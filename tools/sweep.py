@@ -5,9 +5,10 @@ mean +- std per arm with the paired one-tailed t-test of each arm against the ba
         --seeds 82 23 37 84 4 --grid jepa.lambda=1,2 jepa.k=1,3 --baseline jepa.enable=false \\
         --eval-data ../shared/data/llm_jepa/synth_test.jsonl --out sweeps/synth
 
-Arms: the baseline (the config + ``--baseline`` overrides) and one arm per point of the
-Cartesian product of ``--grid`` (the config + that point's overrides; no grid: the config
-as it is). Nothing is implied: an arm trains JEPA only if the config (or its overrides)
+Arms: the baseline (the config + ``--baseline`` overrides), one arm per point of the
+Cartesian product of ``--grid`` (the config + that point's overrides; no grid and no
+``--arm``: the config as it is), and one arm per ``--arm "NAME section.key=v ..."`` (arms
+that differ in several keys at once, e.g. next-token vs LLM-JEPA vs STP in one sweep). Nothing is implied: an arm trains JEPA only if the config (or its overrides)
 enables it. ``--set section.key=value`` applies to every arm (e.g. a tiny smoke test).
 
 Runs go seed by seed (every arm on the first seed, then the second, ...), one at a time or
@@ -18,7 +19,8 @@ Runs go seed by seed (every arm on the first seed, then the second, ...), one at
      log in ``<out>/logs/<arm>_s<S>.train.log``;
   2. evaluate the final model-only export ``<run>/<checkpoint.folder>/model-only/step-N``
      with ``python -m titan_jepa.eval --config <run>/config.toml`` into
-     ``<out>/evals/<arm>_s<S>.json`` (log: ``<out>/logs/<arm>_s<S>.eval.log``);
+     ``<out>/evals/<arm>_s<S>.json.gz`` (the eval's JSON, every prediction, gzipped: small
+     enough to commit; log: ``<out>/logs/<arm>_s<S>.eval.log``);
   3. print one line: arm, seed, accuracy, final training loss (last row of the run's
      metrics.jsonl), seconds.
 
@@ -27,7 +29,7 @@ After every run the reports are rewritten: ``<out>/results.json`` (every number)
 final loss mean, paired one-tailed t-test p of arm > baseline over the seeds both have,
 and the command line) and ``<out>/results.png`` (per-seed accuracies with mean +- std).
 
-``--resume`` skips the runs whose evaluation JSON exists; a run that was interrupted
+``--resume`` skips the runs whose evaluation JSON (``.json.gz``, or ``.json`` of older sweeps) exists; a run that was interrupted
 resumes its training from its latest checkpoint. Without it, an existing run folder stops
 the sweep (nothing is overwritten). ``--dry-run`` prints the arms and the commands only.
 """
@@ -35,6 +37,7 @@ the sweep (nothing is overwritten). ``--dry-run`` prints the arms and the comman
 from __future__ import annotations
 
 import argparse
+import gzip
 import itertools
 import json
 import math
@@ -50,7 +53,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sweep_report import fmt_num, write_reports  # tools/ is sys.path[0] under python tools/sweep.py
+from sweep_report import fmt_num, read_eval, write_reports  # tools/ is sys.path[0] under python tools/sweep.py
 
 from titan_jepa.config import ConfigError, load_config
 from titan_jepa.errors import UserError, run_main
@@ -73,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="job.seed of each run (default: the paper's 82 23 37 84 4)")
     p.add_argument("--grid", nargs="*", default=[], metavar="SECTION.KEY=V1,V2",
                    help="one axis per argument; the arms are their Cartesian product")
+    p.add_argument("--arm", action="append", default=[], dest="arms", metavar='"NAME SECTION.KEY=V ..."',
+                   help="one more arm: a name, then its overrides (repeat for several arms)")
     p.add_argument("--baseline", nargs="*", default=None, metavar="SECTION.KEY=V",
                    help="overrides of the baseline arm (e.g. jepa.enable=false); "
                         "omitted: no baseline arm and no t-test")
@@ -135,12 +140,23 @@ def _slug(text: str) -> str:
     return s or "config"
 
 
-def build_arms(grid: list[tuple[str, list[str]]], baseline: list[tuple[str, str]] | None) -> list[Arm]:
+def parse_arm(text: str) -> Arm:
+    """'NAME section.key=v ...' -> an Arm of that name and those overrides."""
+    name, *rest = text.split()
+    if "=" in name or name == BASELINE:
+        raise SweepError(f"--arm '{text}' must start with a name (not '{BASELINE}'), then section.key=value "
+                         f"overrides, e.g. --arm \"jepa jepa.enable=true jepa.k=1\"")
+    return Arm(name, _slug(name), [parse_override(x, "--arm") for x in rest])
+
+
+def build_arms(grid: list[tuple[str, list[str]]], baseline: list[tuple[str, str]] | None,
+               extra: list[Arm] = ()) -> list[Arm]:
     arms = []
     if baseline is not None:
         arms.append(Arm(BASELINE, BASELINE, list(baseline), baseline=True))
+    arms += extra
     names = [n for n, _ in grid]
-    for values in itertools.product(*[v for _, v in grid]):
+    for values in itertools.product(*[v for _, v in grid]) if grid or not extra else []:
         overrides = list(zip(names, values))
         label = " ".join(f"{k}={v}" for k, v in overrides) or "config"
         slug = _slug("_".join(f"{k.split('.', 1)[1]}{v}" for k, v in overrides)) if overrides else "config"
@@ -271,7 +287,10 @@ def _run_logged(cmd: list[str], log: Path, what: str, env: dict | None = None) -
 def run_one(a: argparse.Namespace, arm: Arm, seed: int, out: Path, env: dict | None = None) -> dict:
     name = run_name(arm, seed)
     runs, run_dir = out / "runs", out / "runs" / name
-    eval_json, side = out / "evals" / f"{name}.json", out / "evals" / f"{name}.run.json"
+    eval_json, side = out / "evals" / f"{name}.json.gz", out / "evals" / f"{name}.run.json"
+    old = out / "evals" / f"{name}.json"  # sweeps before the evaluations were gzipped
+    if a.resume and not eval_json.is_file() and old.is_file():
+        eval_json = old
     t0 = time.time()
     skipped = a.resume and eval_json.is_file()
     if not skipped:
@@ -279,12 +298,17 @@ def run_one(a: argparse.Namespace, arm: Arm, seed: int, out: Path, env: dict | N
                     env)
         t1 = time.time()
         ckpt = final_checkpoint(run_dir)
-        _run_logged(eval_command(a, run_dir, ckpt, eval_json), out / "logs" / f"{name}.eval.log",
+        plain = eval_json.with_suffix("")  # the eval writes JSON; gzipped, it is small enough to commit
+        _run_logged(eval_command(a, run_dir, ckpt, plain), out / "logs" / f"{name}.eval.log",
                     f"evaluation of {name}", env)
+        with gzip.open(eval_json.with_name(eval_json.name + ".tmp"), "wb") as f:
+            f.write(plain.read_bytes())
+        eval_json.with_name(eval_json.name + ".tmp").replace(eval_json)
+        plain.unlink()
         timing = {"train_seconds": round(t1 - t0, 2), "eval_seconds": round(time.time() - t1, 2),
                   "checkpoint": str(ckpt)}
         side.write_text(json.dumps(timing, indent=2) + "\n")
-    res = json.loads(eval_json.read_text())
+    res = read_eval(eval_json)
     loss, step = final_loss(run_dir)
     timing = json.loads(side.read_text()) if side.is_file() else {}
     return {"arm": arm.name, "slug": arm.slug, "seed": seed, "run": name,
@@ -311,12 +335,14 @@ def sweep(a: argparse.Namespace, argv: list[str]) -> int:
         raise SweepError("--nproc and --jobs must be >= 1")
     grid = parse_grid(a.grid)
     baseline = None if a.baseline is None else [parse_override(s, "--baseline") for s in a.baseline]
-    arms = build_arms(grid, baseline)
+    arms = build_arms(grid, baseline, [parse_arm(x) for x in a.arms])
+    if len({arm.slug for arm in arms}) != len(arms):
+        raise SweepError("two arms have the same name; give each --arm its own name")
     out = Path(a.out or Path("sweeps") / Path(a.config).stem)
     runs = out / "runs"
     check_configs(a, arms, runs)
     command = shlex.join(["python", "tools/sweep.py", *argv])
-    meta = {"name": out.name, "config": a.config, "seeds": a.seeds, "grid": a.grid,
+    meta = {"name": out.name, "config": a.config, "seeds": a.seeds, "grid": a.grid, "arm_options": a.arms,
             "baseline": a.baseline, "set": a.sets, "eval_data": a.eval_data, "scorer": a.scorer,
             "eval_limit": a.eval_limit, "command": command}
     total = len(arms) * len(a.seeds)

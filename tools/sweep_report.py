@@ -7,6 +7,7 @@ sweep.Arm objects (name, slug, label, baseline, overrides). sweep.py calls it af
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 from pathlib import Path
@@ -121,6 +122,11 @@ def plot(summary: list[dict], records: list[dict], path: Path, title: str = "") 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def read_eval(path: Path) -> dict:
+    """An evaluation's results JSON, gzipped (``.json.gz``, what sweeps write) or not."""
+    return json.loads(gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_text())
 
 
 def write_reports(out: Path, arms: list, records: list[dict], meta: dict) -> list[dict]:
