@@ -180,3 +180,9 @@ def test_enc_lands_before_im_end_on_real_encodings(smollm2_hf, tmp_path):
         sample = batch.samples
         code_last = [ids[-1] for ids in sample.code_ids]
         assert [batch.tokens[r, c].item() for r, c in t.tolist()] == code_last[:t.shape[0]]
+        # the reference's ChatML offset (-3 from the view's end) lands on the same tokens
+        ref_cfg = tok_cfg(smollm2_hf, jepa={"enable": True, "k": k, "last_token": -3},
+                          data={"kind": "chat", "path": str(data), "num_epochs": 1},
+                          training={"local_batch_size": 2, "seq_len": 512})
+        ref = next(build_dataloader(ref_cfg, build_tokenizer(ref_cfg)))
+        assert torch.equal(ref.jepa.pred, p) and torch.equal(ref.jepa.target, t)
