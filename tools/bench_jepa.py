@@ -1,6 +1,9 @@
 """Step time of LLM-JEPA variants as ratios to next-token-only training, measured in one run.
 
     python tools/bench_jepa.py [--flavor small] [--samples 32] [--seq-len 512] [--rounds 3]
+    python tools/bench_jepa.py --hf-folder models/SmolLM2-135M-Instruct --samples 16
+        # a real model: its weights, tokenizer and chat template (ChatML); the tokens LLM-JEPA
+        # needs are added and the vocabulary grows, as in training
 
 Every variant trains on the same samples per step (forward, backward, AdamW step) with the
 same model, on CPU:
@@ -13,7 +16,9 @@ same model, on CPU:
   jepa_ratio 0.25      packed separate, a quarter of the samples carry views
 
 Variants run interleaved for several rounds after a warm-up and the median is kept; the
-machine is noisy, so only the ratios mean anything.
+machine is noisy, so only the ratios mean anything. Beside each step time: the tokens the
+variant runs (padding included) and its real tokens (full sequences and views) over the
+next-token variant's.
 """
 
 from __future__ import annotations
@@ -55,14 +60,18 @@ def load_records(n: int) -> list[dict]:
 
 
 def reference_batch(records, cfg, tok):
-    """Three groups of rows (full, Text+predictors, Code), right-padded to one length."""
+    """Three groups of rows (full, Text+predictors, Code), right-padded to one length; Enc
+    read where our views put it (the token before the end of turn, e.g. the reference's -2
+    for Llama-3 and -3 for ChatML)."""
     bad = BadLines("skip")
     views = JepaViews(ChatSamples(tok, "all", 10**6, bad), cfg.jepa, tok, 10**6, 0, 0, bad)
-    fulls, texts, codes, labels = [], [], [], []
+    fulls, texts, codes, labels, pred_at, code_at = [], [], [], [], [], []
     for r in records:
         s = views(r, "bench")
         (full, lab), (text, _), (code, _) = s["segments"]
         fulls.append(full), labels.append(lab), texts.append(text), codes.append(code)
+        pred_at.append(s["jepa"][0] - len(full))
+        code_at.append(s["jepa"][1] - len(full) - len(text))
     seqs = fulls + texts + codes
     width = max(len(x) for x in seqs)
     tokens = torch.full((len(seqs), width), tok.pad_id, dtype=torch.int64)
@@ -71,11 +80,7 @@ def reference_batch(records, cfg, tok):
     lab = torch.full((len(fulls), width), IGNORE_INDEX, dtype=torch.int64)
     for i, x in enumerate(labels):
         lab[i, :len(x)] = torch.tensor(x)
-    n = len(records)
-    # Enc at the token before <|eot_id|>: non-pad length - 2 (the reference's offset)
-    pred_at = torch.tensor([len(x) - 2 for x in texts])
-    code_at = torch.tensor([len(x) - 2 for x in codes])
-    return tokens, lab, pred_at, code_at, n
+    return tokens, lab, torch.tensor(pred_at), torch.tensor(code_at), len(records)
 
 
 def step_reference(model, opt, batch, cfg):
@@ -87,6 +92,21 @@ def step_reference(model, opt, batch, cfg):
     train_step(opt, ntp + cfg.jepa.lambda_ * jepa_distance_sum(pred, target, cfg.jepa.distance) / n)
 
 
+def load_grown(folder: str, tok):
+    """The folder's model on CPU, its vocabulary grown to hold the tokenizer's added tokens."""
+    from titan_jepa.model_config import VOCAB_MULTIPLE
+    from titan_jepa.weights import load_hf, read_model_args
+
+    margs = read_model_args("hf", Path(folder))
+    if tok.vocab_size > margs.vocab_size:
+        margs = replace(margs, vocab_size=-(-tok.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE)
+    model = build_model(margs, "meta")
+    model.to_empty(device="cpu")
+    model.init_buffers("cpu")
+    load_hf(model, Path(folder), "--hf-folder", grow=True)
+    return model, margs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--flavor", default="small")
@@ -94,20 +114,27 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--hf-folder", help="a Hugging Face Llama folder (weights, tokenizer.json, chat template) "
+                                        "instead of --flavor at random init and the Llama-3 demo tokenizer")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    base = load_config(extra={"tokenizer": {"path": str(ROOT / "assets/tokenizer/tokenizer.model")},
-                              "data": {"kind": "chat"},
+    tokenizer = ({"kind": "hf", "path": str(Path(args.hf_folder) / "tokenizer.json")} if args.hf_folder
+                 else {"path": str(ROOT / "assets/tokenizer/tokenizer.model")})
+    base = load_config(extra={"tokenizer": tokenizer, "data": {"kind": "chat"},
                               "jepa": {"enable": True, "k": 1, "lambda": 1.0}})
-    tok = build_tokenizer(base.tokenizer)
+    tok = build_tokenizer(base)  # with the tokens LLM-JEPA needs (added on a non-Llama-3 vocabulary)
     records = load_records(args.samples)
-    margs = model_args_for(args.flavor, vocab_size=tok.vocab_size, max_seq_len=max(args.seq_len, 2048))
-    model = build_model(margs, "meta")
-    model.to_empty(device="cpu")
-    model.init_weights(0)
+    if args.hf_folder:
+        model, margs = load_grown(args.hf_folder, tok)
+        args.flavor = args.hf_folder
+    else:
+        margs = model_args_for(args.flavor, vocab_size=tok.vocab_size, max_seq_len=max(args.seq_len, 2048))
+        model = build_model(margs, "meta")
+        model.to_empty(device="cpu")
+        model.init_weights(0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
 
     ntp_cfg = replace(base, jepa=replace(base.jepa, enable=False))
@@ -125,17 +152,21 @@ def main() -> None:
     steps["reference style (3 padded groups)"] = lambda: step_reference(model, opt, reference, base)
     shapes = {name: tuple(batch.tokens.shape) for name, (_, batch) in packed.items()}
     shapes["reference style (3 padded groups)"] = tuple(reference[0].shape)
+    real = {name: batch.counts.full_tokens + batch.counts.view_tokens for name, (_, batch) in packed.items()}
+    real["reference style (3 padded groups)"] = real["packed separate"]
     order = ["next-token only", "reference style (3 padded groups)", "packed separate",
              "packed shared_prefix", "packed, jepa_ratio 0.25"]
     print(f"model {args.flavor}: {margs.num_params() / 1e6:.1f}M params; {torch.get_num_threads()} threads")
 
     times = median_step_times({name: steps[name] for name in order}, args.rounds)
     base_t = times["next-token only"]
-    print("\n| variant | tokens per step (rows x len) | step time (s) | ratio to next-token |")
-    print("|---|---|---|---|")
+    print("\n| variant | tokens per step (rows x len) | real tokens / next-token's | step time (s) | "
+          "ratio to next-token |")
+    print("|---|---|---|---|---|")
     for name, t in times.items():
         rows, width = shapes[name]
-        print(f"| {name} | {rows} x {width} = {rows * width} | {t:.3f} | {t / base_t:.2f}x |")
+        print(f"| {name} | {rows} x {width} = {rows * width} | {real[name] / real['next-token only']:.2f} | "
+              f"{t:.3f} | {t / base_t:.2f}x |")
     sep = times["packed separate"] / base_t
     ref = times["reference style (3 padded groups)"] / base_t
     shp = times["packed shared_prefix"] / base_t

@@ -3,9 +3,12 @@
     python tools/bench_model.py                      # ~35M params, batch 4 x 512, fp32, CPU
     python tools/bench_model.py --device cuda --dtype bfloat16 --batch 8 --seq 2048
     python tools/bench_model.py --variants           # also time candidate changes to llama.py
+    python tools/bench_model.py --hf-folder models/SmolLM2-135M-Instruct --batch 2 --seq 512
+                                                     # a real model: its shape and weights, both sides
 
-Both models get the same config, the same weights (ours converted with hf_convert), the same
-tokens and the same loss (cross entropy over the logits, computed outside the models). After
+Both models get the same config, the same weights (ours converted with hf_convert; with
+--hf-folder, the folder's config.json and weights: ours loaded through titan_jepa/weights.py,
+theirs with ``LlamaForCausalLM.from_pretrained``), the same tokens and the same loss (cross entropy over the logits, computed outside the models). After
 warmup, rounds alternate between the models (order flipped every round) and each model's
 median step time is reported as tokens/s, with the ratio ours / HF.
 
@@ -104,6 +107,24 @@ def build_pair(args: ModelArgs, device, dtype, hf_attn: str):
     return ours, hf
 
 
+def load_pair(folder: str, device, dtype, hf_attn: str):
+    """Ours and transformers' model of a Hugging Face folder, the same weights."""
+    from pathlib import Path
+
+    from transformers import LlamaForCausalLM
+
+    from titan_jepa.weights import load_hf, read_model_args
+
+    args = read_model_args("hf", Path(folder))
+    ours = build_model(args, "meta")
+    ours.to_empty(device=device)
+    ours.init_buffers(device)
+    load_hf(ours, Path(folder), "--hf-folder")
+    hf = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation=hf_attn)
+    hf.config.use_cache = False
+    return args, ours.to(device, dtype).train(), hf.to(device, dtype).train()
+
+
 def step_fn(model, tokens, targets, is_hf: bool):
     def step():
         model.zero_grad(set_to_none=True)
@@ -130,6 +151,7 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=512)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--hf-folder", help="a Hugging Face Llama folder: its shape and weights (the shape flags are ignored)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--hf-attn", default="sdpa", choices=["sdpa", "eager"])
     p.add_argument("--warmup", type=int, default=1, help="steps per model before timing")
@@ -142,11 +164,16 @@ def main(argv=None) -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     device, dtype = torch.device(a.device), DTYPES[a.dtype]
-    args = ModelArgs(dim=a.dim, n_layers=a.n_layers, n_heads=a.n_heads, n_kv_heads=a.n_kv_heads,
-                     vocab_size=a.vocab_size, multiple_of=256, ffn_dim_multiplier=None,
-                     rope_theta=500000.0, rope_scaling=llama.RopeScaling(factor=8.0, original_max_position_embeddings=a.seq // 2),
-                     max_seq_len=a.seq)
-    ours, hf = build_pair(args, device, dtype, a.hf_attn)
+    if a.hf_folder:
+        args, ours, hf = load_pair(a.hf_folder, device, dtype, a.hf_attn)
+        a.dim, a.n_layers, a.n_heads, a.n_kv_heads, a.vocab_size = (args.dim, args.n_layers, args.n_heads,
+                                                                    args.n_kv_heads, args.vocab_size)
+    else:
+        args = ModelArgs(dim=a.dim, n_layers=a.n_layers, n_heads=a.n_heads, n_kv_heads=a.n_kv_heads,
+                         vocab_size=a.vocab_size, multiple_of=256, ffn_dim_multiplier=None,
+                         rope_theta=500000.0, rope_scaling=llama.RopeScaling(factor=8.0, original_max_position_embeddings=a.seq // 2),
+                         max_seq_len=a.seq)
+        ours, hf = build_pair(args, device, dtype, a.hf_attn)
     g = torch.Generator().manual_seed(0)
     data = torch.randint(0, args.vocab_size, (a.batch, a.seq + 1), generator=g).to(device)
     tokens, targets = data[:, :-1], data[:, 1:]
