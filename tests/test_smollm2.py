@@ -186,3 +186,38 @@ def test_enc_lands_before_im_end_on_real_encodings(smollm2_hf, tmp_path):
                           training={"local_batch_size": 2, "seq_len": 512})
         ref = next(build_dataloader(ref_cfg, build_tokenizer(ref_cfg)))
         assert torch.equal(ref.jepa.pred, p) and torch.equal(ref.jepa.target, t)
+
+
+def test_template_sources_and_a_template_without_generation_prompt(smollm2_hf, tmp_path):
+    """chat_template.jinja beside the tokenizer (transformers 5's place), the GGUF's own
+    tokenizer.chat_template and a tokenizer_config.json field give the same template; a
+    template that renders no generation prompt stops the eval with one line before any model
+    is loaded."""
+    from real_model import smollm2_gguf
+
+    rows = synth_rows(3)
+    base = build_tokenizer(tok_cfg(smollm2_hf))  # chat_template.jinja, found by "auto"
+    want = [generation_prompt(base, r["messages"]) for r in rows]
+    from_gguf = build_tokenizer(load_config(extra={"tokenizer": {
+        "kind": "hf", "path": str(smollm2_hf / "tokenizer.json"), "chat_template": "hf",
+        "chat_template_path": str(smollm2_gguf())}}).tokenizer)
+    assert [generation_prompt(from_gguf, r["messages"]) for r in rows] == want
+    folder = tmp_path / "field"
+    folder.mkdir()
+    (folder / "tokenizer.json").write_bytes((smollm2_hf / "tokenizer.json").read_bytes())
+    conf = json.loads((smollm2_hf / "tokenizer_config.json").read_text())
+    conf["chat_template"] = (smollm2_hf / "chat_template.jinja").read_text()
+    (folder / "tokenizer_config.json").write_text(json.dumps(conf))
+    from_field = build_tokenizer(tok_cfg(folder).tokenizer)
+    assert [generation_prompt(from_field, r["messages"]) for r in rows] == want
+    # no generation prompt: ChatML without its add_generation_prompt branch
+    plain = (smollm2_hf / "chat_template.jinja").read_text()
+    plain = plain[:plain.index("{% if add_generation_prompt %}")]
+    (folder / "chat_template.jinja").write_text(plain)
+    data = tmp_path / "test.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "titan_jepa.eval", "--checkpoint", str(smollm2_hf),
+                           "--tokenizer", str(folder / "tokenizer.json"), "--data", str(data)],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "renders no generation prompt" in proc.stderr

@@ -238,6 +238,7 @@ def run(argv: list[str] | None = None) -> dict:
         tokenizer = build_tokenizer(cfg.tokenizer)
     except TokenizerError as e:
         raise EvalError(str(e)) from None
+    generation_prompt(tokenizer, rows[0]["messages"])  # a template that cannot prompt: one line, before the model
     device, dtype = _device_dtype(a.device, a.dtype)
     model, source = load_model(cfg, a.checkpoint, tokenizer.vocab_size, device, dtype)
     t0 = time.time()
