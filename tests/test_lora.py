@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from helpers import launch, tiny_config
 from titan_jepa.config import ConfigError, Lora, load_config
 from titan_jepa.lora import (
     LoRALinear,
@@ -139,20 +138,4 @@ def test_apply_lora_on_materialised_model_and_errors():
         load_config(extra={"lora": {"enable": True, "rank": 0}})
 
 
-def _cfg(tmp, demo_dir, **extra):
-    return tiny_config(tmp, demo_dir, training={"local_batch_size": 2, "steps": 3},
-                       optimizer={"lr": 1e-2}, lora={"enable": True, "rank": 4, "alpha": 8.0,
-                                                     "target_modules": ALL},
-                       metrics=FAST_METRICS, **extra)
-
-
-@pytest.fixture(scope="module")
-def single_lora_losses(demo_dir, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("lora1")
-    return launch(1, _cfg(tmp, demo_dir), tmp)
-
-
-@pytest.mark.parametrize("parallelism", [{"dp_shard": 2}, {"tp": 2}], ids=["fsdp", "tp"])
-def test_lora_two_ranks_equal_one(single_lora_losses, demo_dir, tmp_path, parallelism):
-    losses = launch(2, _cfg(tmp_path, demo_dir, parallelism=parallelism), tmp_path)
-    assert losses == pytest.approx(single_lora_losses, rel=1e-4)
+# LoRA on FSDP 2, TP 2 and PP 2 against one process: tests/test_golden.py

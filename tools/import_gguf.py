@@ -59,18 +59,60 @@ def check_gguf(path: Path) -> str:
         fail(f"cannot read --gguf '{path}': {e.strerror or e}")
     if magic != GGUF_MAGIC:
         fail(f"'{path}' is not a GGUF file (it starts with {magic!r}, not {GGUF_MAGIC!r})")
-    from gguf import GGUFReader
-
     try:
-        field = GGUFReader(str(path)).get_field("general.architecture")
-    except Exception as e:  # a truncated or corrupt file: numpy / struct errors of any kind
+        arch = read_architecture(path)
+    except (OSError, ValueError, UnicodeDecodeError) as e:  # a truncated or corrupt header
         fail(f"'{path}' is not a readable GGUF file ({type(e).__name__}: {_first_line(e)})")
-    if field is None:
+    if arch is None:
         fail(f"'{path}' has no general.architecture metadata; only Llama GGUF files can be imported")
-    arch = bytes(field.parts[field.data[0]]).decode("utf-8", errors="replace")
     if arch != "llama":
         fail(f"'{path}' holds a '{arch}' model; only the 'llama' architecture can be imported")
     return arch
+
+
+# GGUF metadata value types (gguf's GGUFValueType) -> their size in bytes; 8 is a string,
+# 9 an array (element type, count, elements)
+_SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
+def read_architecture(path: Path) -> str | None:
+    """``general.architecture`` from the GGUF header, read key by key (the gguf package parses
+    every field, the whole vocabulary included, which takes seconds)."""
+    import struct
+
+    with open(path, "rb") as f:
+        def read(n: int) -> bytes:
+            b = f.read(n)
+            if len(b) != n:
+                raise ValueError("the file ends inside its header")
+            return b
+
+        def string() -> bytes:
+            return read(struct.unpack("<Q", read(8))[0])
+
+        def skip(kind: int) -> None:
+            if kind in _SCALAR:
+                read(_SCALAR[kind])
+            elif kind == 8:
+                string()
+            elif kind == 9:
+                inner, count = struct.unpack("<IQ", read(12))
+                if inner in _SCALAR:
+                    f.seek(_SCALAR[inner] * count, 1)
+                else:
+                    for _ in range(count):
+                        skip(inner)
+            else:
+                raise ValueError(f"unknown metadata value type {kind}")
+
+        read(4)  # magic, checked by the caller
+        _version, _tensors, n_kv = struct.unpack("<IQQ", read(20))
+        for _ in range(n_kv):
+            key, kind = string(), struct.unpack("<I", read(4))[0]
+            if key == b"general.architecture" and kind == 8:
+                return string().decode("utf-8")
+            skip(kind)
+    return None
 
 
 def check_out(out: Path) -> None:

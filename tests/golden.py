@@ -1,0 +1,73 @@
+"""Golden losses: 10 steps of each debug config on 1 process, FSDP 2, TP 2 and PP 2 (1F1B).
+
+Recorded before the one-forward / pluggable-objectives redesign (issue 23) and asserted
+bit-identical after it by tests/test_golden.py. Re-record (only when a change is meant to
+alter the numbers, and say so in its commit):
+
+    python tests/golden.py --record
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tomllib
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from helpers import ROOT, launch  # noqa: E402
+
+GOLDEN = Path(__file__).resolve().parent / "golden_losses.json"
+STEPS = 10
+CONFIGS = {  # name: (train_configs file, overrides)
+    "next_token": ("debug_cpu.toml", {}),
+    "jepa_separate": ("debug_cpu_jepa.toml", {}),
+    "jepa_shared_prefix": ("debug_cpu_jepa.toml", {"jepa": {"views": "shared_prefix"}}),
+    "stp": ("debug_cpu_stp.toml", {}),
+    "lora": ("debug_cpu.toml", {"lora": {"enable": True, "rank": 4, "alpha": 8.0}}),
+}
+LAYOUTS = {  # name: (processes, [parallelism] overrides)
+    "1proc": (1, {"dp_shard": 1}),
+    "fsdp2": (2, {"dp_shard": 2}),
+    "tp2": (2, {"dp_shard": 1, "tp": 2}),
+    "pp2": (2, {"dp_shard": 1, "pp": 2, "pp_schedule": "1F1B"}),
+}
+
+
+def config(name: str, layout: str, run_dir: Path, data_dir: Path) -> dict:
+    """The config dict of one golden run: the train_configs file with its data in data_dir."""
+    file, overrides = CONFIGS[name]
+    cfg = tomllib.loads((ROOT / "train_configs" / file).read_text())
+    cfg["tokenizer"]["path"] = str(ROOT / cfg["tokenizer"]["path"])
+    cfg["data"]["path"] = str(data_dir / Path(cfg["data"]["path"]).name)
+    cfg["job"].update(name=f"{name}_{layout}", dump_folder=str(run_dir))
+    cfg["training"]["steps"] = STEPS
+    cfg["metrics"] = {"log_freq": STEPS, "enable_tensorboard": False, "flop_counter_steps": 0}
+    cfg["parallelism"] = dict(LAYOUTS[layout][1])
+    for section, values in overrides.items():
+        cfg.setdefault(section, {}).update(values)
+    return cfg
+
+
+def run(name: str, layout: str, run_dir: Path, data_dir: Path) -> list[float]:
+    return launch(LAYOUTS[layout][0], config(name, layout, run_dir, data_dir), run_dir)
+
+
+def record() -> None:
+    import tempfile
+
+    import torch
+
+    from helpers import demo_data
+
+    torch.set_num_threads(1)  # as tests/conftest.py
+    with tempfile.TemporaryDirectory() as tmp:
+        data = demo_data(Path(tmp) / "demo")
+        out = {f"{n}/{lay}": run(n, lay, Path(tmp) / "runs", data) for n in CONFIGS for lay in LAYOUTS}
+    GOLDEN.write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {GOLDEN}: {len(out)} runs of {STEPS} steps")
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--record"]:
+    record()

@@ -1,0 +1,21 @@
+"""Nothing changes numerically: 10 steps of each debug config (next-token, LLM-JEPA separate
+and shared-prefix, STP, LoRA) on 1 process, FSDP 2, TP 2 and PP 2 (1F1B) give bit-identical
+losses to those recorded before the issue-23 redesign (tests/golden.py, golden_losses.json),
+and every layout equals one process (rel 1e-5)."""
+
+import json
+
+import pytest
+
+from golden import CONFIGS, GOLDEN, LAYOUTS, run
+
+RECORDED = json.loads(GOLDEN.read_text())
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_losses_are_bit_identical_to_the_recorded_ones(name, demo_dir, tmp_path):
+    got = {layout: run(name, layout, tmp_path, demo_dir) for layout in LAYOUTS}
+    for layout, losses in got.items():
+        assert losses == RECORDED[f"{name}/{layout}"], f"{name} on {layout} changed"
+        assert losses == pytest.approx(got["1proc"], rel=1e-5), f"{name}: {layout} differs from one process"
+    assert got["1proc"][-1] < got["1proc"][0]
