@@ -5,15 +5,19 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
 
 from titan_jepa.config import load_config
-from titan_jepa.data.demo import make_demo_data
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "tools") not in sys.path:  # demo_data, stats and the tools' scripts, as under python tools/x.py
+    sys.path.insert(1, str(ROOT / "tools"))
+
+from demo_data import make_demo_data  # noqa: E402
 
 TOKENIZER = ROOT / "assets" / "tokenizer" / "tokenizer.model"
 

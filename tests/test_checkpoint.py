@@ -20,7 +20,7 @@ from torch.distributed.checkpoint import FileSystemWriter
 
 from helpers import ROOT, launch, tiny_config
 from titan_jepa.checkpoint import CheckpointError, complete_checkpoints
-from titan_jepa.checkpoint_files import MANIFEST, verify_checkpoint
+from titan_jepa.checkpoint.files import MANIFEST, verify_checkpoint
 from titan_jepa.config import load_config, write_config
 
 STEPS = 10
@@ -133,7 +133,7 @@ def test_killed_save_leaves_last_checkpoint(baseline, demo_dir, tmp_path):
 
 def test_seed_dcp_and_hf_initial_loads(baseline, demo_dir, tmp_path):
     from titan_jepa.checkpoint import main as checkpoint_main
-    from titan_jepa.hf_convert import save_hf_checkpoint
+    from titan_jepa.checkpoint.hf import save_hf_checkpoint
     from titan_jepa.models.llama import build_model, model_args_for
 
     one_step = {"steps": 1}
@@ -225,14 +225,14 @@ def test_stp_predictor_is_a_head_saved_resumed_and_never_exported(demo_dir, tmp_
 
 
 def test_weights_load_is_strict_with_one_line_errors(tmp_path):
-    """titan_jepa/weights.py: missing and unexpected keys are named; LoRA adapters a base
+    """titan_jepa/checkpoint/weights.py: missing and unexpected keys are named; LoRA adapters a base
     model lacks keep their init; the format of a path is detected."""
     import torch.distributed.checkpoint as dcp
 
     from titan_jepa.config import Lora
-    from titan_jepa.lora import apply_lora
+    from titan_jepa.models.lora import apply_lora
     from titan_jepa.models.llama import ModelArgs, build_model
-    from titan_jepa.weights import load_dcp, load_weights, resolve
+    from titan_jepa.checkpoint.weights import load_dcp, load_weights, resolve
 
     args = ModelArgs(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=64, multiple_of=16,
                      ffn_dim_multiplier=None, max_seq_len=32)
@@ -374,7 +374,7 @@ def test_sizes_only_manifest(tmp_path):
     a truncated file does not."""
     import torch.distributed.checkpoint as dcp
 
-    from titan_jepa.checkpoint_files import write_manifest
+    from titan_jepa.checkpoint.files import write_manifest
 
     dcp.save({"w": torch.arange(1000.0)}, storage_writer=dcp.FileSystemWriter(str(tmp_path)), no_dist=True)
     write_manifest(tmp_path, checksums=False)

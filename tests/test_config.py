@@ -21,7 +21,7 @@ from titan_jepa.config import (
 )
 from titan_jepa.models.llama import build_model
 from titan_jepa.parallel.mesh import ParallelDims
-from titan_jepa.model_config import model_args_from_config
+from titan_jepa.config.model import model_args_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "train_configs").glob("*.toml"))

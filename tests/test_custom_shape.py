@@ -15,7 +15,7 @@ import torch
 
 from helpers import ROOT, TOKENIZER
 from titan_jepa.config import ConfigError, JobConfig, load_config
-from titan_jepa.model_config import model_args_from_config
+from titan_jepa.config.model import model_args_from_config
 from titan_jepa.models.llama import RopeScaling
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
@@ -124,7 +124,8 @@ def _convert(*argv):
 def test_custom_shape_trains_exports_and_matches_transformers(demo_dir, tmp_path):
     transformers = pytest.importorskip("transformers")
     from titan_jepa.train import train
-    from titan_jepa.weights import CheckpointError, load_hf, load_model
+    from titan_jepa.checkpoint.weights import load_hf, load_model
+    from titan_jepa.errors import CheckpointError
 
     losses = train(load_config(_write_toml(tmp_path, demo_dir)))
     assert len(losses) == 2 and all(l == l for l in losses)

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from helpers import ROOT
-from titan_jepa.stats import paired_t_test_one_tailed
+from stats import paired_t_test_one_tailed
 
 sys.path.insert(0, str(ROOT / "tools"))
 import data_fraction_report as dfr  # noqa: E402

@@ -14,7 +14,7 @@ from titan_jepa.config import load_config
 from titan_jepa.data.tokenizer import build_tokenizer
 from titan_jepa.eval.generate import greedy_generate_uncached
 from titan_jepa.eval.run import evaluate, generation_prompt, read_rows
-from titan_jepa.weights import load_model
+from titan_jepa.checkpoint.weights import load_model
 
 
 # DCP warns on every single-process load
@@ -72,7 +72,7 @@ def _setup(run_dir):
 
 
 def test_hf_export_gives_same_predictions_and_uncached_agrees(run_dir, demo_dir, tmp_path):
-    from titan_jepa.hf_convert import save_hf_checkpoint
+    from titan_jepa.checkpoint.hf import save_hf_checkpoint
 
     cfg, tok = _setup(run_dir)
     rows = read_rows(demo_dir / "regex_test.jsonl", limit=6)
@@ -107,10 +107,10 @@ def test_hellaswag_scores_letter_logits_of_whole_prompt(run_dir):
 
 
 def test_lora_checkpoint_is_merged_on_load(demo_dir, tmp_path):
-    from titan_jepa.lora import LoRALinear, apply_lora
+    from titan_jepa.models.lora import LoRALinear, apply_lora
     from titan_jepa.models.llama import build_model
     from titan_jepa.config import Lora
-    from titan_jepa.model_config import model_args_from_config
+    from titan_jepa.config.model import model_args_from_config
     import torch.distributed.checkpoint as dcp
 
     run = _train(tmp_path, demo_dir, lora={"enable": True, "rank": 4, "target_modules": ["wq", "wv", "w2"]},
@@ -129,7 +129,7 @@ def test_lora_checkpoint_is_merged_on_load(demo_dir, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(model(tokens), ref(tokens), rtol=1e-5, atol=1e-5)
     # adapters saved alone: the base weights come from checkpoint.initial_load_path
-    from titan_jepa.lora import is_lora_name
+    from titan_jepa.models.lora import is_lora_name
 
     sd = ref.state_dict()
     dcp.save({"model": {k: v for k, v in sd.items() if not is_lora_name(k)}},

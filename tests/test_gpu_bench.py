@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
 import gpu_bench  # noqa: E402
-from titan_jepa.data.demo import regex_sample  # noqa: E402
+from demo_data import regex_sample  # noqa: E402
 
 BENCH_NUMBERS = {  # section: the fields every configuration that ran must give as finite numbers
     "env": ("tflops",),

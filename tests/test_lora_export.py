@@ -14,8 +14,8 @@ from torch.distributed.checkpoint import FileSystemReader
 from helpers import ROOT, launch, tiny_config
 from titan_jepa.checkpoint import CheckpointError, complete_checkpoints, export_model
 from titan_jepa.config import Lora, load_config
-from titan_jepa.weights import load_dcp, load_model
-from titan_jepa.lora import apply_lora, is_lora_name
+from titan_jepa.checkpoint.weights import load_dcp, load_model
+from titan_jepa.models.lora import apply_lora, is_lora_name
 from titan_jepa.models.llama import build_model, model_args_for
 
 sys.path.insert(0, str(ROOT / "tools"))

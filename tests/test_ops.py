@@ -181,7 +181,7 @@ def measure_worker(cases):
     from titan_jepa.parallel.mesh import ParallelDims, build_mesh, init_distributed
     from titan_jepa.parallel.parallelize import parallelize, write_sharded
     from titan_jepa.plan import measured_state_bytes
-    from titan_jepa.model_config import model_args_from_config
+    from titan_jepa.config.model import model_args_from_config
 
     results = []
     for cfg_dict in cases["cases"]:

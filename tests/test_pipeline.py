@@ -162,7 +162,7 @@ def _measure_pp(cases):
     from titan_jepa.parallel.parallelize import write_sharded
     from titan_jepa.parallel.pipeline import build_pipeline
     from titan_jepa.plan import measured_state_bytes
-    from titan_jepa.model_config import model_args_from_config
+    from titan_jepa.config.model import model_args_from_config
 
     results = []
     for cfg_dict in cases["cases"]:

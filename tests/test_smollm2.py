@@ -26,10 +26,10 @@ from titan_jepa.data.loader import build_dataloader
 from titan_jepa.data.tokenizer import HFTokenizer, build_tokenizer
 from titan_jepa.eval.generate import greedy_generate
 from titan_jepa.eval.run import evaluate
-from titan_jepa.hf_convert import save_hf_checkpoint
-from titan_jepa.model_config import model_args_from_config
+from titan_jepa.checkpoint.hf import save_hf_checkpoint
+from titan_jepa.config.model import model_args_from_config
 from titan_jepa.models.llama import build_model
-from titan_jepa.weights import load_hf, load_model
+from titan_jepa.checkpoint.weights import load_hf, load_model
 
 from helpers import ROOT
 

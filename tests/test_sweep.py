@@ -1,4 +1,4 @@
-"""tools/sweep.py and titan_jepa/stats.py: the t-test against independent references, the
+"""tools/sweep.py and tools/stats.py: the t-test against independent references, the
 report writers on fake results, and one tiny end-to-end sweep on CPU."""
 
 import json
@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from helpers import ROOT, TOKENIZER
-from titan_jepa.stats import betainc, mean_std, paired_t_test_one_tailed, t_cdf, t_sf
+from stats import betainc, mean_std, paired_t_test_one_tailed, t_cdf, t_sf
 
 sys.path.insert(0, str(ROOT / "tools"))
 import sweep  # noqa: E402

@@ -133,7 +133,7 @@ def test_build_tokenizer(tmp_path, hf):
 
 
 def test_train_tokenizer_tool(tmp_path):
-    from titan_jepa.data.demo import make_demo_data
+    from demo_data import make_demo_data
 
     data = make_demo_data(tmp_path / "demo", seed=0, n_train=100, n_test=10, n_docs=100)
     outs = []
@@ -151,7 +151,7 @@ def test_train_tokenizer_tool(tmp_path):
 
 def test_committed_tokenizer_is_reproducible(tmp_path):
     """assets/tokenizer/tokenizer.model = train_tokenizer.py on make_demo_data.py --seed 0."""
-    from titan_jepa.data.demo import make_demo_data
+    from demo_data import make_demo_data
 
     data = make_demo_data(tmp_path / "demo", seed=0)
     out = tmp_path / "tokenizer.model"

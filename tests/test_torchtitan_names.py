@@ -12,7 +12,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from helpers import ROOT, launch, tiny_config
-from titan_jepa import torchtitan_names as tn
+from titan_jepa.checkpoint import torchtitan_names as tn
 from titan_jepa.models.llama import build_model, model_args_for
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
@@ -64,7 +64,7 @@ def test_initial_load_both_namings(folders, demo_dir, tmp_path):
 
 
 def test_convert_hf_reads_the_new_naming(folders, tmp_path):
-    from titan_jepa.hf_convert import load_hf_safetensors
+    from titan_jepa.checkpoint.hf import load_hf_safetensors
 
     out, sd = folders
     dst = tmp_path / "hf"

@@ -11,7 +11,7 @@ import torch
 
 from helpers import ROOT, TOKENIZER
 from test_hf_chat_template import write_template
-from titan_jepa.hf_convert import hf_config_dict
+from titan_jepa.checkpoint.hf import hf_config_dict
 from titan_jepa.models.llama import model_args_for
 
 # the tiny run: the debug model's shape, CPU-friendly settings, a few steps

@@ -30,6 +30,10 @@ class TokenizerError(UserError, ValueError):
     """A missing or malformed tokenizer, or one without a token the run needs."""
 
 
+class CheckpointError(ConfigError):
+    """Weights or a checkpoint cannot be loaded or saved as asked; the message names the fix."""
+
+
 class TrainingError(UserError, RuntimeError):
     """The run cannot go on (a NaN loss, for example); the message says what to change."""
 

@@ -82,7 +82,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor, Shard
 
 from titan_jepa.config import ConfigError, JobConfig, load_config, parse_cli_overrides
-from titan_jepa.dtypes import DTYPES
+from titan_jepa.config.dtypes import DTYPES
 from titan_jepa.errors import run_main
 from titan_jepa.models.llama import ModelArgs, build_model
 from titan_jepa.parallel.mesh import ParallelDims, build_mesh
@@ -284,7 +284,7 @@ def plan(cfg: JobConfig, world_size: int, rank: int = 0, gpu: str = "H200") -> P
         raise ConfigError(f"--gpu {gpu} is not known; choose one of {', '.join(GPUS)}")
     if not 0 <= rank < world_size:
         raise ConfigError(f"--rank {rank} must be in [0, {world_size})")
-    from titan_jepa.model_config import model_args_from_config
+    from titan_jepa.config.model import model_args_from_config
 
     cfg = copy.deepcopy(cfg)
     cfg.float8.enable = False  # storage bytes are the same; torchao needs CUDA

@@ -53,9 +53,9 @@ from titan_jepa.data.tokenizer import build_tokenizer
 from titan_jepa.errors import TrainingError, run_main
 from titan_jepa.flops import FLOP_SLICE, SameFlopTracker, training_flops
 from titan_jepa.logs import setup_logging
-from titan_jepa.lora import apply_lora
+from titan_jepa.models.lora import apply_lora
 from titan_jepa.metrics import MetricsLogger
-from titan_jepa.model_config import model_args_from_config
+from titan_jepa.config.model import model_args_from_config
 from titan_jepa.models.llama import build_model
 from titan_jepa.objectives.combined import SUMS, Objective
 from titan_jepa.objectives.heads import build_heads

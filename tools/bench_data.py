@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from titan_jepa.config import JobConfig
-from titan_jepa.data.demo import make_demo_data
+from demo_data import make_demo_data
 from titan_jepa.data.loader import build_dataloader
 from titan_jepa.data.tokenizer import build_tokenizer
 

@@ -36,7 +36,7 @@ from bench_common import median_step_times, objective_step, packed_batch, train_
 from titan_jepa.config import load_config
 from titan_jepa.data.batch import IGNORE_INDEX
 from titan_jepa.data.chat import ChatSamples
-from titan_jepa.data.demo import make_demo_data
+from demo_data import make_demo_data
 from titan_jepa.data.sources import BadLines
 from titan_jepa.data.tokenizer import build_tokenizer
 from titan_jepa.data.views import JepaViews
@@ -94,8 +94,8 @@ def step_reference(model, opt, batch, cfg):
 
 def load_grown(folder: str, tok):
     """The folder's model on CPU, its vocabulary grown to hold the tokenizer's added tokens."""
-    from titan_jepa.model_config import VOCAB_MULTIPLE
-    from titan_jepa.weights import load_hf, read_model_args
+    from titan_jepa.config.model import VOCAB_MULTIPLE
+    from titan_jepa.checkpoint.weights import load_hf, read_model_args
 
     margs = read_model_args("hf", Path(folder))
     if tok.vocab_size > margs.vocab_size:

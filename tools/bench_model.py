@@ -7,7 +7,7 @@
                                                      # a real model: its shape and weights, both sides
 
 Both models get the same config, the same weights (ours converted with hf_convert; with
---hf-folder, the folder's config.json and weights: ours loaded through titan_jepa/weights.py,
+--hf-folder, the folder's config.json and weights: ours loaded through titan_jepa/checkpoint/weights.py,
 theirs with ``LlamaForCausalLM.from_pretrained``), the same tokens and the same loss (cross entropy over the logits, computed outside the models). After
 warmup, rounds alternate between the models (order flipped every round) and each model's
 median step time is reported as tokens/s, with the ratio ours / HF.
@@ -29,8 +29,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from titan_jepa import hf_convert
-from titan_jepa.dtypes import DTYPES
+from titan_jepa.checkpoint import hf as hf_convert
+from titan_jepa.config.dtypes import DTYPES
 from titan_jepa.models import attention as attn_mod
 from titan_jepa.models import llama
 from titan_jepa.models.llama import ModelArgs, build_model
@@ -113,7 +113,7 @@ def load_pair(folder: str, device, dtype, hf_attn: str):
 
     from transformers import LlamaForCausalLM
 
-    from titan_jepa.weights import load_hf, read_model_args
+    from titan_jepa.checkpoint.weights import load_hf, read_model_args
 
     args = read_model_args("hf", Path(folder))
     ours = build_model(args, "meta")

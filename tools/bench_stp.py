@@ -19,7 +19,7 @@ import torch
 from bench_common import median_step_times, objective_step  # tools/ is sys.path[0] under python tools/x.py
 
 from titan_jepa.config import load_config
-from titan_jepa.data.demo import make_demo_data
+from demo_data import make_demo_data
 from titan_jepa.data.loader import build_dataloader
 from titan_jepa.data.tokenizer import build_tokenizer
 from titan_jepa.models.llama import build_model, model_args_for

@@ -6,13 +6,13 @@ Ours -> Hugging Face (a folder LlamaForCausalLM.from_pretrained can read):
     python tools/convert_hf.py --to-hf --src model.pt --dst hf_out --flavor debug --dtype bfloat16
 
   --src is a torch.distributed.checkpoint (DCP) folder (a training checkpoint, a model-only
-  export or a seed checkpoint: read through titan_jepa/weights.py), or a torch.save'd model
+  export or a seed checkpoint: read through titan_jepa/checkpoint/weights.py), or a torch.save'd model
   state dict (.pt: keys prefixed ``model.`` or a top-level ``model`` dict). The model shape
   is, in this order: --config (a run's resolved config.toml: its [model] section), --flavor
   (with the vocabulary size read from the weights), or the model_args.json every checkpoint
   and export of a run holds next to its weights; so any shape exports with no option.
   torchtitan DCP folders load in both namings: v0.2.x's (ours: ``attention.wq``, ``output``)
-  and the later ``attention.qkv_linear.wq``, ``lm_head`` (titan_jepa/torchtitan_names.py).
+  and the later ``attention.qkv_linear.wq``, ``lm_head`` (titan_jepa/checkpoint/torchtitan_names.py).
   The tokenizer: when --src has the ``tokens.json`` every checkpoint and export of a run
   holds and the run's tokenizer is a Hugging Face tokenizer.json, --dst also gets the
   tokenizer files (tokenizer.json with the tokens the run added, such as <|predictor_1|>
@@ -36,10 +36,10 @@ from pathlib import Path
 import torch
 
 
-from titan_jepa import hf_convert, torchtitan_names, weights
+from titan_jepa.checkpoint import hf as hf_convert, torchtitan_names, weights
 from titan_jepa.config import ConfigError, load_config
-from titan_jepa.dtypes import DTYPES
-from titan_jepa.model_config import model_args_from_config
+from titan_jepa.config.dtypes import DTYPES
+from titan_jepa.config.model import model_args_from_config
 from titan_jepa.models.llama import FLAVORS, model_args_for
 # wrapper prefixes that torch.compile / activation checkpointing / DDP put in parameter names
 _WRAPPERS = ("_orig_mod.", "_checkpoint_wrapped_module.", "module.")

@@ -31,7 +31,7 @@ from pathlib import Path
 from sweep_report import fmt_num, read_eval
 from titan_jepa.errors import UserError, run_main
 from titan_jepa.eval.scorers import exact_match, startswith_match
-from titan_jepa.stats import mean_std, paired_t_test_one_tailed
+from stats import mean_std, paired_t_test_one_tailed
 
 SCORES = {"exact": exact_match, "startswith": startswith_match}
 BASELINE_LABEL = "next-token"

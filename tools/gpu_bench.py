@@ -348,7 +348,7 @@ def free_memory(device: torch.device) -> None:
 
 def write_chat_rows(path: Path, n: int) -> None:
     """``n`` generated NL-to-regex chat samples shaped like synth (tools/make_demo_data.py)."""
-    from titan_jepa.data.demo import regex_sample
+    from demo_data import regex_sample
 
     rng = random.Random(0)
     path.write_text("".join(json.dumps(regex_sample(rng)) + "\n" for _ in range(n)))
@@ -405,7 +405,7 @@ def build_hf(ctx: Ctx, margs: ModelArgs):
     """transformers' LlamaForCausalLM of the same shape, bf16, sdpa attention."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from titan_jepa.hf_convert import hf_config_dict
+    from titan_jepa.checkpoint.hf import hf_config_dict
 
     skip = ("architectures", "model_type", "torch_dtype", "dtype")
     config = LlamaConfig(**{k: v for k, v in hf_config_dict(margs).items() if k not in skip})
@@ -795,7 +795,7 @@ def repro_markdown(data: dict) -> str:
 
 
 def repro_summary(runs: list[dict]) -> list[dict]:
-    from titan_jepa.stats import mean_std, paired_t_test_one_tailed
+    from stats import mean_std, paired_t_test_one_tailed
 
     done = [r for r in runs if "exact" in r]
     base = {r["seed"]: r["exact"] for r in done if r["arm"] == "next-token"}

@@ -1,4 +1,4 @@
-"""Write small deterministic demo data sets (no downloads); see titan_jepa/data/demo.py.
+"""Write small deterministic demo data sets (no downloads); see tools/demo_data.py.
 
     python tools/make_demo_data.py --out demo_data --seed 0
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from titan_jepa.data.demo import make_demo_data
+from demo_data import make_demo_data
 
 __all__ = ["make_demo_data"]
 

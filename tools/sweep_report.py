@@ -12,7 +12,7 @@ import json
 import math
 from pathlib import Path
 
-from titan_jepa.stats import mean_std, paired_t_test_one_tailed
+from stats import mean_std, paired_t_test_one_tailed
 
 
 def summarize(arms: list, records: list[dict]) -> list[dict]:

@@ -5,7 +5,7 @@ for hellaswag), scored as the LLM-JEPA paper does, with the reference's bugs fix
         [--scorer auto|exact|startswith|gsm8k|nq_open|hellaswag|spider] [--limit N] \\
         [--batch-size B] [--max-new-tokens 128] [--out results.json] [--sqlite-dir DIR]
 
-CKPT is anything titan_jepa/weights.py reads:
+CKPT is anything titan_jepa/checkpoint/weights.py reads:
   * a DCP folder (has ``.metadata``): a training checkpoint ``<ckpt>/step-N`` (its "model."
     entries are read, the optimizer is ignored), a model-only export or a seed checkpoint
     (torchtitan-style top-level keys work too). The model shape comes from the
@@ -45,12 +45,12 @@ import torch
 
 from titan_jepa.config import ConfigError, JobConfig, load_config
 from titan_jepa.data.chat_template import generation_prompt
-from titan_jepa.dtypes import DTYPES
+from titan_jepa.config.dtypes import DTYPES
 from titan_jepa.errors import run_main
 from titan_jepa.eval import scorers as S
 from titan_jepa.eval.generate import greedy_generate, next_token_logits
 from titan_jepa.logs import setup_logging
-from titan_jepa.weights import load_model, read_tokens, resolve
+from titan_jepa.checkpoint.weights import load_model, read_tokens, resolve
 
 logger = logging.getLogger("titan_jepa")
 

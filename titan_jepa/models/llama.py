@@ -3,7 +3,7 @@
 State-dict names follow torchtitan's llama3: tok_embeddings, layers.N.attention.{wq,wk,wv,wo},
 layers.N.feed_forward.{w1,w2,w3}, layers.N.{attention_norm,ffn_norm}, norm, output.
 RoPE uses Meta's interleaved-pair convention (so Hugging Face q/k weights are permuted on
-conversion, see titan_jepa/hf_convert.py).
+conversion, see titan_jepa/checkpoint/hf.py).
 """
 
 from __future__ import annotations

@@ -19,11 +19,11 @@ from torch.distributed.tensor.parallel import (
 )
 
 from titan_jepa.config import JobConfig
-from titan_jepa.lora import LoRALinear, is_lora_name, lora_modules
+from titan_jepa.models.lora import LoRALinear, is_lora_name, lora_modules
 from titan_jepa.parallel.float8 import apply_float8
 from titan_jepa.parallel.mesh import ParallelDims, device_type_for
 
-from titan_jepa.dtypes import DTYPES
+from titan_jepa.config.dtypes import DTYPES
 
 
 def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
@@ -83,7 +83,7 @@ def keep_grad_in_param_layout(param: DTensor) -> None:
 
 
 class _LoRAColwise(ColwiseParallel):
-    """ColwiseParallel for a LoRALinear (titan_jepa/lora.py): the base weight and lora_b
+    """ColwiseParallel for a LoRALinear (titan_jepa/models/lora.py): the base weight and lora_b
     are sharded on their output rows, lora_a is replicated, so the adapter's output is
     sharded on the last dimension like the base output."""
 

@@ -58,7 +58,7 @@ from titan_jepa.config import JobConfig
 from titan_jepa.models.attention import MaskMeta
 from titan_jepa.parallel.float8 import apply_float8
 from titan_jepa.parallel.mesh import ParallelDims, device_type_for
-from titan_jepa.dtypes import DTYPES
+from titan_jepa.config.dtypes import DTYPES
 from titan_jepa.parallel.parallelize import apply_ac, apply_compile, apply_tp, block_mp_policy, clip_grad_norm_
 
 SCHEDULES = {"1F1B": Schedule1F1B, "GPipe": ScheduleGPipe, "Interleaved1F1B": ScheduleInterleaved1F1B,

@@ -1,5 +1,5 @@
 """The files of a checkpoint folder: their names, atomic writes and renames, and the
-integrity manifest with its verification (titan_jepa/checkpoint.py saves and resumes).
+integrity manifest with its verification (titan_jepa/checkpoint/manager.py saves and resumes).
 
 Integrity: just before the rename, rank 0 writes ``manifest.json`` ({relative path: [size,
 crc32]} of every file of the folder; zlib.crc32 streamed in 4 MiB blocks: measured on the

@@ -48,7 +48,7 @@ LoRA (``[lora]`` enabled):
     takes the base from checkpoint.initial_load_path); with neither, base and adapters.
 
 Reading weights (formats, the strict key / shape check, Hugging Face folders, LoRA
-adapters) is titan_jepa/weights.py, shared with the eval and tools/convert_hf.py; this
+adapters) is titan_jepa/checkpoint/weights.py, shared with the eval and tools/convert_hf.py; this
 module adds the resume of everything else.
 
 A checkpoint without train_state.json (seed, export) is *model-only*: loading it restores the
@@ -66,7 +66,7 @@ thread (over its own gloo group); rank 0 renames when the write completes, and t
 and ``finish`` wait for it. Saving the same step twice in one run is a no-op.
 
 Integrity (``manifest.json``, verification on resume, the fallback to an older checkpoint):
-see titan_jepa/checkpoint_files.py.
+see titan_jepa/checkpoint/files.py.
 
 Layout independence: DCP reshards model and optimizer tensors (FSDP2 / TP DTensors or plain
 tensors) by their global offsets. Data-loader states are per batch slot (train.py keeps one
@@ -105,7 +105,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from titan_jepa.checkpoint_files import (
+from titan_jepa.checkpoint.files import (
     TMP,
     TRAIN_STATE,
     checkpoint_folder,
@@ -116,11 +116,11 @@ from titan_jepa.checkpoint_files import (
     write_file,
     write_manifest,
 )
-from titan_jepa.config import ConfigError, JobConfig, Lora
+from titan_jepa.config import JobConfig, Lora
+from titan_jepa.errors import CheckpointError, ConfigError
 from titan_jepa.models.llama import clean_name
-from titan_jepa.weights import (  # CheckpointError, complete_checkpoints: also imported from here
+from titan_jepa.checkpoint.weights import (
     STEP_RE,
-    CheckpointError,
     check_dcp,
     complete_checkpoints,
     load_dcp,
@@ -130,7 +130,7 @@ from titan_jepa.weights import (  # CheckpointError, complete_checkpoints: also 
 
 logger = logging.getLogger("titan_jepa")
 
-from titan_jepa.dtypes import DTYPES  # noqa: E402
+from titan_jepa.config.dtypes import DTYPES  # noqa: E402
 # optimizer entries keyed by parameter name ("optimizer.param_groups.<fqn>.lr"), not by group
 # position: under pipeline parallelism each rank's groups hold other parameters, and DCP
 # would keep one rank's copy of a positional entry
@@ -511,7 +511,7 @@ def export_model(model: torch.nn.Module, folder: Path, step: int,
     ``lora`` (the enabled [lora] section) of a model with adapters: ``merge_on_export`` writes
     the merged base weights (gathered on rank 0), else ``save_adapters_only`` the adapters alone.
     The objectives' heads (the STP predictor) are not part of the model, so never exported."""
-    from titan_jepa.lora import is_lora_name, lora_modules, merge_lora_state_dict
+    from titan_jepa.models.lora import is_lora_name, lora_modules, merge_lora_state_dict
 
     rank, world = _rank_world()
     tmp, final = folder / f"step-{step}{TMP}", folder / f"step-{step}"
@@ -542,7 +542,7 @@ def create_seed_checkpoint(cfg: JobConfig) -> Path:
     step-0 checkpoint in the checkpoint folder (a run with checkpoint.enable starts from it)."""
     from titan_jepa.data.tokenizer import build_tokenizer
     from titan_jepa.models.llama import build_model
-    from titan_jepa.model_config import model_args_from_config
+    from titan_jepa.config.model import model_args_from_config
 
     if int(os.environ.get("WORLD_SIZE", 1)) > 1:
         raise CheckpointError("--create-seed-checkpoint runs in one process; launch it with python, not torchrun")

@@ -44,10 +44,12 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
 
-from titan_jepa import hf_convert, torchtitan_names
-from titan_jepa.config import ConfigError, JobConfig, Lora
-from titan_jepa.lora import apply_lora, is_lora_name, merge_lora
-from titan_jepa.model_config import model_args_from_config
+import titan_jepa.checkpoint.hf as hf_convert
+import titan_jepa.checkpoint.torchtitan_names as torchtitan_names
+from titan_jepa.config import JobConfig, Lora
+from titan_jepa.errors import CheckpointError
+from titan_jepa.models.lora import apply_lora, is_lora_name, merge_lora
+from titan_jepa.config.model import model_args_from_config
 from titan_jepa.models.llama import ModelArgs, build_model
 
 logger = logging.getLogger("titan_jepa")
@@ -60,10 +62,6 @@ TOKENS = "tokens.json"
 # the shape fields a Hugging Face config.json must agree on with the model (each is the
 # [model] field of the same name, but ffn_hidden_dim: multiple_of / ffn_dim_multiplier)
 _SHAPE_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "ffn_hidden_dim", "tie_embeddings")
-
-
-class CheckpointError(ConfigError):
-    """Weights or a checkpoint cannot be loaded as asked; the message is one line naming the fix."""
 
 
 def _world() -> int:

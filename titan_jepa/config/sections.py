@@ -1,6 +1,6 @@
 """The configuration's schema: one dataclass per TOML section, and JobConfig holding them.
 
-titan_jepa/config.py loads TOML files and CLI overrides onto these (checking every value
+titan_jepa/config/load.py loads TOML files and CLI overrides onto these (checking every value
 against its field's type, ``Literal[...]`` choices included) and runs the cross-field
 checks; import the classes from either module.
 """
@@ -24,7 +24,7 @@ class Job:
 @dataclass
 class Model:
     """The model shape: a base (the flavor) with any field below overriding it (-1, "" or
-    unset: the base's). titan_jepa/model_config.py resolves it."""
+    unset: the base's). titan_jepa/config/model.py resolves it."""
 
     # titan_jepa.models.llama.FLAVORS; "": the config.json of checkpoint.initial_load_path
     # when initial_load_format = "hf", else "debug"
@@ -237,7 +237,7 @@ class Float8:
 
 @dataclass
 class Lora:
-    """LoRA adapters on the blocks' linear layers; everything else frozen (see titan_jepa/lora.py)."""
+    """LoRA adapters on the blocks' linear layers; everything else frozen (see titan_jepa/models/lora.py)."""
 
     enable: bool = False
     rank: int = 8

@@ -1,5 +1,5 @@
 """Typed configuration: loading, CLI overrides, checks (the dataclasses of the sections are
-titan_jepa/config_sections.py, re-exported here).
+titan_jepa/config/sections.py, re-exported here).
 
 A run is described by a TOML file whose sections map one-to-one onto the dataclasses
 of config_sections.py. ``--section.key value`` (or ``--section.key=value``) on the command line overrides
@@ -26,27 +26,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-from titan_jepa.config_sections import (  # the schema; re-exported: import them from here
-    Job as Job,
-    Model as Model,
-    Training as Training,
-    Optimizer as Optimizer,
-    LRScheduler as LRScheduler,
-    Parallelism as Parallelism,
-    ActivationCheckpoint as ActivationCheckpoint,
-    Compile as Compile,
-    Metrics as Metrics,
-    Tokenizer as Tokenizer,
-    Data as Data,
-    Checkpoint as Checkpoint,
-    Validation as Validation,
-    Jepa as Jepa,
-    Profiling as Profiling,
-    Float8 as Float8,
-    Lora as Lora,
-    Stp as Stp,
-    JobConfig as JobConfig,
-)
+from titan_jepa.config.sections import Checkpoint, JobConfig
 from titan_jepa.errors import ConfigError
 
 

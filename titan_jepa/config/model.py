@@ -23,8 +23,9 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from titan_jepa import hf_convert
-from titan_jepa.config import ConfigError, JobConfig
+import titan_jepa.config.hf_config as hf_convert
+from titan_jepa.config.sections import JobConfig
+from titan_jepa.errors import ConfigError
 from titan_jepa.models.llama import FLAVORS, ModelArgs, RopeScaling, model_args_for
 
 # [model] fields that override the ModelArgs field of the same name (-1: keep the flavor's)

@@ -1,0 +1,3 @@
+from titan_jepa.checkpoint.manager import main
+
+main()
