@@ -132,7 +132,7 @@ def test_killed_save_leaves_last_checkpoint(baseline, demo_dir, tmp_path):
 
 
 def test_seed_dcp_and_hf_initial_loads(baseline, demo_dir, tmp_path):
-    from titan_jepa.checkpoint import main as checkpoint_main
+    from titan_jepa.checkpoint.manager import main as checkpoint_main
     from titan_jepa.checkpoint.hf import save_hf_checkpoint
     from titan_jepa.models.llama import build_model, model_args_for
 
@@ -389,7 +389,7 @@ def test_sizes_only_manifest(tmp_path):
 def test_checkpoint_with_positional_optimizer_state_still_resumes(demo_dir, tmp_path, monkeypatch):
     """Checkpoints written before pipeline parallelism keyed the optimizer's param groups by
     position (optimizer.param_groups.0.lr); they resume exactly like today's name-keyed ones."""
-    import titan_jepa.checkpoint as ckpt_mod
+    import titan_jepa.checkpoint.manager as ckpt_mod
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
     cfg = config(tmp_path, demo_dir, training={"steps": 4},
