@@ -191,3 +191,19 @@ def test_every_config_parses_validates_and_builds(path):
     model = build_model(args, device="meta")
     n = sum(p.numel() for p in model.parameters())
     assert n == args.num_params()
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("optimizer.lr", "-0.001", "optimizer.lr = -0.001 must be positive"),
+    ("optimizer.lr", "0", "optimizer.lr = 0.0 must be positive"),
+    ("optimizer.lr", "nan", "expected a number"),
+    ("optimizer.beta2", "1.0", r"optimizer.beta2 = 1.0 must be in \[0, 1\)"),
+    ("optimizer.eps", "0", "optimizer.eps = 0.0 must be positive"),
+    ("optimizer.weight_decay", "-0.1", "optimizer.weight_decay = -0.1 must be >= 0"),
+    ("training.max_norm", "-1", "training.max_norm = -1.0 must be >= 0"),
+    ("parallelism.comm_timeout_s", "0", "comm_timeout_s = 0 must be positive"),
+])
+def test_numeric_ranges_are_checked_by_the_config(key, value, match):
+    """Out-of-range numbers stop at load time with one line naming the field, not in torch."""
+    with pytest.raises(ConfigError, match=match):
+        load_config(overrides=[(*key.split("."), value)])

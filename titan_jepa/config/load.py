@@ -244,143 +244,38 @@ def config_from_argv(argv: list[str] | None = None) -> JobConfig:
 
 
 def validate(cfg: JobConfig) -> None:
-    """Cross-field and range checks that need no model or process group (the loader has
-    already checked every type and enumerated value); parallel degrees are checked in
-    parallel/mesh."""
-    m = cfg.model
-    for name in ("vocab_size", "max_seq_len", "dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of",
-                 "rope_original_max_seq_len"):
-        if getattr(m, name) <= 0 and getattr(m, name) != -1:
-            raise ConfigError(f"model.{name} = {getattr(m, name)} must be positive (or -1: the flavor's)")
-    for name in ("norm_eps", "rope_theta", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor"):
-        if getattr(m, name) <= 0 and getattr(m, name) != -1:
-            raise ConfigError(f"model.{name} = {getattr(m, name)} must be positive (or -1: the flavor's)")
-    if m.ffn_dim_multiplier < 0 and m.ffn_dim_multiplier != -1:
-        raise ConfigError(f"model.ffn_dim_multiplier = {m.ffn_dim_multiplier} must be positive, 0 (none) "
-                          f"or -1 (the flavor's)")
-    t = cfg.training
-    if t.steps == -1 and cfg.data.num_epochs <= 0:
+    """Every section's own checks (its ``check()``, beside its dataclass), then the checks
+    that need two sections. The loader has already checked every type and enumerated value;
+    parallel degrees against the world and the model are checked in parallel/mesh."""
+    for section in cfg.sections():
+        section.check()
+    cross_checks(cfg)
+
+
+def cross_checks(cfg: JobConfig) -> None:
+    """The checks that read more than one section."""
+    t, d, j, st, v = cfg.training, cfg.data, cfg.jepa, cfg.stp, cfg.validation
+    if t.steps == -1 and d.num_epochs <= 0:
         raise ConfigError("training.steps = -1 (train for whole epochs) needs data.num_epochs > 0")
-    for name in ("steps", "global_batch_size", "local_batch_size", "seq_len"):
-        if getattr(t, name) <= 0 and not (name == "steps" and t.steps == -1):
-            raise ConfigError(f"training.{name} must be positive, got {getattr(t, name)}")
-    if cfg.data.pack_buffer < 0:
-        raise ConfigError(f"data.pack_buffer = {cfg.data.pack_buffer} must be >= 0 (0 or 1: greedy packing)")
-    if cfg.data.pack_buffer > 1 and cfg.data.kind == "text":
-        raise ConfigError("data.pack_buffer packs chat and pairs samples; text documents are cut at row "
-                          "ends and never pad, so set data.pack_buffer = 0 for data.kind = 'text'")
-    if cfg.metrics.log_freq <= 0:
-        raise ConfigError("metrics.log_freq must be positive")
-    if cfg.metrics.sync_every < 0:
-        raise ConfigError("metrics.sync_every must be >= 0 (0: sync on the log steps only)")
-    if cfg.lr_scheduler.warmup_steps < 0:
-        raise ConfigError("lr_scheduler.warmup_steps must be >= 0")
-    if not 0.0 <= cfg.lr_scheduler.min_lr_ratio <= 1.0:
-        raise ConfigError("lr_scheduler.min_lr_ratio must be in [0, 1]")
-    if not 0.0 <= cfg.lr_scheduler.decay_ratio <= 1.0:
-        raise ConfigError("lr_scheduler.decay_ratio must be in [0, 1]")
-    if cfg.activation_checkpoint.selective_every <= 0:
-        raise ConfigError("activation_checkpoint.selective_every must be positive")
-    p = cfg.parallelism
-    if p.dp_replicate < 1 or p.tp < 1 or (p.dp_shard < 1 and p.dp_shard != -1):
-        raise ConfigError("parallelism degrees must be >= 1 (dp_shard may be -1: the rest of the world size)")
-    if p.pp < 1 or p.pp_stages_per_rank < 1:
-        raise ConfigError("parallelism.pp and parallelism.pp_stages_per_rank must be >= 1")
-    if p.pp_microbatches < 1 and p.pp_microbatches != -1:
-        raise ConfigError("parallelism.pp_microbatches must be >= 1, or -1 (one per local batch of the step)")
-    if p.pp > 1:
-        # the schedules' own constraints on virtual stages
-        multi = p.pp_schedule in ("Interleaved1F1B", "InterleavedZeroBubble", "ZBVZeroBubble")
-        if not multi and p.pp_stages_per_rank != 1:
-            raise ConfigError(f"parallelism.pp_schedule = '{p.pp_schedule}' runs one stage per rank; set "
-                              f"pp_stages_per_rank = 1 or use 'Interleaved1F1B' for virtual stages")
-        if p.pp_schedule == "ZBVZeroBubble" and p.pp_stages_per_rank != 2:
-            raise ConfigError("parallelism.pp_schedule = 'ZBVZeroBubble' needs pp_stages_per_rank = 2 (a V of stages)")
-        if any(n < 1 for n in p.pp_layers_per_stage):
-            raise ConfigError("parallelism.pp_layers_per_stage entries must be >= 1")
-    if cfg.checkpoint.interval <= 0:
-        raise ConfigError("checkpoint.interval must be positive")
-    j = cfg.jepa
-    if j.enable:
-        if cfg.data.kind == "text":
-            raise ConfigError("jepa.enable needs two views per sample: set data.kind = 'chat' "
-                              "({\"messages\": [...]} lines) or 'pairs' ({\"text\", \"code\"} lines)")
-        if not 0 <= j.k <= 16:
-            raise ConfigError(f"jepa.k = {j.k} must be in [0, 16] (predictor tokens)")
-        if not 0.0 <= j.jepa_ratio <= 1.0:
-            raise ConfigError(f"jepa.jepa_ratio = {j.jepa_ratio} must be in [0, 1]")
-        if j.views == "shared_prefix" and (j.front_pred or j.reverse_pred):
-            raise ConfigError("jepa.views = 'shared_prefix' reads Text inside the full sequence; "
-                              "front_pred and reverse_pred need views = 'separate'")
-        if j.last_token > 0:
-            raise ConfigError("jepa.last_token must be 0 (computed index) or negative (offset from a view's end)")
-        if j.infonce_temperature <= 0:
-            raise ConfigError("jepa.infonce_temperature must be positive")
-    lo = cfg.lora
-    if lo.enable:
-        if lo.rank <= 0:
-            raise ConfigError(f"lora.rank = {lo.rank} must be positive")
-        if lo.alpha <= 0:
-            raise ConfigError(f"lora.alpha = {lo.alpha} must be positive")
-        if not 0.0 <= lo.dropout < 1.0:
-            raise ConfigError(f"lora.dropout = {lo.dropout} must be in [0, 1)")
-        if not lo.target_modules:
-            raise ConfigError(f"lora.target_modules is empty; name at least one of "
-                              f"{', '.join(choices('lora', 'target_modules'))}")
+    if j.enable and d.kind == "text":
+        raise ConfigError("jepa.enable needs two views per sample: set data.kind = 'chat' "
+                          "({\"messages\": [...]} lines) or 'pairs' ({\"text\", \"code\"} lines)")
+    if st.enable and d.kind == "pairs":
+        raise ConfigError("[stp] works on data.kind = 'text' or 'chat'; paraphrase pairs use [jepa]")
+    if st.enable and st.mode in ("e2e", "random_span_mask") and d.kind == "text":
+        raise ConfigError(f"stp.mode = '{st.mode}' needs two views: use data.kind = 'chat', "
+                          "or stp.mode = 'random_span' / 'curvature' on plain text")
+    if st.enable and st.mode == "random_span_mask" and j.enable:
+        raise ConfigError("stp.mode = 'random_span_mask' adds its own views; disable jepa.enable or pick another mode")
     if cfg.float8.enable and cfg.lora.enable:
         raise ConfigError("float8.enable with lora.enable would convert the LoRA layers and drop their "
                           "adapters; disable one of them")
-    st = cfg.stp
-    if st.enable:
-        if cfg.data.kind == "pairs":
-            raise ConfigError("[stp] works on data.kind = 'text' or 'chat'; paraphrase pairs use [jepa]")
-        if st.mode in ("e2e", "random_span_mask") and cfg.data.kind == "text":
-            raise ConfigError(f"stp.mode = '{st.mode}' needs two views: use data.kind = 'chat', "
-                              "or stp.mode = 'random_span' / 'curvature' on plain text")
-        if st.spans_per_sample < 1:
-            raise ConfigError("stp.spans_per_sample must be >= 1")
-        if st.max_span_len == 0 or st.max_span_len < -1:
-            raise ConfigError("stp.max_span_len must be positive, or -1 for no limit")
-        if st.mode == "random_span_mask" and j.enable:
-            raise ConfigError("stp.mode = 'random_span_mask' adds its own views; disable jepa.enable or pick another mode")
-    if cfg.checkpoint.keep_latest_k < 0:
-        raise ConfigError("checkpoint.keep_latest_k must be >= 0 (0 keeps all)")
-    _validate_tracking(cfg)
-    pr = cfg.profiling
-    if pr.enable_profiling and (min(pr.profile_steps, default=1) < 1 or pr.start_step < 1 or pr.active_steps < 1):
-        raise ConfigError("profiling.profile_steps, start_step and active_steps must be >= 1 (steps count from 1)")
-
-
-def _validate_tracking(cfg: JobConfig) -> None:
-    """[validation], checkpoint.keep_best, wandb."""
-    from titan_jepa.eval.scorers import SCORERS
-
-    v = cfg.validation
-    if v.enable:
-        if not v.path and not (v.eval_scorer and v.eval_path):
-            raise ConfigError("validation.enable needs validation.path (held-out data: a file, folder, "
-                              "glob or hf:NAME)")
-        if v.freq <= 0:
-            raise ConfigError(f"validation.freq = {v.freq} must be positive (steps)")
-        if v.steps == 0 or v.steps < -1:
-            raise ConfigError(f"validation.steps = {v.steps} must be positive, or -1 for the whole set")
-        if v.eval_scorer:
-            if v.eval_scorer not in ("auto",) + SCORERS or v.eval_scorer in ("hellaswag", "spider"):
-                gen = [s for s in SCORERS if s not in ("hellaswag", "spider")]
-                raise ConfigError(f"validation.eval_scorer = '{v.eval_scorer}' is not one of auto, "
-                                  f"{', '.join(gen)} (hellaswag and spider: run python -m titan_jepa.eval)")
-            if v.eval_samples <= 0 or v.eval_max_new_tokens <= 0 or v.eval_batch_size <= 0:
-                raise ConfigError("validation.eval_samples, eval_max_new_tokens and eval_batch_size must be positive")
-            if cfg.parallelism.tp > 1 or cfg.parallelism.pp > 1:
-                raise ConfigError("validation.eval_scorer (generation in the loop) needs parallelism.tp = 1 "
-                                  "and pp = 1; evaluate TP/PP runs' checkpoints with python -m titan_jepa.eval")
-    c = cfg.checkpoint
-    if c.keep_best:
-        if not c.keep_best.startswith("val/"):
-            raise ConfigError(f"checkpoint.keep_best = '{c.keep_best}' must name a validation metric, "
-                              f"e.g. 'val/loss' or 'val/accuracy'")
-        if not (c.enable and v.enable):
-            raise ConfigError("checkpoint.keep_best needs checkpoint.enable = true and validation.enable = true")
+    if v.enable and v.eval_scorer and (cfg.parallelism.tp > 1 or cfg.parallelism.pp > 1):
+        raise ConfigError("validation.eval_scorer (generation in the loop) needs parallelism.tp = 1 "
+                          "and pp = 1; evaluate TP/PP runs' checkpoints with python -m titan_jepa.eval")
+    if cfg.checkpoint.keep_best and not (cfg.checkpoint.enable and v.enable):
+        raise ConfigError("checkpoint.keep_best needs checkpoint.enable = true and validation.enable = true")
+    if cfg.checkpoint.keep_best:
         logged = set()
         if v.path:
             logged |= {"val/loss", "val/batches"}
@@ -392,18 +287,10 @@ def _validate_tracking(cfg: JobConfig) -> None:
                 logged.add("val/stp_loss")
         if v.eval_scorer:
             logged.add("val/accuracy")
-        if c.keep_best not in logged:
-            raise ConfigError(f"checkpoint.keep_best = '{c.keep_best}' is not logged by this run's validation; "
-                              f"choose one of {', '.join(sorted(logged))}{_closest(c.keep_best, sorted(logged))}")
-    m = cfg.metrics
-    if m.enable_wandb:
-        import importlib.util
-
-        if importlib.util.find_spec("wandb") is None:
-            raise ConfigError("metrics.enable_wandb needs the wandb package: pip install 'titan-jepa[wandb]' "
-                              "(or set metrics.enable_wandb = false)")
-        if not m.wandb_project:
-            raise ConfigError("metrics.wandb_project must not be empty")
+        if cfg.checkpoint.keep_best not in logged:
+            raise ConfigError(f"checkpoint.keep_best = '{cfg.checkpoint.keep_best}' is not logged by this run's "
+                              f"validation; choose one of {', '.join(sorted(logged))}"
+                              f"{_closest(cfg.checkpoint.keep_best, sorted(logged))}")
 
 
 def keep_best_mode(c: Checkpoint) -> str:

@@ -12,9 +12,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from titan_jepa.errors import ConfigError
+
+
+class Section:
+    """A TOML section; ``check()`` raises a one-line ConfigError for a value out of range."""
+
+    def check(self) -> None:
+        """Nothing to check beyond the types the loader checked."""
+
 
 @dataclass
-class Job:
+class Job(Section):
     name: str = "run"
     dump_folder: str = "./outputs"  # the run folder is dump_folder/name
     seed: int = 0
@@ -22,7 +31,7 @@ class Job:
 
 
 @dataclass
-class Model:
+class Model(Section):
     """The model shape: a base (the flavor) with any field below overriding it (-1, "" or
     unset: the base's). titan_jepa/config/model.py resolves it."""
 
@@ -47,9 +56,19 @@ class Model:
     rope_original_max_seq_len: int = -1
     tie_embeddings: bool | None = None  # None (unset): the flavor's
 
+    def check(self) -> None:
+        for name in ("vocab_size", "max_seq_len", "dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of",
+                     "rope_original_max_seq_len", "norm_eps", "rope_theta", "rope_factor", "rope_low_freq_factor",
+                     "rope_high_freq_factor"):
+            if getattr(self, name) <= 0 and getattr(self, name) != -1:
+                raise ConfigError(f"model.{name} = {getattr(self, name)} must be positive (or -1: the flavor's)")
+        if self.ffn_dim_multiplier < 0 and self.ffn_dim_multiplier != -1:
+            raise ConfigError(f"model.ffn_dim_multiplier = {self.ffn_dim_multiplier} must be positive, 0 (none) "
+                              f"or -1 (the flavor's)")
+
 
 @dataclass
-class Training:
+class Training(Section):
     steps: int = 50  # -1: as many as data.num_epochs of data give (counted before training)
     global_batch_size: int = 8  # sequences per optimizer step, summed over data-parallel ranks
     local_batch_size: int = 4  # sequences per micro-batch on one rank
@@ -59,9 +78,16 @@ class Training:
     mixed_precision_reduce: Literal["float32"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
+    def check(self) -> None:
+        for name in ("steps", "global_batch_size", "local_batch_size", "seq_len"):
+            if getattr(self, name) <= 0 and not (name == "steps" and self.steps == -1):
+                raise ConfigError(f"training.{name} must be positive, got {getattr(self, name)}")
+        if self.max_norm < 0:
+            raise ConfigError(f"training.max_norm = {self.max_norm} must be >= 0 (0: no gradient clipping)")
+
 
 @dataclass
-class Optimizer:
+class Optimizer(Section):
     lr: float = 3e-4
     beta1: float = 0.9
     beta2: float = 0.95
@@ -69,17 +95,36 @@ class Optimizer:
     weight_decay: float = 0.1
     implementation: Literal["auto", "foreach", "fused", "for-loop"] = "auto"
 
+    def check(self) -> None:
+        if not self.lr > 0:
+            raise ConfigError(f"optimizer.lr = {self.lr} must be positive (e.g. 3e-4)")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"optimizer.{name} = {getattr(self, name)} must be in [0, 1)")
+        if not self.eps > 0:
+            raise ConfigError(f"optimizer.eps = {self.eps} must be positive (e.g. 1e-8)")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"optimizer.weight_decay = {self.weight_decay} must be >= 0")
+
 
 @dataclass
-class LRScheduler:
+class LRScheduler(Section):
     warmup_steps: int = 10
     decay_type: Literal["linear", "cosine", "wsd", "constant"] = "cosine"
     decay_ratio: float = 0.2  # wsd only: the fraction of steps spent decaying at the end
     min_lr_ratio: float = 0.1  # the final lr as a fraction of optimizer.lr
 
+    def check(self) -> None:
+        if self.warmup_steps < 0:
+            raise ConfigError("lr_scheduler.warmup_steps must be >= 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError("lr_scheduler.min_lr_ratio must be in [0, 1]")
+        if not 0.0 <= self.decay_ratio <= 1.0:
+            raise ConfigError("lr_scheduler.decay_ratio must be in [0, 1]")
+
 
 @dataclass
-class Parallelism:
+class Parallelism(Section):
     dp_replicate: int = 1  # HSDP replica groups (usually nodes)
     dp_shard: int = -1  # FSDP shard group size; -1: what remains of the world size
     tp: int = 1  # tensor (and sequence) parallel degree
@@ -92,20 +137,44 @@ class Parallelism:
     pp_stages_per_rank: int = 1  # virtual stages per pp rank (interleaved and ZBV schedules: >= 2)
     pp_layers_per_stage: list[int] = field(default_factory=list)  # layers of each stage; empty: even split
 
+    def check(self) -> None:
+        if self.dp_replicate < 1 or self.tp < 1 or (self.dp_shard < 1 and self.dp_shard != -1):
+            raise ConfigError("parallelism degrees must be >= 1 (dp_shard may be -1: the rest of the world size)")
+        if self.pp < 1 or self.pp_stages_per_rank < 1:
+            raise ConfigError("parallelism.pp and parallelism.pp_stages_per_rank must be >= 1")
+        if self.pp_microbatches < 1 and self.pp_microbatches != -1:
+            raise ConfigError("parallelism.pp_microbatches must be >= 1, or -1 (one per local batch of the step)")
+        if self.comm_timeout_s <= 0:
+            raise ConfigError(f"parallelism.comm_timeout_s = {self.comm_timeout_s} must be positive")
+        if self.pp > 1:  # the schedules' own constraints on virtual stages
+            multi = self.pp_schedule in ("Interleaved1F1B", "InterleavedZeroBubble", "ZBVZeroBubble")
+            if not multi and self.pp_stages_per_rank != 1:
+                raise ConfigError(f"parallelism.pp_schedule = '{self.pp_schedule}' runs one stage per rank; set "
+                                  f"pp_stages_per_rank = 1 or use 'Interleaved1F1B' for virtual stages")
+            if self.pp_schedule == "ZBVZeroBubble" and self.pp_stages_per_rank != 2:
+                raise ConfigError("parallelism.pp_schedule = 'ZBVZeroBubble' needs pp_stages_per_rank = 2 "
+                                  "(a V of stages)")
+            if any(n < 1 for n in self.pp_layers_per_stage):
+                raise ConfigError("parallelism.pp_layers_per_stage entries must be >= 1")
+
 
 @dataclass
-class ActivationCheckpoint:
+class ActivationCheckpoint(Section):
     mode: Literal["none", "full", "selective"] = "none"
     selective_every: int = 2  # selective: checkpoint every Nth block
 
+    def check(self) -> None:
+        if self.selective_every <= 0:
+            raise ConfigError("activation_checkpoint.selective_every must be positive")
+
 
 @dataclass
-class Compile:
+class Compile(Section):
     enable: bool = False  # torch.compile each transformer block
 
 
 @dataclass
-class Metrics:
+class Metrics(Section):
     log_freq: int = 1
     # host syncs (loss NaN check, metrics, SIGTERM agreement, same-FLOP milestones) run on the
     # log steps, checkpoint steps and the last step; > 0: also every sync_every steps
@@ -119,9 +188,23 @@ class Metrics:
     wandb_run_name: str = ""  # "": job.name
     wandb_tags: list[str] = field(default_factory=list)
 
+    def check(self) -> None:
+        if self.log_freq <= 0:
+            raise ConfigError("metrics.log_freq must be positive")
+        if self.sync_every < 0:
+            raise ConfigError("metrics.sync_every must be >= 0 (0: sync on the log steps only)")
+        if self.enable_wandb:
+            import importlib.util
+
+            if importlib.util.find_spec("wandb") is None:
+                raise ConfigError("metrics.enable_wandb needs the wandb package: pip install 'titan-jepa[wandb]' "
+                                  "(or set metrics.enable_wandb = false)")
+            if not self.wandb_project:
+                raise ConfigError("metrics.wandb_project must not be empty")
+
 
 @dataclass
-class Tokenizer:
+class Tokenizer(Section):
     kind: Literal["tiktoken", "hf"] = "tiktoken"  # Llama-3 tokenizer.model, or a Hugging Face tokenizer.json
     path: str = "assets/tokenizer/tokenizer.model"
     # "auto": the Llama-3 layout when the vocabulary has its header tokens, else the model's own
@@ -139,7 +222,7 @@ class Tokenizer:
 
 
 @dataclass
-class Data:
+class Data(Section):
     # "text" (documents), "chat" ({"messages": [...]}) or "pairs" ({"text", "code"} paraphrases)
     kind: Literal["text", "chat", "pairs"] = "text"
     path: str = "demo_data/corpus.jsonl"  # a local file, folder or glob; or hf:NAME for datasets
@@ -157,9 +240,16 @@ class Data:
     shard_by: Literal["record", "file"] = "record"
     num_epochs: int = -1  # -1: loop forever
 
+    def check(self) -> None:
+        if self.pack_buffer < 0:
+            raise ConfigError(f"data.pack_buffer = {self.pack_buffer} must be >= 0 (0 or 1: greedy packing)")
+        if self.pack_buffer > 1 and self.kind == "text":
+            raise ConfigError("data.pack_buffer packs chat and pairs samples; text documents are cut at row "
+                              "ends and never pad, so set data.pack_buffer = 0 for data.kind = 'text'")
+
 
 @dataclass
-class Checkpoint:
+class Checkpoint(Section):
     enable: bool = False
     folder: str = "checkpoint"  # inside the run folder, unless absolute
     interval: int = 500
@@ -179,9 +269,18 @@ class Checkpoint:
     keep_best: str = ""
     keep_best_mode: Literal["auto", "max", "min"] = "auto"  # "auto" (max for accuracy-like names, else min), "max" or "min"
 
+    def check(self) -> None:
+        if self.interval <= 0:
+            raise ConfigError("checkpoint.interval must be positive")
+        if self.keep_latest_k < 0:
+            raise ConfigError("checkpoint.keep_latest_k must be >= 0 (0 keeps all)")
+        if self.keep_best and not self.keep_best.startswith("val/"):
+            raise ConfigError(f"checkpoint.keep_best = '{self.keep_best}' must name a validation metric, "
+                              f"e.g. 'val/loss' or 'val/accuracy'")
+
 
 @dataclass
-class Validation:
+class Validation(Section):
     """Held-out loss (and optional generation eval) every ``freq`` steps and at the last step."""
 
     enable: bool = False
@@ -189,15 +288,30 @@ class Validation:
     hf_split: str = "validation"  # hf: datasets only
     freq: int = 100  # steps
     steps: int = -1  # global batches per validation; -1: the whole set (one pass)
-    eval_scorer: str = ""  # generation eval: "" (off), "auto" or a scorer of titan_jepa/eval/scorers.py
+    # generation eval: "" (off), "auto" (from the file name) or a scorer of titan_jepa/eval/scorers.py
+    # (hellaswag and spider are not generation scorers: run python -m titan_jepa.eval)
+    eval_scorer: Literal["", "auto", "exact", "startswith", "gsm8k", "nq_open"] = ""
     eval_path: str = ""  # its {"messages": [...]} test lines; "": validation.path
     eval_samples: int = 32  # the first N lines, shared out over the data-parallel ranks
     eval_max_new_tokens: int = 64
     eval_batch_size: int = 8  # prompts per generate call on one rank
 
+    def check(self) -> None:
+        if not self.enable:
+            return
+        if not self.path and not (self.eval_scorer and self.eval_path):
+            raise ConfigError("validation.enable needs validation.path (held-out data: a file, folder, "
+                              "glob or hf:NAME)")
+        if self.freq <= 0:
+            raise ConfigError(f"validation.freq = {self.freq} must be positive (steps)")
+        if self.steps == 0 or self.steps < -1:
+            raise ConfigError(f"validation.steps = {self.steps} must be positive, or -1 for the whole set")
+        if self.eval_scorer and (self.eval_samples <= 0 or self.eval_max_new_tokens <= 0 or self.eval_batch_size <= 0):
+            raise ConfigError("validation.eval_samples, eval_max_new_tokens and eval_batch_size must be positive")
+
 
 @dataclass
-class Jepa:
+class Jepa(Section):
     """LLM-JEPA: loss = gamma * next-token + lambda * d(Pred(Enc(Text)), Enc(Code))."""
 
     enable: bool = False
@@ -213,9 +327,24 @@ class Jepa:
     reverse_pred: bool = False  # predict Text from Code instead
     last_token: int = 0  # 0: Enc index computed from the view; < 0: offset from the view's end (reference)
 
+    def check(self) -> None:
+        if not self.enable:
+            return
+        if not 0 <= self.k <= 16:
+            raise ConfigError(f"jepa.k = {self.k} must be in [0, 16] (predictor tokens)")
+        if not 0.0 <= self.jepa_ratio <= 1.0:
+            raise ConfigError(f"jepa.jepa_ratio = {self.jepa_ratio} must be in [0, 1]")
+        if self.views == "shared_prefix" and (self.front_pred or self.reverse_pred):
+            raise ConfigError("jepa.views = 'shared_prefix' reads Text inside the full sequence; "
+                              "front_pred and reverse_pred need views = 'separate'")
+        if self.last_token > 0:
+            raise ConfigError("jepa.last_token must be 0 (computed index) or negative (offset from a view's end)")
+        if self.infonce_temperature <= 0:
+            raise ConfigError("jepa.infonce_temperature must be positive")
+
 
 @dataclass
-class Profiling:
+class Profiling(Section):
     """torch.profiler traces (and CUDA memory snapshots) of chosen steps, in the run folder."""
 
     enable_profiling: bool = False
@@ -226,9 +355,14 @@ class Profiling:
     enable_memory_snapshot: bool = False  # CUDA only: allocator history dumped at the traced steps
     save_memory_snapshot_folder: str = "memory_snapshot"
 
+    def check(self) -> None:
+        if self.enable_profiling and (min(self.profile_steps, default=1) < 1 or self.start_step < 1
+                                      or self.active_steps < 1):
+            raise ConfigError("profiling.profile_steps, start_step and active_steps must be >= 1 (steps count from 1)")
+
 
 @dataclass
-class Float8:
+class Float8(Section):
     """Float8 training of the transformer blocks' linear layers through torchao (CUDA, sm89+)."""
 
     enable: bool = False
@@ -236,7 +370,7 @@ class Float8:
 
 
 @dataclass
-class Lora:
+class Lora(Section):
     """LoRA adapters on the blocks' linear layers; everything else frozen (see titan_jepa/models/lora.py)."""
 
     enable: bool = False
@@ -253,9 +387,21 @@ class Lora:
     # by tools/convert_hf.py and the eval like any base model
     merge_on_export: bool = True
 
+    def check(self) -> None:
+        if not self.enable:
+            return
+        if self.rank <= 0:
+            raise ConfigError(f"lora.rank = {self.rank} must be positive")
+        if self.alpha <= 0:
+            raise ConfigError(f"lora.alpha = {self.alpha} must be positive")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout = {self.dropout} must be in [0, 1)")
+        if not self.target_modules:
+            raise ConfigError("lora.target_modules is empty; name at least one of wq, wk, wv, wo, w1, w2, w3")
+
 
 @dataclass
-class Stp:
+class Stp(Section):
     """Semantic Tube Prediction: a JEPA-style loss from one sequence's own hidden states."""
 
     enable: bool = False
@@ -269,6 +415,14 @@ class Stp:
     weighting: Literal["none", "cosine_like", "jaccard_like"] = "none"
     linear_predictor: bool = False  # a bias-free d x d map on the predicting side, trained with the model
     min_doc_len: int = 4  # text: documents (segments) shorter than this get no span
+
+    def check(self) -> None:
+        if not self.enable:
+            return
+        if self.spans_per_sample < 1:
+            raise ConfigError("stp.spans_per_sample must be >= 1")
+        if self.max_span_len == 0 or self.max_span_len < -1:
+            raise ConfigError("stp.max_span_len must be positive, or -1 for no limit")
 
 
 @dataclass
@@ -294,6 +448,9 @@ class JobConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def sections(self) -> list[Any]:
+        return [getattr(self, f.name) for f in dataclasses.fields(self)]
 
     @property
     def run_folder(self) -> Path:
