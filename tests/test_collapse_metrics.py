@@ -14,7 +14,7 @@ from titan_jepa.config import load_config
 from titan_jepa.data.loader import build_dataloader
 from titan_jepa.data.tokenizer import build_tokenizer
 from titan_jepa.models.llama import build_model, model_args_for
-from titan_jepa.objectives.combined import Objective
+from titan_jepa.objectives import Objectives, build_objectives
 from titan_jepa.objectives.jepa import COLLAPSE_METRICS, collapse_stats, effective_rank, view_embeddings
 
 
@@ -56,25 +56,20 @@ def test_objective_collapse_metrics_on_a_known_batch(demo_dir, tmp_path):
     model.init_weights(0)
     loader = build_dataloader(cfg, tok)
     mbs = [next(loader).to("cpu"), next(loader).to("cpu")]
-    obj = Objective(cfg)
+    obj = Objectives(build_objectives(cfg))
     counts = torch.stack([mb.count_vector for mb in mbs]).sum(0)
-    assert obj.collapse_metrics() == {}  # nothing kept when not asked
-    obj(model, mbs[0], counts)
-    assert obj.kept == []
-    obj.keep_embeddings = True
-    for mb in mbs:
-        obj(model, mb, counts)
-    got = obj.collapse_metrics()
-    assert obj.kept == [] and not obj.keep_embeddings
+    assert obj(model(mbs[0].tokens, **mbs[0].mask_inputs()), mbs[0], counts).kept == {}  # nothing kept unless asked
+    kept = [obj(model(mb.tokens, **mb.mask_inputs()), mb, counts, keep=True).kept for mb in mbs]
+    got = obj.diagnostics(kept, None)
     with torch.no_grad():
         parts = []
         for mb in mbs:
             _, hidden = model(mb.tokens, positions=mb.positions, segment_ids=mb.segment_ids,
-                              context_segment=mb.context_segment, context_len=mb.context_len, return_hidden=True)
-            parts.append(view_embeddings(hidden, mb.jepa.pred, mb.jepa.target))
+                              context_segment=mb.context_segment, context_len=mb.context_len)
+            parts.append(view_embeddings(hidden, mb.record("jepa").pred, mb.record("jepa").target))
     pred = torch.cat([p for p, _ in parts]).double().numpy()
     target = torch.cat([t for _, t in parts]).double().numpy()
-    assert pred.shape[0] == int(counts[1]) > 2
+    assert pred.shape[0] == int(obj.count(counts, "jepa")) > 2
     assert [got[k] for k in COLLAPSE_METRICS] == pytest.approx(numpy_stats(pred, target), rel=1e-5)
     assert 1.0 < got["jepa_pred_erank"] <= min(pred.shape)
 

@@ -153,12 +153,12 @@ def test_custom_shape_trains_exports_and_matches_transformers(demo_dir, tmp_path
     hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf", attn_implementation="eager").eval()
     tokens = torch.randint(0, 2304, (2, 300), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        want = ours(tokens)
+        want = ours(tokens).logits
         assert want.abs().max() > 1.0
         assert (hf(tokens).logits - want).abs().max().item() <= 1e-4
         # the training checkpoint (model + optimizer entries) loads to the same model
         from_ckpt, _ = load_model(JobConfig(), run / "checkpoint", 0, torch.device("cpu"), torch.float32)
-        assert torch.equal(from_ckpt(tokens), want)
+        assert torch.equal(from_ckpt(tokens).logits, want)
 
     # a DCP folder without model_args.json (older runs): the shape comes from [model] of the
     # config, and a wrong shape is one line; convert_hf then needs --config
@@ -170,7 +170,7 @@ def test_custom_shape_trains_exports_and_matches_transformers(demo_dir, tmp_path
         load_model(JobConfig(), bare, 0, torch.device("cpu"), torch.float32)
     again, _ = load_model(load_config(run / "config.toml"), bare, 0, torch.device("cpu"), torch.float32)
     with torch.no_grad():
-        torch.testing.assert_close(again(tokens[:, :40]), want[:, :40], rtol=0, atol=1e-5)
+        torch.testing.assert_close(again(tokens[:, :40]).logits, want[:, :40], rtol=0, atol=1e-5)
     with pytest.raises(SystemExit):
         convert_main(["--to-hf", "--src", str(bare), "--dst", str(tmp_path / "hf3")])
     assert not (tmp_path / "hf3").exists()
@@ -187,7 +187,7 @@ def test_custom_shape_trains_exports_and_matches_transformers(demo_dir, tmp_path
     fresh = build_model(args, "cpu")
     load_hf(fresh, tmp_path / "hf", "checkpoint.initial_load_path")
     with torch.no_grad():
-        torch.testing.assert_close(fresh(tokens[:, :40]), want[:, :40], rtol=0, atol=1e-5)
+        torch.testing.assert_close(fresh(tokens[:, :40]).logits, want[:, :40], rtol=0, atol=1e-5)
 
     # starting another shape from it is one line naming the settings to change
 

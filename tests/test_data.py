@@ -138,7 +138,7 @@ def test_txt_and_parquet_and_folder(tmp_path, tok):
             _equal(x, y)
     cfg.data.num_epochs = 1
     cfg.data.path = str(tmp_path / "*.parquet")  # a glob
-    assert sum(b.num_targets for b in build_dataloader(cfg, tok)) == sum(
+    assert sum(b.counts.items["ntp"] for b in build_dataloader(cfg, tok)) == sum(
         len(tok.encode(d)) + 1 for d in docs[3:])
 
 
@@ -310,17 +310,18 @@ def test_loss_on_all_but_eot_is_all_without_eot_targets(tok):
                         {"role": "assistant", "content": "a2"}]}
     every = ChatSamples(tok, "all", 512, BadLines("fail"))(rec, "x:1")
     ref = ChatSamples(tok, "all_but_eot", 512, BadLines("fail"))(rec, "x:1")
-    assert ref["ids"] == every["ids"]
-    eot_targets = [i for i, t in enumerate(every["labels"]) if t == tok.eot_id]
+    assert ref.ids == every.ids
+    eot_targets = [i for i, t in enumerate(every.labels) if t == tok.eot_id]
     assert len(eot_targets) == 5  # one per message
-    assert ref["labels"] == [IGNORE_INDEX if i in eot_targets else t for i, t in enumerate(every["labels"])]
+    assert ref.labels == [IGNORE_INDEX if i in eot_targets else t for i, t in enumerate(every.labels)]
 
 
 def test_sample_packer_multi_segment_samples(tok):
     from titan_jepa.data.packing import SamplePacker
+    from titan_jepa.data.sample import Sample, Segment
 
-    samples = iter([{"segments": [[[1, 2, 3], [2, 3, -100]], [[7, 8], [8, -100]]]},
-                    {"ids": [4, 5], "labels": [5, -100]}, {"ids": [6] * 6, "labels": [-100] * 6}])
+    samples = iter([Sample([1, 2, 3], [2, 3, -100], segments=[Segment([1, 2, 3], [2, 3, -100]), Segment([7, 8], [8, -100])]),
+                    Sample([4, 5], [5, -100]), Sample([6] * 6, [-100] * 6)])
     packer = SamplePacker(8, 0, lambda: next(samples, None))
     r0, r1 = packer.next_row(), packer.next_row()
     assert r0.tokens == [1, 2, 3, 7, 8, 4, 5, 0] and r0.segment_ids == [0, 0, 0, 1, 1, 2, 2, 3]
@@ -461,5 +462,5 @@ def test_shared_llm_jepa_files(tok):
         cfg = make_cfg(SHARED / name, "chat", seq_len=512, bs=4, loss_on="assistant")
         loader = build_dataloader(cfg, tok)
         for b in take(loader, 5):
-            assert b.tokens.shape == (4, 512) and b.num_targets > 0
+            assert b.tokens.shape == (4, 512) and b.counts.items["ntp"] > 0
             assert len(b.samples.text_ids) == b.samples.table.shape[0] > 0

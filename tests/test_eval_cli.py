@@ -101,7 +101,7 @@ def test_hellaswag_scores_letter_logits_of_whole_prompt(run_dir):
     for row, rec in zip(rows, res["predictions"]):
         prompt = generation_prompt(tok, row["messages"])
         with torch.no_grad():
-            logits = model(torch.tensor([prompt]))[0, -1]
+            logits = model(torch.tensor([prompt])).logits[0, -1]
         assert rec["prediction"] == "ABCD"[int(logits[letters].argmax())]
         assert rec["correct"] == (rec["prediction"] == rec["gold"])
 
@@ -127,7 +127,7 @@ def test_lora_checkpoint_is_merged_on_load(demo_dir, tmp_path):
     assert torch.count_nonzero(ref.layers["0"].attention.wq.lora_b.weight) > 0
     tokens = torch.randint(0, 2000, (2, 24))
     with torch.no_grad():
-        torch.testing.assert_close(model(tokens), ref(tokens), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model(tokens).logits, ref(tokens).logits, rtol=1e-5, atol=1e-5)
     # adapters saved alone: the base weights come from checkpoint.initial_load_path
     from titan_jepa.models.lora import is_lora_name
 

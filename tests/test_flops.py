@@ -34,7 +34,7 @@ def test_analytic_flops_against_the_flop_counter():
     model.init_weights(0)
     tokens = torch.randint(0, 256, (2, 64))
     with FlopCounterMode(display=False) as fc:
-        model(tokens).float().sum().backward()
+        model(tokens).logits.float().sum().backward()
     linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
     assert fc.get_total_flops() == 6 * linear * tokens.numel()
     norms = args.num_params(include_embedding=False) - linear
@@ -99,23 +99,24 @@ def test_collated_counts_and_the_one_copy_move(demo_dir, tmp_path, sections):
     batch = next(build_dataloader(cfg, build_tokenizer(cfg.tokenizer)))
     c = batch.counts
     assert c.pairs == visible_pairs(batch) and c.tokens == batch.tokens.numel()
-    assert c.targets == int((batch.labels != IGNORE_INDEX).sum()) > 0
+    assert c.items["ntp"] == int((batch.labels != IGNORE_INDEX).sum()) > 0
     assert c.full_tokens + c.view_tokens + c.pad_tokens == c.tokens
-    if batch.jepa is not None:
-        assert c.jepa_samples == batch.jepa.pred.shape[0] == c.samples > 0 and c.view_tokens > 0
+    if batch.record("jepa") is not None:
+        assert c.items["jepa"] == batch.record("jepa").pred.shape[0] == c.samples > 0 and c.view_tokens > 0
         assert batch.context_segment is not None and c.ntp_tokens == c.full_tokens < c.tokens
     else:
-        assert c.stp_items == batch.stp.weight.shape[0] > 0 and (c.ntp_tokens, c.ntp_pairs) == (c.tokens, c.pairs)
+        assert c.items["stp"] == batch.record("stp").weight.shape[0] > 0 and (c.ntp_tokens, c.ntp_pairs) == (c.tokens, c.pairs)
     moved = batch.to("cpu")
-    assert torch.equal(moved.count_vector, torch.tensor([float(v) for v in vars(c).values()], dtype=torch.float64))
+    want = [float(v) for k, v in vars(c).items() if k != "items"] + [float(v) for v in c.items.values()]
+    assert torch.equal(moved.count_vector, torch.tensor(want, dtype=torch.float64))
     assert moved.counts == c and isinstance(c, BatchCounts) and moved.samples is batch.samples
     pairs = [(moved.tokens, batch.tokens), (moved.labels, batch.labels), (moved.positions, batch.positions),
              (moved.segment_ids, batch.segment_ids)]
-    if batch.jepa is not None:
-        pairs += [(moved.jepa.pred, batch.jepa.pred), (moved.jepa.target, batch.jepa.target),
+    if batch.record("jepa") is not None:
+        pairs += [(moved.record("jepa").pred, batch.record("jepa").pred), (moved.record("jepa").target, batch.record("jepa").target),
                   (moved.context_len, batch.context_len), (moved.context_segment, batch.context_segment)]
-    if batch.stp is not None:
-        pairs += [(getattr(moved.stp, f), getattr(batch.stp, f)) for f in ("index", "coef", "slot", "weight", "triples")]
+    if batch.record("stp") is not None:
+        pairs += [(getattr(moved.record("stp"), f), getattr(batch.record("stp"), f)) for f in ("index", "coef", "slot", "weight", "triples")]
     storages = set()
     for got, want in pairs:
         assert got.dtype == want.dtype and torch.equal(got, want)

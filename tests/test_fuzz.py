@@ -160,14 +160,14 @@ def test_chat_template(record, loss_on):
     if s is None:
         assert sum(bad.counts.values()) == 1
         return
-    ids, labels = s["ids"], s["labels"]
+    ids, labels = s.ids, s.labels
     assert len(ids) == len(labels) and ids[0] == TOK.bos_id and ids[-1] == TOK.eot_id
     assert all(0 <= i < TOK.vocab_size for i in ids)
     assert all(lab == IGNORE_INDEX or lab == ids[i + 1] for i, lab in enumerate(labels[:-1]))
     if loss_on == "all_but_eot":
         assert TOK.eot_id not in labels
-    us, ue = s["user"]
-    as_, ae = s["assistant"]
+    us, ue = s.user
+    as_, ae = s.assistant
     assert 0 < us <= ue < as_ <= ae < len(ids) and ids[ae] == TOK.eot_id
 
 

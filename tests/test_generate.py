@@ -36,12 +36,12 @@ def test_cache_logits_equal_full_forward(attn):
     model = _model(attn_backend=attn)
     seq = torch.randint(0, 1990, (2, 20), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        full = _model(attn_backend="sdpa")(seq)
+        full = _model(attn_backend="sdpa")(seq).logits
         caches = build_kv_caches(model, 2, 20)
         pos = torch.arange(20)[None].expand(2, -1)
-        parts = [model(seq[:, :7], positions=pos[:, :7], kv_caches=caches)]
+        parts = [model(seq[:, :7], positions=pos[:, :7], kv_caches=caches).logits]
         for i in range(7, 20):
-            parts.append(model(seq[:, i:i + 1], positions=pos[:, i:i + 1], kv_caches=caches))
+            parts.append(model(seq[:, i:i + 1], positions=pos[:, i:i + 1], kv_caches=caches).logits)
     torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-5, atol=1e-5)
 
 
@@ -51,7 +51,7 @@ def test_left_padded_prefill_equals_unpadded():
     last = next_token_logits(model, _Tok(), prompts)
     with torch.no_grad():
         for b, p in enumerate(prompts):
-            ref = model(torch.tensor([p]))[0, -1]
+            ref = model(torch.tensor([p])).logits[0, -1]
             torch.testing.assert_close(last[b], ref, rtol=1e-5, atol=1e-5)
 
 

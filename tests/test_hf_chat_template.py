@@ -105,7 +105,7 @@ def test_spans_labels_equal_the_rendered_string(tmp_path):
     want = [IGNORE_INDEX] * len(enc.ids)
     for i in range(as_ - 1, ae):
         want[i] = enc.ids[i + 1]
-    assert samples["ids"] == enc.ids and samples["labels"] == want
+    assert samples.ids == enc.ids and samples.labels == want
     # the llama3 layout lacks the date header: the two differ by exactly that text
     plain = load_config(extra={"tokenizer": {"path": str(TOKENIZER)}})
     llama3 = build_tokenizer(plain.tokenizer).encode_chat(MESSAGES)
@@ -119,7 +119,7 @@ def test_jepa_views_are_the_templates_one_message_renderings(tmp_path):
     views = JepaViews(ChatSamples(tok, "assistant", 256, BadLines("fail")), jepa, tok, 256, 0, 0,
                       BadLines("fail"))
     s = views({"messages": MESSAGES}, "x:1")
-    (full, _), (text, text_labels), (code, _) = s["segments"]
+    (full, _), (text, text_labels), (code, _) = [(x.ids, x.labels) for x in s.segments]
     t = tok.hf_chat_template
     assert full == tok.encode(t.render(MESSAGES), allow_special=True)
     preds = tok.predictor_token_ids(2)
@@ -127,7 +127,7 @@ def test_jepa_views_are_the_templates_one_message_renderings(tmp_path):
     assert "Cutting Knowledge Date" in tok.decode(user)
     assert text == user[:-1] + preds + user[-1:] and set(text_labels) == {IGNORE_INDEX}
     assert code == tok.encode(t.render([MESSAGES[2]]), allow_special=True)
-    pred_at, target_at = s["jepa"]
+    pred_at, target_at = s.marks["jepa"]
     assert pred_at == len(full) + len(text) - 2 and (full + text + code)[pred_at] == preds[-1]
     assert target_at == len(full) + len(text) + len(code) - 2
     assert tok.decode([(full + text + code)[target_at]]) == tok.decode(tok.encode("(dog).*([0-9])")[-1:])

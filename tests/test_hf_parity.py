@@ -108,13 +108,13 @@ def test_logits_match_transformers(tie, attn):
         assert hf.lm_head.weight.data_ptr() == hf.model.embed_tokens.weight.data_ptr()
     tok = tokens(args)
     with torch.no_grad():
-        a = m(tok)
+        a = m(tok).logits
         b = hf(tok).logits
         assert a.abs().max() > 1.0  # not a degenerate comparison
         assert max_diff(a, b) <= TOL
         # shifted positions (as in packed rows) reach past the original context too
         pos = torch.arange(SEQ)[None].expand(2, -1) + 100
-        assert max_diff(m(tok, positions=pos), hf(tok, position_ids=pos).logits) <= TOL
+        assert max_diff(m(tok, positions=pos).logits, hf(tok, position_ids=pos).logits) <= TOL
 
 
 @pytest.mark.parametrize("tie", [False, True])
@@ -150,7 +150,7 @@ def test_hf_checkpoint_round_trip(tmp_path, tie):
     m = ours(args)
     tok = tokens(args, seed=1)
     with torch.no_grad():
-        ref = m(tok)
+        ref = m(tok).logits
     for name, shard_bytes in (("single", 2**40), ("sharded", 300_000)):
         folder = tmp_path / name
         files = save_hf_checkpoint(m.state_dict(), args, folder, max_shard_bytes=shard_bytes)
@@ -170,7 +170,7 @@ def test_hf_checkpoint_round_trip(tmp_path, tie):
         m2.init_buffers()
         m2.load_state_dict(from_hf_state_dict(load_hf_safetensors(folder), back_args), strict=True)
         with torch.no_grad():
-            assert torch.equal(m2.eval()(tok), ref)
+            assert torch.equal(m2.eval()(tok).logits, ref)
 
 
 def test_bf16_save(tmp_path):

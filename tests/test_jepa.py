@@ -10,7 +10,7 @@ from titan_jepa.data.batch import IGNORE_INDEX
 from titan_jepa.data.loader import build_dataloader
 from titan_jepa.data.tokenizer import build_tokenizer
 from titan_jepa.models.llama import build_model, model_args_for
-from titan_jepa.objectives.combined import Objective
+from titan_jepa.objectives import Objectives, build_objectives
 from titan_jepa.objectives.jepa import jepa_distance_sum
 
 
@@ -49,29 +49,28 @@ def reference_loss(model, batch, cfg, tok):
             batch.samples.table.tolist(), batch.samples.text_ids, batch.samples.code_ids):
         full = batch.tokens[row, start:start + length][None]
         labels = batch.labels[row, start:start + length]
-        logits = model(full)[0]
+        logits = model(full).logits[0]
         ntp_sum = ntp_sum + F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
         targets += int((labels != IGNORE_INDEX).sum())
         if j.views == "shared_prefix":
             # Text read inside the full sequence: prefix up to the user content, then predictors
             prefix = batch.tokens[row, start:ue].tolist()
-            _, h = model(torch.tensor([prefix + preds]), return_hidden=True)
+            _, h = model(torch.tensor([prefix + preds]))
             pred = h[0, -1]
         else:
             text_view = header(tok, "user") + text + preds + [tok.eot_id]
-            _, h = model(torch.tensor([text_view]), return_hidden=True)
+            _, h = model(torch.tensor([text_view]))
             pred = h[0, -2]
         code_view = header(tok, "assistant") + code + [tok.eot_id]
-        _, hc = model(torch.tensor([code_view]), return_hidden=True)
+        _, hc = model(torch.tensor([code_view]))
         dists.append(jepa_distance_sum(pred[None], hc[0, -2][None], j.distance))
     jepa = torch.stack(dists).sum() / len(dists)
     return j.gamma * ntp_sum / targets + j.lambda_ * jepa
 
 
 def packed_loss(model, batch, cfg):
-    obj = Objective(cfg)
-    loss, _ = obj(model, batch, batch.counts.vector())
-    return loss
+    obj = Objectives(build_objectives(cfg))
+    return obj(model(batch.tokens, **batch.mask_inputs()), batch, batch.counts.vector()).loss
 
 
 @pytest.mark.parametrize("views,k,distance", [
@@ -82,7 +81,7 @@ def test_packed_equals_three_forwards(demo_dir, tmp_path, views, k, distance):
     cfg = jepa_cfg(demo_dir, tmp_path, views=views, k=k, distance=distance)
     tok = build_tokenizer(cfg.tokenizer)
     batch = next(build_dataloader(cfg, tok))
-    assert batch.jepa.pred.shape[0] == batch.samples.table.shape[0] >= 4
+    assert batch.record("jepa").pred.shape[0] == batch.samples.table.shape[0] >= 4
     model = fresh_model()
     packed = packed_loss(model, batch, cfg)
     packed.backward()
@@ -112,7 +111,7 @@ def test_reverse_and_front_pred_indices(demo_dir, tmp_path):
     for opts, pred_token_is_pred in (({"reverse_pred": True}, True), ({"front_pred": True}, False)):
         cfg = jepa_cfg(demo_dir, tmp_path, **opts)
         batch = next(build_dataloader(cfg, tok))
-        p, t = batch.jepa.pred, batch.jepa.target
+        p, t = batch.record("jepa").pred, batch.record("jepa").target
         at_pred = batch.tokens[p[:, 0], p[:, 1]]
         at_target = batch.tokens[t[:, 0], t[:, 1]]
         assert ((at_pred == pred_id).all().item()) == pred_token_is_pred
@@ -126,8 +125,8 @@ def test_last_token_offset_matches_computed_index(demo_dir, tmp_path):
     a = next(build_dataloader(jepa_cfg(demo_dir, tmp_path), build_tokenizer(jepa_cfg(demo_dir, tmp_path).tokenizer)))
     cfg = jepa_cfg(demo_dir, tmp_path, last_token=-2)
     b = next(build_dataloader(cfg, build_tokenizer(cfg.tokenizer)))
-    assert torch.equal(a.jepa.pred, b.jepa.pred)
-    assert torch.equal(a.jepa.target, b.jepa.target)
+    assert torch.equal(a.record("jepa").pred, b.record("jepa").pred)
+    assert torch.equal(a.record("jepa").target, b.record("jepa").target)
 
 
 def test_dropped_samples_add_no_tokens(demo_dir, tmp_path):
@@ -140,18 +139,18 @@ def test_dropped_samples_add_no_tokens(demo_dir, tmp_path):
     dropped = [next(it) for it in [build_dataloader(cfg, tok)] for _ in range(3)]
     for a, b in zip(plain, dropped):
         assert torch.equal(a.tokens, b.tokens) and torch.equal(a.segment_ids, b.segment_ids)
-        assert b.counts.view_tokens == 0 and b.jepa.pred.shape[0] == 0
+        assert b.counts.view_tokens == 0 and b.record("jepa").pred.shape[0] == 0
     # half the samples: view tokens are exactly those of the kept samples
     cfg = jepa_cfg(demo_dir, tmp_path, jepa_ratio=0.5)
     batches = [next(it) for it in [build_dataloader(cfg, tok)] for _ in range(8)]
-    kept = sum(b.jepa.pred.shape[0] for b in batches)
+    kept = sum(b.record("jepa").pred.shape[0] for b in batches)
     total = sum(b.samples.table.shape[0] for b in batches)
     assert 0.25 < kept / total < 0.75
     for b in batches:
         view_tokens = int(b.counts.view_tokens)
         segs_per_row = [int(s.max()) + 1 for s in b.segment_ids]
-        assert view_tokens == 0 or b.jepa.pred.shape[0] > 0
-        assert sum(segs_per_row) >= b.samples.table.shape[0] + 2 * b.jepa.pred.shape[0]
+        assert view_tokens == 0 or b.record("jepa").pred.shape[0] > 0
+        assert sum(segs_per_row) >= b.samples.table.shape[0] + 2 * b.record("jepa").pred.shape[0]
 
 
 def test_views_resume_identically(demo_dir, tmp_path):
@@ -165,7 +164,7 @@ def test_views_resume_identically(demo_dir, tmp_path):
     b = build_dataloader(cfg, tok)
     b.load_state_dict(state)
     for x, y in zip(expect, (next(b) for _ in range(3))):
-        assert torch.equal(x.tokens, y.tokens) and torch.equal(x.jepa.pred, y.jepa.pred)
+        assert torch.equal(x.tokens, y.tokens) and torch.equal(x.record("jepa").pred, y.record("jepa").pred)
 
 
 @pytest.mark.parametrize("distance", ["cosine", "l2", "mse", "infonce"])
@@ -254,7 +253,7 @@ def test_paraphrase_pairs_equal_separate_forwards(demo_dir, tmp_path, views):
         jepa={"enable": True, "k": 2, "views": views}))
     tok = build_tokenizer(cfg.tokenizer)
     batch = next(build_dataloader(cfg, tok))
-    assert batch.jepa.pred.shape[0] >= 4
+    assert batch.record("jepa").pred.shape[0] >= 4
     model = fresh_model()
     packed = packed_loss(model, batch, cfg)
     preds = tok.predictor_token_ids(2)
@@ -265,11 +264,11 @@ def test_paraphrase_pairs_equal_separate_forwards(demo_dir, tmp_path, views):
         b = [tok.bos_id, *b_txt, tok.eos_id]
         assert batch.tokens[row, start:start + len(a)].tolist() == a
         for side in (a, b):
-            logits = model(torch.tensor([side]))[0]
+            logits = model(torch.tensor([side])).logits[0]
             ntp = ntp + F.cross_entropy(logits[:-1], torch.tensor(side[1:]), reduction="sum")
             targets += len(side) - 1
-        _, h = model(torch.tensor([a[:-1] + preds]), return_hidden=True)
-        _, hb = model(torch.tensor([b]), return_hidden=True)
+        _, h = model(torch.tensor([a[:-1] + preds]))
+        _, hb = model(torch.tensor([b]))
         dists.append(jepa_distance_sum(h[0, -1][None], hb[0, -2][None], "cosine"))
     ref = ntp / targets + torch.stack(dists).sum() / len(dists)
     assert packed.item() == pytest.approx(ref.item(), abs=1e-5)

@@ -47,7 +47,7 @@ def test_apply_lora_names_init_and_freezing():
     base.to_empty(device="cpu")
     base.init_weights(seed=0)
     tokens = torch.randint(0, 2000, (2, 16))
-    torch.testing.assert_close(model(tokens), base(tokens))
+    torch.testing.assert_close(model(tokens).logits, base(tokens).logits)
 
 
 def test_lora_linear_owns_its_init():
@@ -87,7 +87,7 @@ def test_base_frozen_only_adapters_train():
     tokens = torch.randint(0, 2000, (2, 17))
     losses = []
     for _ in range(3):
-        logits = model(tokens[:, :-1])
+        logits = model(tokens[:, :-1]).logits
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
         loss.backward()
         for n, p in model.named_parameters():
@@ -111,16 +111,16 @@ def test_merged_equals_adapters():
                 p.normal_(0, 0.05)
     tokens = torch.randint(0, 2000, (2, 16))
     with torch.no_grad():
-        out = model(tokens)
+        out = model(tokens).logits
         sd = {k: v.clone() for k, v in model.state_dict().items()}
         merged_sd = merge_lora_state_dict(sd, alpha=8.0)
         merge_lora(model)
         assert not any(isinstance(m, LoRALinear) for m in model.modules())
         assert set(model.state_dict()) == set(merged_sd)
-        torch.testing.assert_close(model(tokens), out, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model(tokens).logits, out, rtol=1e-5, atol=1e-5)
         plain = build_model(model.args, device="cpu")
         plain.load_state_dict(merged_sd)
-        torch.testing.assert_close(plain(tokens), out, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(plain(tokens).logits, out, rtol=1e-5, atol=1e-5)
 
 
 def test_apply_lora_on_materialised_model_and_errors():

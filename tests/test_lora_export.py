@@ -69,7 +69,7 @@ def test_merged_and_adapters_only_exports(demo_dir, tmp_path):
     for n, p in model.named_parameters():
         if n.endswith("lora_b.weight"):
             p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(n)))
-    want = model(TOKENS)
+    want = model(TOKENS).logits
     base_keys = set(_plain_model().state_dict())
 
     merged = export_model(model, tmp_path / "merged", 1, lora=Lora(**LORA))
@@ -77,11 +77,11 @@ def test_merged_and_adapters_only_exports(demo_dir, tmp_path):
     assert keys == base_keys  # plain Llama names, no adapters
     plain = _plain_model(seed=1)  # other weights everywhere: all must come from the export
     plain.load_state_dict(load_ours(str(merged)))  # tools/convert_hf.py reads it
-    torch.testing.assert_close(plain(TOKENS), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(plain(TOKENS).logits, want, rtol=1e-5, atol=1e-5)
     # and so does the eval (no [lora] needed)
     cfg = load_config(extra=tiny_config(tmp_path, demo_dir))
     evaluated, _ = load_model(cfg, merged, 2304, torch.device("cpu"), torch.float32)
-    torch.testing.assert_close(evaluated(TOKENS), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(evaluated(TOKENS).logits, want, rtol=1e-5, atol=1e-5)
 
     adapters = export_model(model, tmp_path / "adapters", 1,
                             lora=Lora(**LORA, merge_on_export=False, save_adapters_only=True))
@@ -93,7 +93,7 @@ def test_merged_and_adapters_only_exports(demo_dir, tmp_path):
     cfg = load_config(extra=tiny_config(tmp_path, demo_dir, lora={"alpha": 8.0},
                                         checkpoint={"initial_load_path": str(base)}))
     evaluated, _ = load_model(cfg, adapters, 2304, torch.device("cpu"), torch.float32)
-    torch.testing.assert_close(evaluated(TOKENS), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(evaluated(TOKENS).logits, want, rtol=1e-5, atol=1e-5)
 
     both = export_model(model, tmp_path / "both", 1, lora=Lora(**LORA, merge_on_export=False,
                                                                 save_adapters_only=False))
@@ -121,10 +121,10 @@ def test_adapter_checkpoints_resume_and_merged_export_on_two_ranks(demo_dir, tmp
 
     # the merged export (gathered from both ranks) gives the adapter model's logits
     with torch.no_grad():
-        want = _lora_model(base_path=base, adapters_path=folder / "step-4")(TOKENS)
+        want = _lora_model(base_path=base, adapters_path=folder / "step-4")(TOKENS).logits
         plain = _plain_model(seed=3)
         plain.load_state_dict(load_ours(str(folder / "model-only" / "step-4")))
-        torch.testing.assert_close(plain(TOKENS), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(plain(TOKENS).logits, want, rtol=1e-5, atol=1e-5)
 
     # resume after step 2 from the adapters-only checkpoint: the base is re-loaded from
     # initial_load_path (without it the seed-0 init would give other losses)

@@ -46,9 +46,9 @@ def test_segments_equal_separate_forwards():
     tokens, pos, seg, _, _ = packed_inputs()
     pos = torch.cat([torch.arange(100), torch.arange(100), torch.arange(56)]).expand(2, -1)
     with torch.no_grad():
-        packed = model(tokens, positions=pos, segment_ids=seg)
+        packed = model(tokens, positions=pos, segment_ids=seg).logits
         for a, b in ((0, 100), (100, 200), (200, 256)):
-            alone = model(tokens[:, a:b])
+            alone = model(tokens[:, a:b]).logits
             torch.testing.assert_close(packed[:, a:b], alone, atol=1e-5, rtol=1e-5)
 
 
@@ -58,9 +58,9 @@ def test_shared_prefix_context_equals_continuation():
     model = tiny_model()
     tokens, pos, seg, cs, cl = packed_inputs()
     with torch.no_grad():
-        packed = model(tokens, positions=pos, segment_ids=seg, context_segment=cs, context_len=cl)
+        packed = model(tokens, positions=pos, segment_ids=seg, context_segment=cs, context_len=cl).logits
         joined = torch.cat([tokens[:, :60], tokens[:, 200:]], dim=1)
-        alone = model(joined)
+        alone = model(joined).logits
     torch.testing.assert_close(packed[:, 200:], alone[:, 60:], atol=1e-5, rtol=1e-5)
 
 
@@ -88,7 +88,7 @@ def test_return_hidden_is_final_normed_state():
     model = tiny_model()
     tokens = torch.randint(0, 256, (2, 32))
     with torch.no_grad():
-        logits, hidden = model(tokens, return_hidden=True)
+        logits, hidden = model(tokens)
     torch.testing.assert_close(model.output(hidden), logits)
     assert hidden.shape == (2, 32, model.args.dim)
 

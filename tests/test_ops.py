@@ -202,7 +202,7 @@ def measure_worker(cases):
         model.output.register_forward_hook(lambda m, i, out: logits_elems.append(
             out.to_local().numel() if hasattr(out, "to_local") else out.numel()))
         with loss_context(model):
-            next_token_loss_sum(model(tokens), tokens.roll(-1, 1)).backward()
+            next_token_loss_sum(model(tokens).logits, tokens.roll(-1, 1)).backward()
         optimizer.step()
         everyone = [None] * world
         dist.all_gather_object(everyone, {**measured_state_bytes(model, optimizer),

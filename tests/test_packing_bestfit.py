@@ -11,6 +11,7 @@ import torch
 
 from titan_jepa.config import ConfigError, JobConfig, validate
 from titan_jepa.data.loader import build_dataloader
+from titan_jepa.data.sample import Sample
 from titan_jepa.data.packing import BestFitPacker, SamplePacker
 from test_data import check_row_invariants, demo, make_cfg, take, tok  # noqa: F401 (fixtures)
 
@@ -25,8 +26,8 @@ def sample_keys(batches):
     """One key per sample: its Text and Code ids, the tokens at its JEPA pair (when any)."""
     keys = []
     for b in batches:
-        pred = b.jepa.pred.tolist() if b.jepa is not None else []
-        target = b.jepa.target.tolist() if b.jepa is not None else []
+        pred = b.record("jepa").pred.tolist() if b.record("jepa") is not None else []
+        target = b.record("jepa").target.tolist() if b.record("jepa") is not None else []
         for j in range(len(b.samples.text_ids)):
             pair = ()
             if pred:
@@ -67,7 +68,7 @@ def test_bestfit_every_sample_once_with_right_fields(demo, tok, views):  # noqa:
             assert b.positions[row, start] == 0 and (b.segment_ids[row, start:start + length] >= seg).all()
         assert b.counts.samples == b.samples.table.shape[0]
         if views:
-            assert b.counts.jepa_samples == b.jepa.pred.shape[0] == b.samples.table.shape[0]
+            assert b.counts.items["jepa"] == b.record("jepa").pred.shape[0] == b.samples.table.shape[0]
     pad_g = sum(pad_tokens(b, tok.pad_id) for b in greedy) / sum(b.tokens.numel() for b in greedy)
     pad_b = sum(pad_tokens(b, tok.pad_id) for b in best) / sum(b.tokens.numel() for b in best)
     assert pad_b < pad_g and len(best) <= len(greedy)
@@ -93,7 +94,7 @@ def test_bestfit_deterministic_and_resumable(demo, tok):  # noqa: F811
     for a, b in zip(full[n:], rest):
         for f in ("tokens", "labels", "positions", "segment_ids"):
             assert torch.equal(getattr(a, f), getattr(b, f))
-        assert torch.equal(a.jepa.pred, b.jepa.pred) and torch.equal(a.jepa.target, b.jepa.target)
+        assert torch.equal(a.record("jepa").pred, b.record("jepa").pred) and torch.equal(a.record("jepa").target, b.record("jepa").target)
         assert torch.equal(a.samples.table, b.samples.table) and a.counts == b.counts
 
 
@@ -102,16 +103,16 @@ def test_bestfit_packer_unit():
     lengths = iter([3, 5, 2, 3, 1, 2])
     def nxt():
         n = next(lengths, None)
-        return None if n is None else {"ids": [n] * n, "labels": [-100] * n}
+        return None if n is None else Sample([n] * n, [-100] * n)
     p = BestFitPacker(8, 0, nxt, buffer=6)
-    rows = [[len(s["ids"]) for _, _, s in r.samples] for r in iter(p.next_row, None)]
+    rows = [[len(s.ids) for _, _, s in r.samples] for r in iter(p.next_row, None)]
     assert rows == [[5, 3], [3, 2, 2, 1]]
     with pytest.raises(ValueError, match="does not fit"):
-        BestFitPacker(4, 0, lambda: {"ids": [1] * 5, "labels": [1] * 5}, buffer=2).next_row()
+        BestFitPacker(4, 0, lambda: Sample([1] * 5, [1] * 5), buffer=2).next_row()
     # the greedy packer for comparison: stream order, 3 rows
     lengths = iter([3, 5, 2, 3, 1, 2])
     g = SamplePacker(8, 0, nxt)
-    assert [[len(s["ids"]) for _, _, s in r.samples] for r in iter(g.next_row, None)] == [[3, 5], [2, 3, 1, 2]]
+    assert [[len(s.ids) for _, _, s in r.samples] for r in iter(g.next_row, None)] == [[3, 5], [2, 3, 1, 2]]
 
 
 def test_pack_buffer_config_checks():

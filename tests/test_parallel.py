@@ -65,7 +65,7 @@ def _embedding_grad_worker(cfg: dict) -> dict:
     if "RANK" in os.environ:  # launched on 2 ranks; called directly it is the 1-process reference
         dist.init_process_group("gloo")
         apply_tp(model, init_device_mesh("cpu", (2,), mesh_dim_names=("tp",)))
-    model(tokens).float().pow(2).mean().backward()
+    model(tokens).logits.float().pow(2).mean().backward()
     grad = model.tok_embeddings.weight.grad
     full = grad.full_tensor() if hasattr(grad, "full_tensor") else grad
     return {"local_rows": (grad.to_local() if hasattr(grad, "to_local") else grad).shape[0],
@@ -106,7 +106,7 @@ def _loss_parallel_worker(cfg: dict) -> dict:
         placements=str(getattr(out, "placements", None)),
         local_shape=list((out.to_local() if hasattr(out, "to_local") else out).shape)))
     with loss_context(model):
-        logits, hidden = model(tokens, return_hidden=True)
+        logits, hidden = model(tokens)
         loss = next_token_loss_sum(logits, labels)
         loss.backward()
     grad = model.output.weight.grad

@@ -10,9 +10,9 @@ import torch
 
 from helpers import launch, tiny_config
 from titan_jepa.config import ConfigError, load_config
-from titan_jepa.models.llama import build_model, model_args_for
+from titan_jepa.models.llama import Transformer, build_model, model_args_for
 from titan_jepa.parallel.mesh import ParallelDims
-from titan_jepa.parallel.pipeline import _prune, stage_layers, stages_of_rank
+from titan_jepa.parallel.pipeline import stage_layers, stages_of_rank
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 
@@ -76,7 +76,8 @@ def test_objectives_on_the_last_stage_equal_one(demo_dir, tmp_path, views):
 
 
 def test_pruned_stages_initialise_as_one_process():
-    """Each rank's pruned model draws exactly the 1-process weights under the same names."""
+    """Each rank's stages (pruned Transformers, joined) draw exactly the 1-process weights
+    under the same names."""
     args = model_args_for("debug")
     full = build_model(args, "cpu")
     full.init_weights(seed=3)
@@ -85,8 +86,8 @@ def test_pruned_stages_initialise_as_one_process():
     for pp_rank in range(2):
         mine = stages_of_rank(pp_rank, 2, 2, "Interleaved1F1B")  # stages {0, 2} and {1, 3}
         layers = stage_layers(args.n_layers, 4)
-        part = build_model(args, "meta")
-        _prune(part, {i for s in mine for i in layers[s]}, 0 in mine, 3 in mine)
+        parts = [build_model(args, "meta").prune(set(layers[s]), embedding=s == 0, head=s == 3) for s in mine]
+        part = Transformer.from_parts(parts)
         part.to_empty(device="cpu")
         part.init_weights(seed=3)
         for k, v in part.state_dict().items():
@@ -172,18 +173,15 @@ def _measure_pp(cases):
         args = model_args_from_config(cfg, 0)
         grad_accum = dims.check(cfg, args)
         mesh, _ = build_mesh(dims, "cpu")
-        model = build_model(args, device="meta")
-        pipeline = build_pipeline(model, dims, mesh, cfg, device)
+        model, runner = build_pipeline(lambda: build_model(args, device="meta"), dims, mesh, cfg, device)
         model.to_empty(device=device)
         model.init_weights(seed=0, buffer_device=device, write=write_sharded)
+        runner.init_buffers(device)
         optimizer = build_optimizer(model, cfg, "cpu")
         t = cfg.training
         tokens = torch.randint(0, args.vocab_size, (t.local_batch_size, t.seq_len),
                                generator=torch.Generator().manual_seed(0))
-        sums = torch.zeros(1, dtype=torch.float64)
-        pipeline.step([Batch(tokens, tokens)] * grad_accum,
-                      lambda out, mb: (out[0].float().square().mean(), out[0].detach().sum().double().reshape(1)),
-                      sums)
+        runner.run([Batch(tokens, tokens)] * grad_accum, lambda out, mb: (out.logits.float().square().mean(), None))
         optimizer.step()
         everyone = [None] * world
         dist.all_gather_object(everyone, measured_state_bytes(model, optimizer))

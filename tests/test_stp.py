@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from helpers import launch, tiny_config
 from titan_jepa.config import load_config
 from titan_jepa.data.loader import build_dataloader
-from titan_jepa.data.batch import StpSpans
+from titan_jepa.data.spans import StpSpans
 from titan_jepa.data.spans import range_terms, sample_span, span_weight, stp_spans
 from titan_jepa.data.tokenizer import build_tokenizer
 from titan_jepa.objectives.stp import curvature_sum, pair_vectors, tube_loss_sum
@@ -122,8 +122,8 @@ def test_spans_stay_inside_documents(demo_dir, tmp_path):
         batch = next(loader)
         seg = batch.segment_ids.flatten()
         row = torch.arange(batch.tokens.numel()) // batch.tokens.shape[1]
-        ex = batch.stp
-        assert ex.weight.shape[0] > 0 and batch.counts.stp_items == ex.weight.shape[0]
+        ex = batch.record("stp")
+        assert ex.weight.shape[0] > 0 and batch.counts.items["stp"] == ex.weight.shape[0]
         for pair in range(ex.weight.shape[0]):
             pos = ex.index[(ex.slot // 2) == pair]
             assert len(set(seg[pos].tolist())) == 1 and len(set(row[pos].tolist())) == 1
@@ -141,10 +141,10 @@ def test_spans_depend_only_on_seed_slot_and_batch(demo_dir, tmp_path):
     b2 = build_dataloader(cfg, tok)
     b2.load_state_dict(b.state_dict())
     for x, y in zip(first[1:], (next(b2) for _ in range(2))):
-        assert torch.equal(x.stp.index, y.stp.index)
-        assert torch.equal(x.stp.coef, y.stp.coef)
+        assert torch.equal(x.record("stp").index, y.record("stp").index)
+        assert torch.equal(x.record("stp").coef, y.record("stp").coef)
     again = stp_spans(first[0], cfg.stp, cfg.job.seed, 0, 0)
-    assert torch.equal(again.index, first[0].stp.index)
+    assert torch.equal(again.index, first[0].record("stp").index)
 
 
 def test_chat_mask_views_are_packed_in_the_row(demo_dir, tmp_path):
@@ -153,9 +153,9 @@ def test_chat_mask_views_are_packed_in_the_row(demo_dir, tmp_path):
                                         stp={"enable": True, "mode": "random_span_mask"}))
     tok = build_tokenizer(cfg.tokenizer)
     batch = next(build_dataloader(cfg, tok))
-    ex = batch.stp
+    ex = batch.record("stp")
     n = ex.weight.shape[0]
-    assert n == batch.samples.table.shape[0] == batch.counts.stp_items
+    assert n == batch.samples.table.shape[0] == batch.counts.items["stp"]
     flat = batch.tokens.flatten()
     seg = batch.segment_ids.flatten()
     pred, target = ex.index[1::2], ex.index[0::2]

@@ -98,7 +98,7 @@ def _eval_loss(model, tokenizer, rows) -> float:
     with torch.no_grad():
         for x in ids:
             t = torch.tensor([x])
-            logits = model(t)
+            logits = model(t).logits
             loss = F.cross_entropy(logits[0, :-1].double(), t[0, 1:], reduction="sum")
             total, count = total + loss.item(), count + len(x) - 1
     return total / count

@@ -299,17 +299,17 @@ def plan(cfg: JobConfig, world_size: int, rank: int = 0, gpu: str = "H200") -> P
     dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world_size)
     try:
         mesh, _ = build_mesh(dims, "cpu")
-        model = build_model(args, device="meta")
         pp = {}
         if dims.pp > 1:  # this rank's stages alone, as train.py builds them
-            pipeline = build_pipeline(model, dims, mesh, cfg, torch.device("cpu"))
+            model, runner = build_pipeline(lambda: build_model(args, device="meta"), dims, mesh, cfg,
+                                           torch.device("cpu"))
             p = cfg.parallelism
-            pp = dict(pp=dims.pp, pp_schedule=p.pp_schedule, stages=[s.index for s in pipeline.stages],
+            pp = dict(pp=dims.pp, pp_schedule=p.pp_schedule, stages=runner.stage_indices,
                       layers=sorted(int(k) for k in model.layers.keys()),
                       in_flight_microbatches=in_flight_chunks(
                           p.pp_schedule, dims.pp, mesh["pp"].get_local_rank(), p.pp_stages_per_rank, grad_accum))
         else:
-            parallelize(model, dims, mesh, cfg)
+            model = parallelize(build_model(args, device="meta"), dims, mesh, cfg)
         sb = state_bytes(model, fsdp=dims.fsdp_enabled)
         transient = fsdp_transient_bytes(model, cfg, dims)
     finally:

@@ -4,32 +4,13 @@
     python -m titan_jepa.train --config train_configs/debug_cpu.toml --training.steps 10
 
 One optimizer step: every rank takes its micro-batches (one per gradient-accumulation
-slot), the number of target tokens is summed over the data-parallel group, each
-micro-batch's loss is its sum over targets divided by that global count, gradients are
-clipped over the sharded parameters, and the optimizer and schedule step. With pipeline
-parallelism (parallelism.pp > 1) each rank builds only its stages and the schedule of
-titan_jepa/parallel/pipeline.py runs the micro-batches through them; the objective runs on
-the last stage.
-
-Host syncs: a step only queues work on the device. Anything that needs a Python number
-from it (the NaN check of the loss, the logged metrics, grad_norm, the same-FLOP milestones,
-the SIGTERM agreement between ranks) waits for a *sync step*: a log step (metrics.log_freq),
-a checkpoint step, the last step, and every metrics.sync_every steps when that is > 0. There
-the global losses and FLOP counts of every step since the last sync come to the host in one
-copy (a log step of a JEPA run also all-gathers that step's Pred/Target embeddings for the
-collapse diagnostics, objectives/combined.py): a NaN is reported at that step, naming the
-step where it first appeared; same-FLOP milestones are found for the steps that passed them,
-and their checkpoint is saved at that sync step. The batch counts are made on the CPU by the data pipeline (data/batch.py).
-
-SIGTERM (preemption): the step in progress finishes, every rank agrees to stop after it (at the
-next sync step when there are several processes), a checkpoint of that step is saved and the
-process exits with code 0 (titan_jepa/preemption.py).
-SIGTERM while the loaders skip bad input stops at once, with nothing saved (exit code 0).
-
-Validation (``[validation]``, titan_jepa/validation.py): every validation.freq steps and at
-the last step, the same objective without gradients on held-out data (and optionally a
-generation eval), logged under ``val/``; ``checkpoint.keep_best`` keeps the best step's
-checkpoint.
+slot), the counts of loss items are summed over the data-parallel group, the runner
+(parallel/schedule.py: one forward + backward per micro-batch, or a pipeline schedule) runs
+the model on them and the objectives (objectives/) turn its outputs into the loss, gradients
+are clipped over the sharded parameters, and the optimizer and schedule step. Host syncs
+wait for *sync steps* (log, checkpoint, validation, the last step, metrics.sync_every): the
+NaN check, the logged metrics, the same-FLOP milestones and the SIGTERM agreement read device
+numbers there only. docs/architecture.md draws the data flow of one step.
 """
 
 from __future__ import annotations
@@ -53,18 +34,18 @@ from titan_jepa.data.tokenizer import build_tokenizer
 from titan_jepa.errors import TrainingError, run_main
 from titan_jepa.flops import FLOP_SLICE, SameFlopTracker, training_flops
 from titan_jepa.logs import setup_logging
-from titan_jepa.models.lora import apply_lora
 from titan_jepa.metrics import MetricsLogger
 from titan_jepa.config.model import model_args_from_config
 from titan_jepa.models.llama import build_model
-from titan_jepa.objectives.combined import SUMS, Objective
+from titan_jepa.models.lora import apply_lora
+from titan_jepa.objectives import Objectives, build_objectives, special_tokens
 from titan_jepa.objectives.heads import build_heads
 from titan_jepa.optim import build_lr_scheduler, build_optimizer
 from titan_jepa.parallel.collectives import make_all_gather
-from titan_jepa.parallel.loss_parallel import loss_context
 from titan_jepa.parallel.mesh import ParallelDims, build_mesh, dp_info, init_distributed
 from titan_jepa.parallel.parallelize import clip_grad_norm_, parallelize, parallelize_heads, write_sharded
-from titan_jepa.parallel.pipeline import PipelinedModel, build_pipeline
+from titan_jepa.parallel.pipeline import build_pipeline
+from titan_jepa.parallel.schedule import LocalRunner
 from titan_jepa.preemption import Preemption
 from titan_jepa.profiling import StepProfiler
 from titan_jepa.validation import Validator
@@ -85,43 +66,36 @@ class TrainHooks:
     before_checkpoint_rename: Callable[[int], None] | None = None
 
 
-def forward_backward(model, objective: Objective, micro_batches: list, dp, metrics: MetricsLogger,
-                     count_flops: bool, pipeline: PipelinedModel | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor, float | None]:
-    """Forward and backward over the step's micro-batches; returns the global loss sums (SUMS
-    order) and counts (Batch.count_vector order, FLOP counts included) as device tensors,
-    and torch's FLOP count of this rank times the world size when ``count_flops``. With
-    ``pipeline`` (pp > 1) its schedule runs the micro-batches through the stages and the
-    objective runs on the last stage."""
-    # each loss term is a sum over its items (target tokens, JEPA samples, STP spans)
+def forward_backward(runner, objectives: Objectives, micro_batches: list, dp, keep: bool, count_flops: bool
+                     ) -> tuple[torch.Tensor, torch.Tensor, list, float | None]:
+    """Forward and backward over the step's micro-batches; returns the global loss sums
+    (``objectives.sum_names``) and counts (``objectives.count_names``, FLOP counts included)
+    as device tensors, the micro-batches' kept diagnostics (``keep``: a log step), and
+    torch's FLOP count of this rank times the world size when ``count_flops``."""
+    # each loss term is a sum over its items (target tokens, JEPA samples, STP spans ...)
     # divided by the number of items summed over the micro-batches and the dp group; the
     # FLOP counts travel in the same all-reduce (the counts were made on the CPU by collate)
     counts = dp.all_reduce_sum(torch.stack([mb.count_vector for mb in micro_batches]).sum(0))
-    sums = torch.zeros(len(SUMS), dtype=torch.float64, device=counts.device)
+
+    def loss_fn(outputs, mb):
+        result = objectives(outputs, mb, counts, keep)
+        # FSDP averages gradients over the dp ranks; scaling by dp.size makes the result the
+        # gradient of the global loss
+        return result.loss * dp.size, result
+
     flop_counter = FlopCounterMode(display=False) if count_flops else None
     with flop_counter or contextlib.nullcontext():
-        if pipeline is not None:  # pp > 1: the schedule runs the micro-batches through the stages
-            def loss_fn(outputs, mb):  # on the last stage, from its (logits, final normed hidden)
-                mb_loss, mb_sums = objective(pipeline.outputs(outputs), mb, counts)
-                return mb_loss * dp.size, mb_sums  # scaled as below
-            with loss_context(model):  # loss parallel under TP (the last stage's logits)
-                pipeline.step(micro_batches, loss_fn, sums)
-        else:
-            for mb in micro_batches:
-                with loss_context(model):  # loss parallel under TP: forward and backward inside
-                    mb_loss, mb_sums = objective(model, mb, counts)
-                    # FSDP averages gradients over the dp ranks; scaling by dp.size makes the
-                    # result the gradient of the global loss
-                    (mb_loss * dp.size).backward()
-                sums += mb_sums
-    for mb in micro_batches:
-        metrics.count_tokens(mb.tokens.numel())
+        results = runner.run(micro_batches, loss_fn)
+    sums = torch.zeros(len(objectives.sum_names), dtype=torch.float64, device=counts.device)
+    for r in results:
+        sums += r.sums
+    sums = runner.share(sums)  # under pp: from the last stage to every stage's ranks
     counted = None
     if flop_counter is not None:
         # every rank counted its own share (a tp rank a slice of each matmul)
         world = dist.get_world_size() if dist.is_initialized() else 1
         counted = float(flop_counter.get_total_flops()) * world
-    return dp.all_reduce_sum(sums), counts, counted
+    return dp.all_reduce_sum(sums), counts, [r.kept for r in results], counted
 
 
 def read_pending(pending: list, step: int, losses: list[float],
@@ -142,14 +116,17 @@ def read_pending(pending: list, step: int, losses: list[float],
     return milestones, flops
 
 
-def train(cfg: JobConfig, hooks: TrainHooks | None = None) -> list[float]:
-    """Run the job described by ``cfg``; returns the global loss of every step it ran."""
+def train(cfg: JobConfig, hooks: TrainHooks | None = None, objectives: list | None = None) -> list[float]:
+    """Run the job described by ``cfg``; returns the global loss of every step it ran.
+    ``objectives``: the objectives to train (objectives/base.py); default those the config
+    enables (``build_objectives``)."""
     hooks = hooks or TrainHooks()
+    objectives = build_objectives(cfg) if objectives is None else objectives
     # ---- processes, mesh and every check that needs no heavy work ----------------------
     rank, world, device = init_distributed(cfg)
     setup_logging(rank)
     dims = ParallelDims.from_config(cfg, world)
-    tokenizer = build_tokenizer(cfg)  # with the tokens the objectives need (tokenizer.add_tokens)
+    tokenizer = build_tokenizer(cfg, special_tokens(objectives))  # (tokenizer.add_tokens)
     model_args = model_args_from_config(cfg, tokenizer.vocab_size, len(tokenizer.added_tokens))
     grad_accum = dims.check(cfg, model_args)
     if model_args.attn_backend == "flex" and device.type != "cuda":
@@ -179,36 +156,41 @@ def train(cfg: JobConfig, hooks: TrainHooks | None = None) -> list[float]:
     # The global batch is cut into slots of local_batch_size rows; this rank owns slots
     # dp.rank, dp.rank + dp.size, ... (one per micro-batch).
     num_slots = dp.size * grad_accum
-    loaders = [build_dataloader(cfg, tokenizer, dp_rank=slot, dp_world=num_slots)
+    loaders = [build_dataloader(cfg, tokenizer, dp_rank=slot, dp_world=num_slots, objectives=objectives)
                for slot in range(dp.rank, num_slots, dp.size)]
     if cfg.data.num_epochs > 0:
         # finite data: never step past the end of the slot with the fewest batches
         owned = range(dp.rank, num_slots, dp.size)
         available = int(dp.all_reduce_min(torch.tensor(
-            min(count_batches(cfg, tokenizer, slot, num_slots) for slot in owned), device=device)))
+            min(count_batches(cfg, tokenizer, slot, num_slots, objectives) for slot in owned), device=device)))
         if cfg.training.steps == -1 or cfg.training.steps > available:
             logger.info(f"{cfg.data.num_epochs} epoch(s) of data give {available} steps; training for that many")
             cfg.training.steps = available
             if rank == 0:  # the run folder's config records the steps actually trained
                 write_config(cfg, cfg.run_folder)
     # [validation]: its own loaders over validation.path, checked here, before the model
-    validator = Validator(cfg, tokenizer, dp, model_args.max_seq_len) if cfg.validation.enable else None
+    validator = (Validator(cfg, tokenizer, dp, model_args.max_seq_len, objectives)
+                 if cfg.validation.enable else None)
 
     # ---- model: built on the meta device, parallelised, then materialised ------------
-    model = build_model(model_args, device="meta")
-    apply_lora(model, cfg.lora)  # [lora]: adapters on the meta model, the rest frozen
+    def make_model():
+        model = build_model(model_args, device="meta")
+        apply_lora(model, cfg.lora)  # [lora]: adapters on the meta model, the rest frozen
+        return model
+
     a = model_args
     logger.info(f"model {cfg.model.flavor or 'from [model]'} (dim {a.dim}, {a.n_layers} layers, {a.n_heads}/"
                 f"{a.n_kv_heads} heads, vocab {a.vocab_size}): {a.num_params() / 1e6:,.1f}M parameters")
-    pipeline = None
-    if dims.pp > 1:  # [parallelism] pp: keep this rank's stages, parallelised, and their schedule
-        pipeline = build_pipeline(model, dims, mesh, cfg, device)
+    if dims.pp > 1:  # [parallelism] pp: this rank's stages, each parallelised like a whole model
+        model, runner = build_pipeline(make_model, dims, mesh, cfg, device)
     else:
-        parallelize(model, dims, mesh, cfg)
-    # [stp] linear_predictor: the objective's, trained with the model (under pp: on the last stage)
-    heads = build_heads(cfg, model_args.dim) if pipeline is None or pipeline.has_last_stage else None
+        model = parallelize(make_model(), dims, mesh, cfg)
+        runner = LocalRunner(model)
+    # the objectives' trainable heads (e.g. STP's linear predictor), on the rank with the model's head
+    heads = build_heads(objectives, model_args.dim) if model.output is not None else None
     model.to_empty(device=device)
     model.init_weights(seed=cfg.job.seed, buffer_device=device, write=write_sharded)
+    runner.init_buffers(device)
     model.train()
     if heads is not None:
         parallelize_heads(heads, dims, mesh, cfg)
@@ -218,7 +200,8 @@ def train(cfg: JobConfig, hooks: TrainHooks | None = None) -> list[float]:
     optimizer = build_optimizer(model, cfg, device.type, heads)
     scheduler = build_lr_scheduler(optimizer, cfg)
     params = [p for m in (model, heads) if m is not None for p in m.parameters() if p.requires_grad]
-    objective = Objective(cfg, heads, gather=make_all_gather(dp.group) if dp.size > 1 else None, rank=dp.rank)
+    gather = make_all_gather(dp.group) if dp.size > 1 else None  # InfoNCE's negatives, diagnostics
+    objective = Objectives(objectives, heads, gather, dp.rank)
     m = cfg.metrics
     wandb = (dict(project=m.wandb_project, run_name=m.wandb_run_name or cfg.job.name, tags=m.wandb_tags,
                   config=cfg.to_dict()) if m.enable_wandb else None)
@@ -254,14 +237,10 @@ def train(cfg: JobConfig, hooks: TrainHooks | None = None) -> list[float]:
                            f"step {step - 1}; nothing saved (a relaunch resumes from the last checkpoint)")
             break
         log_step = step % cfg.metrics.log_freq == 0 or step == cfg.training.steps
-        objective.keep_embeddings = log_step  # JEPA collapse diagnostics: this step's Pred/Target
-        sums, counts, flops_counted = forward_backward(model, objective, micro_batches, dp, metrics,
-                                                       count_flops=step <= flop_counter_steps,
-                                                       pipeline=pipeline)
-        if pipeline is not None:  # the norm over every stage
-            grad_norm = pipeline.clip_grad_norm_(cfg.training.max_norm, heads)
-        else:
-            grad_norm = clip_grad_norm_(params, cfg.training.max_norm)
+        sums, counts, kept, flops_counted = forward_backward(
+            runner, objective, micro_batches, dp, keep=log_step, count_flops=step <= flop_counter_steps)
+        metrics.count_tokens(sum(mb.tokens.numel() for mb in micro_batches))
+        grad_norm = clip_grad_norm_(params, cfg.training.max_norm, runner.grad_group)  # every stage's under pp
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -280,13 +259,14 @@ def train(cfg: JobConfig, hooks: TrainHooks | None = None) -> list[float]:
         milestones, step_flops = read_pending(pending, step, losses, same_flop)
         if log_step:
             metrics.log(step, {**objective.metrics(sums, counts),
-                               **objective.collapse_metrics(),  # {} without JEPA (all-gathers over dp)
+                               **objective.diagnostics(kept, gather),  # e.g. JEPA's collapse (all-gathers over dp)
                                **({"flops_counted": flops_counted} if flops_counted is not None else {}),
-                               "flops": training_flops(model_args, *step_flops[:2]),
+                               "flops": training_flops(model_args, *step_flops[:2])
+                               + objective.head_flops(counts, model_args.dim),
                                "flops_vs_ntp": same_flop.ratio,
                                "grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0]})
         if validate:
-            val_metrics = metrics.log_val(step, validator.run(model, objective, pipeline))
+            val_metrics = metrics.log_val(step, validator.run(model, runner, objective))
             checkpointer.note_validation(step, val_metrics)  # checkpoint.keep_best
         checkpointer.maybe_save(step)  # every checkpoint.interval steps and at the last one
         if cfg.checkpoint.same_flop and milestones:

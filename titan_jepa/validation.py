@@ -1,13 +1,14 @@
 """Validation during training: the held-out loss and an optional generation eval.
 
-    validator = Validator(cfg, tokenizer, dp, max_seq_len)   # checks the data at once
-    if validator.due(step):                                  # every validation.freq steps, and the last
-        metrics.log_val(step, validator.run(model, objective))
+    validator = Validator(cfg, tokenizer, dp, max_seq_len, objectives)   # checks the data at once
+    if validator.due(step):                     # every validation.freq steps, and the last
+        metrics.log_val(step, validator.run(model, runner, objective))
 
 The loss (``[validation] path``, read as ``[data]`` is: kind, text_field, JEPA views, STP
-spans) is the training objective without gradients, in eval mode: every term's sum over
-its items (target tokens, JEPA samples, STP spans) and the item counts are summed over all
-validation batches and the data-parallel group, then divided (``Objective.metrics``), so
+spans) is the training objective without gradients, in eval mode, run by the same runner
+(parallel/schedule.py, a pipeline schedule forward-only under pp): every term's sum over its
+items (target tokens, JEPA samples, STP spans) and the item counts are summed over all
+validation batches and the data-parallel group, then divided (``Objectives.metrics``), so
 the result does not depend on the layout or the number of micro-batches. The validation
 data is cut into the same batch slots as training (global_batch_size / local_batch_size
 slots; rank r owns slots r, r + dp, ...), and each validation batch is one global batch.
@@ -40,36 +41,8 @@ import torch
 
 from titan_jepa.data.loader import build_dataloader
 from titan_jepa.data.sources import DataError
-from titan_jepa.objectives.combined import SUMS
-from titan_jepa.parallel.loss_parallel import loss_context
 
 logger = logging.getLogger("titan_jepa")
-
-
-def objective_sums(objective, model, mb) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss sums in SUMS order, counts in COUNTS order) of one micro-batch, no gradients:
-    the one place validation calls the training objective."""
-    counts = mb.count_vector
-    with loss_context(model):  # under TP the logits are vocab-sharded (loss parallel)
-        _, sums = objective(model, mb, counts.clamp(min=1))
-    return sums.to(torch.float64), counts
-
-
-def pipeline_sums(objective, pipeline, mbs: list, weights: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """objective_sums of one micro-batch per slot under pipeline parallelism: the schedule
-    runs them forward only, the objective on the last stage; ``weights`` zero the fillers."""
-    weight_of = {id(mb): w for mb, w in zip(mbs, weights)}
-
-    def loss_fn(outputs, mb):
-        with loss_context(pipeline.model):
-            _, mb_sums = objective(pipeline.outputs(outputs), mb, mb.count_vector.clamp(min=1))
-        w = weight_of[id(mb)]
-        return torch.zeros((), device=mb_sums.device), mb_sums.to(torch.float64) * w
-
-    sums = torch.zeros(len(SUMS), dtype=torch.float64, device=mbs[0].tokens.device)
-    pipeline.eval_step(mbs, loss_fn, sums)
-    counts = sum(mb.count_vector * w for mb, w in zip(mbs, weights))
-    return sums, counts
 
 
 def validation_config(cfg):
@@ -83,8 +56,8 @@ def validation_config(cfg):
 
 
 class Validator:
-    def __init__(self, cfg, tokenizer, dp, max_seq_len: int):
-        self.cfg, self.tok, self.dp = cfg, tokenizer, dp
+    def __init__(self, cfg, tokenizer, dp, max_seq_len: int, objectives: list):
+        self.cfg, self.tok, self.dp, self.objectives = cfg, tokenizer, dp, objectives
         v = cfg.validation
         self.freq, self.steps, self.last_step = v.freq, v.steps, cfg.training.steps
         self.num_slots = cfg.training.global_batch_size // cfg.training.local_batch_size
@@ -106,28 +79,29 @@ class Validator:
         self.generation = GenerationEval(cfg, tokenizer, dp, max_seq_len) if v.eval_scorer else None
 
     def _loader(self, slot: int):
-        return build_dataloader(self.data_cfg, self.tok, dp_rank=slot, dp_world=self.num_slots)
+        return build_dataloader(self.data_cfg, self.tok, dp_rank=slot, dp_world=self.num_slots,
+                                objectives=self.objectives)
 
     def due(self, step: int) -> bool:
         return step % self.freq == 0 or step == self.last_step
 
-    def run(self, model, objective, pipeline=None) -> dict[str, float]:
-        """Validation metrics (``val/...``), the same on every rank. ``pipeline``: under pp,
-        the schedule runs the micro-batches forward only and the objective on the last stage."""
+    def run(self, model, runner, objective) -> dict[str, float]:
+        """Validation metrics (``val/...``), the same on every rank: ``runner`` runs the
+        micro-batches forward only, ``objective`` (Objectives) scores them."""
         out = {}
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
                 if self.data_cfg is not None:
-                    out.update(self._loss(model, objective, pipeline))
+                    out.update(self._loss(model, runner, objective))
                 if self.generation is not None:
                     out.update(self.generation.run(model))
         finally:
             model.train(was_training)
         return out
 
-    def _loss(self, model, objective, pipeline=None) -> dict[str, float]:
+    def _loss(self, model, runner, objective) -> dict[str, float]:
         device = next(iter(model.parameters())).device
         loaders = [self._loader(slot) for slot in self.slots]
         total_sums = total_counts = None
@@ -139,13 +113,17 @@ class Validator:
                 break
             weights = [0.0 if mb is None else 1.0 for mb in mbs]
             mbs = [(mb or self._filler).to(device) for mb in mbs]
-            if pipeline is not None:
-                sums, counts = pipeline_sums(objective, pipeline, mbs, weights)
-            else:
-                sums = counts = 0
-                for mb, weight in zip(mbs, weights):
-                    mb_sums, mb_counts = objective_sums(objective, model, mb)
-                    sums, counts = sums + mb_sums * weight, counts + mb_counts * weight
+            weight_of = {id(mb): w for mb, w in zip(mbs, weights)}
+
+            def loss_fn(outputs, mb):  # each micro-batch's own counts: its sums, undivided
+                result = objective(outputs, mb, mb.count_vector.clamp(min=1))
+                return torch.zeros((), device=device), result.sums * weight_of[id(mb)]
+
+            sums = torch.zeros(len(objective.sum_names), dtype=torch.float64, device=device)
+            for mb_sums in runner.run(mbs, loss_fn, backward=False):
+                sums += mb_sums
+            sums = runner.share(sums)
+            counts = sum(mb.count_vector * w for mb, w in zip(mbs, weights))
             total_sums = sums if total_sums is None else total_sums + sums
             total_counts = counts if total_counts is None else total_counts + counts
             batches += 1

@@ -9,10 +9,13 @@ import statistics
 import time
 from typing import Callable
 
+from dataclasses import replace
+
 from titan_jepa.data.chat import ChatSamples, with_chat_fields
+from titan_jepa.data.loader import add_records
 from titan_jepa.data.packing import SamplePacker, collate
 from titan_jepa.data.sources import BadLines
-from titan_jepa.data.views import JepaViews
+from titan_jepa.objectives import DataContext, Objectives, build_objectives
 
 
 def train_step(opt, loss) -> None:
@@ -22,11 +25,16 @@ def train_step(opt, loss) -> None:
     opt.zero_grad(set_to_none=True)
 
 
-def objective_loss(model, objective, batch):
-    """The loss to backpropagate of ``objective`` (titan_jepa.objectives.combined.Objective)
-    on one micro-batch that is the whole step."""
-    loss, _ = objective(model, batch, batch.counts.vector())
-    return loss
+def objectives_for(cfg, heads=None) -> Objectives:
+    """The objectives ``cfg`` enables, summed (titan_jepa/objectives), with their ``heads``."""
+    return Objectives(build_objectives(cfg), heads)
+
+
+def objective_loss(model, objective: Objectives, batch):
+    """The loss to backpropagate of ``objective`` on one micro-batch that is the whole step:
+    the model's one forward, then the objectives."""
+    return objective(model(batch.tokens, **batch.mask_inputs()), batch, batch.count_vector
+                     if batch.count_vector is not None else batch.counts.vector()).loss
 
 
 def objective_step(model, opt, objective, batch) -> None:
@@ -39,13 +47,16 @@ def packed_batch(records, cfg, tok, seq_len: int, jepa: bool):
     its LLM-JEPA views when ``jepa`` (cfg.jepa says which): one Batch holding all of them, so
     every variant of a benchmark trains on the same samples per step."""
     bad = BadLines("skip")
+    objectives = build_objectives(cfg) if jepa else build_objectives(replace(cfg, jepa=replace(cfg.jepa, enable=False)))
+    ctx = DataContext(cfg, tok, seq_len, 0, 0, bad)
     encode = ChatSamples(tok, "all", seq_len, bad)
-    if jepa:
-        encode = JepaViews(encode, cfg.jepa, tok, seq_len, seed=0, slot=0, bad=bad)
+    for o in objectives:
+        encode = o.wrap_samples(encode, ctx)
     items = iter([encode(r, "bench") for r in records])
     packer = SamplePacker(seq_len, tok.pad_id, lambda: next(items, None))
     rows = list(iter(packer.next_row, None))
-    return with_chat_fields(collate(rows, len(rows), seq_len, tok.pad_id), rows)
+    batch = with_chat_fields(collate(rows, len(rows), seq_len, tok.pad_id), rows)
+    return add_records(batch, rows, objectives, ctx, 0)
 
 
 def median_step_times(steps: dict[str, Callable[[], None]], rounds: int,

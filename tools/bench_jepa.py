@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench_common import median_step_times, objective_step, packed_batch, train_step  # tools/ is sys.path[0] under python tools/x.py
+from bench_common import median_step_times, objective_step, objectives_for, packed_batch, train_step  # tools/ is sys.path[0] under python tools/x.py
 
 from titan_jepa.config import load_config
 from titan_jepa.data.batch import IGNORE_INDEX
@@ -41,7 +41,6 @@ from titan_jepa.data.sources import BadLines
 from titan_jepa.data.tokenizer import build_tokenizer
 from titan_jepa.data.views import JepaViews
 from titan_jepa.models.llama import build_model, model_args_for
-from titan_jepa.objectives.combined import Objective
 from titan_jepa.objectives.jepa import jepa_distance_sum
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +84,7 @@ def reference_batch(records, cfg, tok):
 
 def step_reference(model, opt, batch, cfg):
     tokens, labels, pred_at, code_at, n = batch
-    logits, hidden = model(tokens, return_hidden=True)
+    logits, hidden = model(tokens)
     ntp = F.cross_entropy(logits[:n].flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
     idx = torch.arange(n)
     pred, target = hidden[n + idx, pred_at], hidden[2 * n + idx, code_at]
@@ -147,7 +146,7 @@ def main() -> None:
         "packed shared_prefix": (shared_cfg, packed_batch(records, shared_cfg, tok, args.seq_len, True)),
         "packed, jepa_ratio 0.25": (ratio_cfg, packed_batch(records, ratio_cfg, tok, args.seq_len, True)),
     }
-    steps = {name: (lambda o=Objective(cfg), b=batch: objective_step(model, opt, o, b))
+    steps = {name: (lambda o=objectives_for(cfg), b=batch: objective_step(model, opt, o, b))
              for name, (cfg, batch) in packed.items()}
     steps["reference style (3 padded groups)"] = lambda: step_reference(model, opt, reference, base)
     shapes = {name: tuple(batch.tokens.shape) for name, (_, batch) in packed.items()}

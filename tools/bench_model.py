@@ -128,7 +128,7 @@ def load_pair(folder: str, device, dtype, hf_attn: str):
 def step_fn(model, tokens, targets, is_hf: bool):
     def step():
         model.zero_grad(set_to_none=True)
-        logits = model(input_ids=tokens).logits if is_hf else model(tokens)
+        logits = model(input_ids=tokens).logits if is_hf else model(tokens).logits
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
         loss.backward()
         return loss
@@ -189,7 +189,7 @@ def main(argv=None) -> None:
         ref = None
         for name, model, is_hf, v in entries:
             with patched(v):
-                logits = model(input_ids=tokens).logits if is_hf else model(tokens)
+                logits = model(input_ids=tokens).logits if is_hf else model(tokens).logits
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten()).item()
             ref = loss if ref is None else ref
             print(f"  {name:>14}: loss {loss:.6f} (diff {abs(loss - ref):.2e})", flush=True)

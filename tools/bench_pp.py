@@ -68,15 +68,14 @@ def _variants(rank: int, mesh, microbatches: list[int], seq: int) -> dict:
                 "model": {"flavor": "debug"}, "training": {"device": "cpu", "seq_len": seq,
                                                            "local_batch_size": BATCH, "global_batch_size": BATCH * m},
                 "parallelism": {"pp": PP, "pp_schedule": schedule, "pp_stages_per_rank": v}})
-            model = build_model(ARGS, "meta")
-            pipe = build_pipeline(model, ParallelDims(1, 1, 1, PP, pp=PP), mesh, cfg, torch.device("cpu"))
+            model, pipe = build_pipeline(lambda: build_model(ARGS, "meta"), ParallelDims(1, 1, 1, PP, pp=PP),
+                                         mesh, cfg, torch.device("cpu"))
             model.to_empty(device="cpu")
             model.init_weights(seed=0)
-            sums = torch.zeros(1, dtype=torch.float64)
+            pipe.init_buffers("cpu")
 
-            def run(pipe=pipe, model=model, batches=batches, sums=sums, m=m):
-                pipe.step(batches, lambda out, mb: (_loss(out[0], mb, m), out[0].detach().sum().double().reshape(1)),
-                          sums)
+            def run(pipe=pipe, model=model, batches=batches, m=m):
+                pipe.run(batches, lambda out, mb: (_loss(out.logits, mb, m), None))
                 model.zero_grad(set_to_none=True)
             steps[(schedule, m)] = run
         # one process: the whole model, the same micro-batches one after the other (rank 0)
@@ -86,7 +85,7 @@ def _variants(rank: int, mesh, microbatches: list[int], seq: int) -> dict:
         def single(full=full, batches=batches, m=m):
             if rank == 0:
                 for mb in batches:
-                    _loss(full(mb.tokens), mb, m).backward()
+                    _loss(full(mb.tokens).logits, mb, m).backward()
                 full.zero_grad(set_to_none=True)
         steps[("one process", m)] = single
         act = torch.zeros(BATCH, seq, ARGS.dim)

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import torch
 
-from bench_common import median_step_times, objective_step  # tools/ is sys.path[0] under python tools/x.py
+from bench_common import median_step_times, objective_step, objectives_for  # tools/ is sys.path[0] under python tools/x.py
 
 from titan_jepa.config import load_config
 from demo_data import make_demo_data
 from titan_jepa.data.loader import build_dataloader
 from titan_jepa.data.tokenizer import build_tokenizer
 from titan_jepa.models.llama import build_model, model_args_for
-from titan_jepa.objectives.combined import Objective
+from titan_jepa.objectives import build_objectives
 from titan_jepa.objectives.heads import build_heads
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,22 +54,22 @@ def main() -> None:
     batch = next(build_dataloader(base, tok))  # carries the STP span indices
     margs = model_args_for(args.flavor, vocab_size=tok.vocab_size, max_seq_len=max(args.seq_len, 2048))
     model = build_model(margs, "meta")
-    heads = build_heads(base, margs.dim, device="cpu")  # the STP linear predictor
+    heads = build_heads(build_objectives(base), margs.dim, device="cpu")  # the STP linear predictor
     heads.init_weights(write=lambda p, full: p.copy_(full))
     model.to_empty(device="cpu")
     model.init_weights(0)
     opt = torch.optim.AdamW([*model.parameters(), *heads.parameters()], lr=1e-4, foreach=True)
 
     variants = {
-        "next-token only": Objective(replace(base, stp=replace(base.stp, enable=False))),
-        "STP random_span (+ linear predictor)": Objective(base, heads),
-        "STP curvature": Objective(replace(base, stp=replace(base.stp, mode="curvature"))),
+        "next-token only": objectives_for(replace(base, stp=replace(base.stp, enable=False))),
+        "STP random_span (+ linear predictor)": objectives_for(base, heads),
+        "STP curvature": objectives_for(replace(base, stp=replace(base.stp, mode="curvature"))),
     }
     curv_batch = next(build_dataloader(replace(base, stp=replace(base.stp, mode="curvature")), tok))
     times = median_step_times(
         {name: (lambda o=obj, b=curv_batch if "curvature" in name else batch: objective_step(model, opt, o, b))
          for name, obj in variants.items()}, args.rounds)
-    n_spans = batch.stp.weight.shape[0]
+    n_spans = batch.record("stp").weight.shape[0]
     print(f"model {args.flavor} ({margs.num_params() / 1e6:.1f}M), batch {args.batch} x {args.seq_len}, "
           f"{n_spans} spans, {torch.get_num_threads()} threads")
     base_t = times["next-token only"]

@@ -106,9 +106,9 @@ def objective_loss_fn(cfg):
     in tools/bench_common.py (objective_loss, packed_batch): adapt them there when that API
     changes. Batches come from build_dataloader or bench_common.packed_batch and are moved
     with ``batch.to(device)``; their ``tokens`` (B, S) give the token counts."""
-    from titan_jepa.objectives.combined import Objective
+    from bench_common import objectives_for
 
-    objective = Objective(cfg)  # next-token and JEPA: no trainable heads
+    objective = objectives_for(cfg)  # next-token and JEPA: no trainable heads
     return lambda model, batch: objective_loss(model, objective, batch)
 
 
@@ -429,7 +429,7 @@ def base_config(ctx: Ctx, **sections):
 def lm_step(model, opt, tokens, targets, hf: bool):
     """Forward (logits), cross entropy in fp32 outside the model, backward, AdamW step."""
     def step():
-        logits = model(input_ids=tokens).logits if hf else model(tokens)
+        logits = model(input_ids=tokens).logits if hf else model(tokens).logits
         train_step(opt, F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten()))
     return step
 

@@ -331,18 +331,20 @@ class Checkpointer:
         return step
 
     def _heads_to_load(self, path: Path) -> tuple[dict, bool]:
-        """(the heads' state dict to fill, whether the checkpoint keeps it in "model.")."""
+        """(the heads' state dict to fill, whether the checkpoint keeps it in "model."): the
+        objectives' heads were kept among the model's entries before they had their own."""
         keys = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
-        saved = any(k.startswith("heads.") for k in keys)
+        saved = sorted({k.split(".")[1] for k in keys if k.startswith("heads.")})
         heads_sd = get_model_state_dict(self.heads) if self.heads is not None else {}
         legacy = bool(heads_sd) and not saved and all(f"model.{k}" in keys for k in heads_sd)
+        mine = sorted({k.split(".")[0] for k in heads_sd})
         if heads_sd and not saved and not legacy:
-            raise CheckpointError(f"checkpoint '{path}' has no STP linear predictor; resume it with "
-                                  f"stp.linear_predictor = false")
+            raise CheckpointError(f"checkpoint '{path}' has no {', '.join(mine)} (the objectives' heads); "
+                                  f"resume it with the objectives it was saved with")
         # under pp only the last stage's ranks hold the heads
-        if not heads_sd and (saved or "model.stp_predictor.weight" in keys) and self.cfg.parallelism.pp == 1:
-            raise CheckpointError(f"checkpoint '{path}' holds an STP linear predictor; resume it with "
-                                  f"stp.enable = true and stp.linear_predictor = true")
+        if not heads_sd and saved and self.cfg.parallelism.pp == 1:
+            raise CheckpointError(f"checkpoint '{path}' holds the heads {', '.join(saved)} of objectives this "
+                                  f"run does not train; resume it with the objectives it was saved with")
         return heads_sd, legacy
 
     def _load_rng(self, path: Path) -> None:

@@ -1,25 +1,25 @@
-"""The contract between the data pipeline and the losses: ``Batch`` and its typed records.
+"""The contract between the data pipeline and the losses: ``Batch`` and its records.
 
 A micro-batch is made on the CPU by ``collate`` (data/packing.py) and the loader
 (data/loader.py), which fill every field below; the step moves it with ``Batch.to(device)``
 in one host-to-device copy and reads it without host syncs:
 
-- ``Batch``: the token tensors (tokens, labels, positions, segment ids, shared-prefix context).
-- ``BatchCounts``: the per-batch counts, plain Python ints computed on the CPU (loss
-  denominators, token kinds, the FLOP counts of flops.py). The step sums their float64 vector
-  (``Batch.count_vector``) over micro-batches and data-parallel ranks before the forward.
-- ``JepaIndices``: where the LLM-JEPA loss reads its two embeddings (chat/pairs data).
-- ``StpSpans``: the Semantic Tube Prediction spans as flat index tensors (data/spans.py).
+- ``Batch``: the token tensors (tokens, labels, positions, segment ids, shared-prefix
+  context), ``mask_inputs()`` being what the model's forward takes besides the tokens.
+- ``BatchCounts``: the per-batch counts, plain Python ints computed on the CPU (token kinds,
+  the FLOP counts of flops.py, and each objective's number of loss items). The step sums
+  their float64 vector (``Batch.count_vector``) over micro-batches and data-parallel ranks
+  before the forward.
+- ``records``: each objective's own record (a dataclass of tensors, e.g. LLM-JEPA's
+  embedding indices, STP's spans), under the objective's name, made by its ``collate``.
 - ``SampleTable``: per-sample spans of chat/pairs batches and their Text/Code view ids;
-  host-side metadata for the pipeline and tests, never moved to the device.
-
-Who fills what: text batches have ``counts`` only; chat/pairs batches also ``samples`` and
-``jepa`` (empty when no sample carries JEPA views); ``stp`` is set when ``[stp]`` is enabled.
+  host-side metadata for the objectives' collate and for tests, never moved to the device.
 """
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass, fields, replace
+from dataclasses import astuple, dataclass, field, fields, replace
+from typing import Any
 
 import torch
 
@@ -30,68 +30,36 @@ IGNORE_INDEX = -100
 class BatchCounts:
     """Counts of one micro-batch (Python ints, computed on the CPU when it is made).
 
-    targets:      tokens with a next-token target (labels != IGNORE_INDEX).
-    jepa_samples: samples with a JEPA pair (rows of ``JepaIndices``).
     samples:      chat/pairs samples in the batch (0 for text).
     full_tokens:  tokens of the full sequences (text: every token).
     view_tokens:  tokens of the extra view segments (JEPA views, STP mask views).
     pad_tokens:   padding tokens, all-padding rows included.
-    stp_items:    STP loss items: span pairs, or token triples for ``stp.mode = "curvature"``.
     tokens:       every token the model runs on (B * S), for the FLOP count.
     pairs:        (query, key) pairs the attention mask lets through (flops.py).
     ntp_tokens, ntp_pairs: the same for the full sequences alone: what a next-token-only
                   run over the same samples would spend (flops.py's next-token equivalent).
+    items:        each objective's number of loss items (its name -> count: "ntp" the
+                  target tokens, "jepa" the samples with views, "stp" the span pairs ...),
+                  in the objectives' order.
     """
 
-    targets: int = 0
-    jepa_samples: int = 0
     samples: int = 0
     full_tokens: int = 0
     view_tokens: int = 0
     pad_tokens: int = 0
-    stp_items: int = 0
     tokens: int = 0
     pairs: int = 0
     ntp_tokens: int = 0
     ntp_pairs: int = 0
+    items: dict[str, int] = field(default_factory=dict)
 
     def vector(self) -> torch.Tensor:
-        """The counts in field order as a float64 CPU tensor (exact: integers < 2**53)."""
-        return torch.tensor(astuple(self), dtype=torch.float64)
+        """The counts (COUNT_FIELDS, then the items in order) as a float64 CPU tensor
+        (exact: integers < 2**53)."""
+        return torch.tensor([*astuple(self)[:len(COUNT_FIELDS)], *self.items.values()], dtype=torch.float64)
 
 
-COUNT_FIELDS = tuple(f.name for f in fields(BatchCounts))
-
-
-@dataclass
-class JepaIndices:
-    """The LLM-JEPA pair of each of the M samples that carry views (data/views.py).
-
-    pred:   (M, 2) int64 (row, column) of the Pred(Enc(Text)) token.
-    target: (M, 2) int64 (row, column) of the Enc(Code) token.
-    """
-
-    pred: torch.Tensor
-    target: torch.Tensor
-
-
-@dataclass
-class StpSpans:
-    """STP pairs as flat index tensors (flat index = row * S + column; data/spans.py).
-
-    index, coef, slot: (T,) int64 token index, float32 sign (+1 / -1) and int64 output
-           vector (2 * pair for the target side, 2 * pair + 1 for the predicting side);
-           vector[slot] = sum of coef * h[index].
-    weight:  (P,) float32 weight of each of the P pairs.
-    triples: (C, 3) int64 flat indices of successive tokens (``stp.mode = "curvature"``;
-           empty otherwise, and then the pair tensors are empty).
-    """
-
-    index: torch.Tensor
-    coef: torch.Tensor
-    slot: torch.Tensor
-    weight: torch.Tensor
-    triples: torch.Tensor
+COUNT_FIELDS = tuple(f.name for f in fields(BatchCounts) if f.name != "items")
 
 
 SAMPLE_COLUMNS = ("row", "segment", "start", "length", "user_start", "user_end",
@@ -114,6 +82,9 @@ class SampleTable:
     code_ids: list[list[int]]
 
 
+MASK_FIELDS = ("positions", "segment_ids", "context_segment", "context_len")
+
+
 @dataclass
 class Batch:
     """One micro-batch of packed rows.
@@ -130,8 +101,7 @@ class Batch:
                  is c >= 0 may also attend to the tokens of segment c whose position is
                  < context_len (the shared-prefix JEPA view). -1: no extra context.
     counts:      BatchCounts (host ints); None only for hand-made batches.
-    jepa:        JepaIndices (chat/pairs data), else None.
-    stp:         StpSpans ([stp] enabled), else None.
+    records:     each objective's record (a dataclass of tensors), by objective name.
     samples:     SampleTable (chat/pairs data), else None.
     count_vector: ``counts.vector()`` on the batch's device, set by ``to``.
     """
@@ -143,38 +113,39 @@ class Batch:
     context_segment: torch.Tensor | None = None
     context_len: torch.Tensor | None = None
     counts: BatchCounts | None = None
-    jepa: JepaIndices | None = None
-    stp: StpSpans | None = None
+    records: dict[str, Any] = field(default_factory=dict)
     samples: SampleTable | None = None
     count_vector: torch.Tensor | None = None
+
+    def mask_inputs(self) -> dict[str, torch.Tensor]:
+        """The mask metadata the model's forward takes beside the tokens (None ones left out)."""
+        return {f: getattr(self, f) for f in MASK_FIELDS if getattr(self, f) is not None}
 
     def to(self, device: torch.device | str) -> "Batch":
         """The batch with every tensor (but ``samples``) on ``device``, in one copy: the
         tensors are packed into one byte buffer (pinned on CUDA, copied non-blocking) and
         unpacked as views of it on the device."""
         device = torch.device(device)
-        tensors = {}  # (record, field) -> tensor
-        for f in ("tokens", "labels", "positions", "segment_ids", "context_segment", "context_len"):
+        tensors = {}  # (record name or None, field) -> tensor
+        for f in ("tokens", "labels", *MASK_FIELDS):
             if getattr(self, f) is not None:
                 tensors[(None, f)] = getattr(self, f)
-        for rec in ("jepa", "stp"):
-            r = getattr(self, rec)
-            if r is not None:
-                for f in fields(r):
-                    tensors[(rec, f.name)] = getattr(r, f.name)
+        for name, rec in self.records.items():
+            for f in fields(rec):
+                value = getattr(rec, f.name)
+                if isinstance(value, torch.Tensor):
+                    tensors[(name, f.name)] = value
         if self.counts is not None:
             tensors[(None, "count_vector")] = self.counts.vector()
         moved = dict(zip(tensors, move_packed(list(tensors.values()), device)))
         top = {f: t for (rec, f), t in moved.items() if rec is None}
-        for rec in ("jepa", "stp"):
-            r = getattr(self, rec)
-            if r is not None:
-                top[rec] = replace(r, **{f: t for (k, f), t in moved.items() if k == rec})
-        return replace(self, **top)
+        records = {name: replace(rec, **{f: t for (k, f), t in moved.items() if k == name})
+                   for name, rec in self.records.items()}
+        return replace(self, records=records, **top)
 
-    @property
-    def num_targets(self) -> int:
-        return self.counts.targets if self.counts is not None else int((self.labels != IGNORE_INDEX).sum())
+    def record(self, name: str):
+        """The record of objective ``name`` (None when this batch has none)."""
+        return self.records.get(name)
 
 
 _ALIGN = 8  # bytes: every tensor starts at a multiple of the largest element size

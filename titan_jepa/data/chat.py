@@ -25,9 +25,9 @@ assistant message, or a sample longer than ``max_len`` tokens.
 
 The batch fields of chat/pairs batches (``with_chat_fields``, see data/batch.py):
   ``samples``: a SampleTable (the content spans of every sample, its Text/Code view ids);
-  ``jepa``: JepaIndices of the M samples that carry JEPA views (data/views.py);
-  ``counts``: samples, jepa_samples, the token kinds (full sequences, view segments, padding)
-  and the next-token-equivalent tokens and pairs (the full sequences alone).
+  ``counts``: samples, the token kinds (full sequences, view segments, padding) and the
+  next-token-equivalent tokens and pairs (the full sequences alone). The objectives add
+  their own records (the LLM-JEPA indices, the STP spans) in their ``collate``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ from dataclasses import replace
 
 import torch
 
-from titan_jepa.data.batch import IGNORE_INDEX, SAMPLE_COLUMNS, Batch, JepaIndices, SampleTable
+from titan_jepa.data.batch import IGNORE_INDEX, SAMPLE_COLUMNS, Batch, SampleTable
+from titan_jepa.data.sample import Sample
 from titan_jepa.data.sources import BadLines
 
 __all__ = ["SAMPLE_COLUMNS", "ChatSamples", "check_messages", "with_chat_fields"]
@@ -76,8 +77,8 @@ class ChatSamples:
     def __init__(self, tokenizer, loss_on: str, max_len: int, bad: BadLines):
         self.tok, self.loss_on, self.max_len, self.bad = tokenizer, loss_on, max_len, bad
 
-    def __call__(self, obj, where: str) -> dict | None:
-        """One packed-ready sample (a JSON-able dict), or None (reported as bad input)."""
+    def __call__(self, obj, where: str) -> Sample | None:
+        """One packed-ready sample, or None (reported as bad input)."""
         reason = check_messages(obj) if isinstance(obj, dict) else "not a JSON object"
         if reason:
             self.bad.report(where, reason)
@@ -98,34 +99,28 @@ class ChatSamples:
         tv, cv = _view_text(obj.get("text")), _view_text(obj.get("code"))
         if tv is not None and cv is not None:
             text_ids, code_ids = self.tok.encode(tv.strip()), self.tok.encode(cv.strip())
-        return {"ids": ids, "labels": labels, "user": list(enc.user_span),
-                "assistant": list(enc.assistant_span), "text_ids": text_ids, "code_ids": code_ids}
+        return Sample(ids=ids, labels=labels, user=tuple(enc.user_span), assistant=tuple(enc.assistant_span),
+                      text_ids=text_ids, code_ids=code_ids)
 
 
 def with_chat_fields(batch: Batch, rows) -> Batch:
-    """``batch`` (collated from ``rows``) with its samples, JEPA pairs and counts (see the
+    """``batch`` (collated from ``rows``) with its sample table and token counts (see the
     module docstring); padding rows added by collate count as padding tokens."""
-    table, text_ids, code_ids, pred, target = [], [], [], [], []
+    table, text_ids, code_ids = [], [], []
     full_tokens = view_tokens = ntp_pairs = 0
     for r, row in enumerate(rows):
         for seg, start, s in row.samples:
-            (us, ue), (as_, ae) = s["user"], s["assistant"]
-            table.append([r, seg, start, len(s["ids"]), start + us, start + ue, start + as_, start + ae])
-            text_ids.append(s["text_ids"])
-            code_ids.append(s["code_ids"])
-            segs = s.get("segments") or [[s["ids"]]]
-            n_full = s.get("full_segments", 1)  # segments with a next-token loss (2 for pairs)
-            full_tokens += sum(len(x[0]) for x in segs[:n_full])
-            view_tokens += sum(len(x[0]) for x in segs[n_full:])
-            ntp_pairs += sum(len(x[0]) * (len(x[0]) + 1) // 2 for x in segs[:n_full])
-            if "jepa" in s:
-                pred.append([r, start + s["jepa"][0]])
-                target.append([r, start + s["jepa"][1]])
-    counts = replace(batch.counts, samples=len(table), jepa_samples=len(pred), full_tokens=full_tokens,
-                     view_tokens=view_tokens, pad_tokens=batch.tokens.numel() - full_tokens - view_tokens,
+            (us, ue), (as_, ae) = s.user, s.assistant
+            table.append([r, seg, start, len(s.ids), start + us, start + ue, start + as_, start + ae])
+            text_ids.append(s.text_ids)
+            code_ids.append(s.code_ids)
+            segs = s.all_segments()
+            full_tokens += sum(len(x.ids) for x in segs[:s.full_segments])
+            view_tokens += sum(len(x.ids) for x in segs[s.full_segments:])
+            ntp_pairs += sum(len(x.ids) * (len(x.ids) + 1) // 2 for x in segs[:s.full_segments])
+    counts = replace(batch.counts, samples=len(table), full_tokens=full_tokens, view_tokens=view_tokens,
+                     pad_tokens=batch.tokens.numel() - full_tokens - view_tokens,
                      ntp_tokens=full_tokens, ntp_pairs=ntp_pairs)
     samples = SampleTable(torch.tensor(table, dtype=torch.int64).reshape(-1, len(SAMPLE_COLUMNS)),
                           text_ids, code_ids)
-    jepa = JepaIndices(torch.tensor(pred, dtype=torch.int64).reshape(-1, 2),
-                       torch.tensor(target, dtype=torch.int64).reshape(-1, 2))
-    return replace(batch, samples=samples, jepa=jepa, counts=counts)
+    return replace(batch, samples=samples, counts=counts)

@@ -1,12 +1,15 @@
 """The resumable data loader: records -> (shuffle) -> tokens -> packed rows -> ``Batch``.
 
-    loader = build_dataloader(cfg, tokenizer, dp_rank, dp_world)
+    loader = build_dataloader(cfg, tokenizer, dp_rank, dp_world[, objectives])
     for batch in loader: ...          # Batch of (training.local_batch_size, training.seq_len)
     sd = loader.state_dict()          # {"dp_rank_<r>": "<json>"}, save it per rank
     loader.load_state_dict(sd)        # the next batches are exactly those that would have come
 
 A plain deterministic iterator in the training process (no worker processes): tokenising
-and packing run far faster than a model consumes tokens (see tools/bench_data.py).
+and packing run far faster than a model consumes tokens (see tools/bench_data.py). The
+objectives (default: those the config enables, objectives/__init__.py) take part: each may
+wrap the chat/pairs sample encoder with its view segments (``wrap_samples``) and adds its
+record and item count to every batch (``collate``).
 
 State: the source position (file, byte offset / row, line, epoch, record counter), the
 shuffle buffer's records and RNG, the packer's unfinished document, pending sample or
@@ -30,18 +33,17 @@ from dataclasses import replace
 from titan_jepa.data.batch import Batch
 from titan_jepa.data.chat import ChatSamples, with_chat_fields
 from titan_jepa.data.packing import BestFitPacker, DocPacker, SamplePacker, collate
+from titan_jepa.data.pairs import PairSamples
 from titan_jepa.data.sources import BadLines, DataError, build_source
 from titan_jepa.data.text import TextDocs
-from titan_jepa.data.pairs import PairSamples
-from titan_jepa.data.spans import MaskViews, mask_view_spans, stp_spans
-from titan_jepa.data.views import JepaViews
+from titan_jepa.objectives import DataContext, build_objectives
 
 STATE_VERSION = 1
 logger = logging.getLogger("titan_jepa.data")
 
 
 class DataLoader:
-    def __init__(self, cfg, tokenizer, dp_rank: int = 0, dp_world: int = 1):
+    def __init__(self, cfg, tokenizer, dp_rank: int = 0, dp_world: int = 1, objectives=None):
         d, t = cfg.data, cfg.training
         if not 0 <= dp_rank < dp_world:
             raise DataError(f"dp_rank {dp_rank} is not in [0, {dp_world})")
@@ -49,7 +51,8 @@ class DataLoader:
         self.batch_size, self.seq_len, self.pad_id = t.local_batch_size, t.seq_len, tokenizer.pad_id
         self.bad = BadLines(d.bad_lines)
         self.views = None
-        self.stp, self.seed = (cfg.stp if cfg.stp.enable else None), cfg.job.seed
+        self.objectives = build_objectives(cfg) if objectives is None else objectives
+        self.ctx = DataContext(cfg, tokenizer, t.seq_len, cfg.job.seed, dp_rank, self.bad)
         self.source = build_source(d, dp_rank, dp_world, self.bad, cfg.job.seed)
         if d.kind == "text":
             self.encode = TextDocs(tokenizer, d.text_field, self.bad)
@@ -61,14 +64,12 @@ class DataLoader:
                                 f"{t.seq_len}] (or -1: seq_len); a chat sample is never split across rows")
             self.encode = (ChatSamples(tokenizer, d.loss_on, max_len, self.bad) if d.kind == "chat"
                            else PairSamples(tokenizer, max_len, self.bad))
-            # extra view segments packed next to each sample (JEPA, or the STP mask ablation)
-            if cfg.jepa.enable:
-                self.views = JepaViews(self.encode, cfg.jepa, tokenizer, t.seq_len, cfg.job.seed,
-                                       dp_rank, self.bad)
-            elif cfg.stp.enable and cfg.stp.mode == "random_span_mask":
-                self.views = MaskViews(self.encode, cfg.stp, tokenizer, t.seq_len, cfg.job.seed,
-                                       dp_rank, self.bad)
-            self.encode = self.views or self.encode
+            # extra view segments packed next to each sample (JEPA's views, STP's mask views);
+            # the one objective that adds them keeps their state (a counter)
+            for o in self.objectives:
+                wrapped = o.wrap_samples(self.encode, self.ctx)
+                if wrapped is not self.encode:
+                    self.views, self.encode = wrapped, wrapped
             self.packer = (BestFitPacker(t.seq_len, tokenizer.pad_id, self._next_item, d.pack_buffer)
                            if d.pack_buffer > 1 else SamplePacker(t.seq_len, tokenizer.pad_id, self._next_item))
         self.batches = 0
@@ -118,13 +119,7 @@ class DataLoader:
         batch = collate(rows, self.batch_size, self.seq_len, self.pad_id)
         if self.kind in ("chat", "pairs"):
             batch = with_chat_fields(batch, rows)
-        if self.stp is not None:  # spans depend only on (seed, slot, batch index)
-            if self.stp.mode == "random_span_mask":
-                spans = mask_view_spans(rows, self.seq_len)
-            else:
-                spans = stp_spans(batch, self.stp, self.seed, self.rank, self.batches)
-            items = spans.triples.shape[0] if self.stp.mode == "curvature" else spans.weight.shape[0]
-            batch = replace(batch, stp=spans, counts=replace(batch.counts, stp_items=items))
+        batch = add_records(batch, rows, self.objectives, self.ctx, self.batches)
         self.batches += 1
         return batch
 
@@ -159,16 +154,27 @@ class DataLoader:
             self.views.load_state_dict(state["views"])
 
 
-def build_dataloader(cfg, tokenizer, dp_rank: int = 0, dp_world: int = 1) -> DataLoader:
+def add_records(batch: Batch, rows: list, objectives, ctx: DataContext, index: int) -> Batch:
+    """``batch`` with each objective's record and loss items (in the objectives' order);
+    ``index``: the batch's number in its slot (random choices depend on it)."""
+    records, items = {}, {}
+    for o in objectives:
+        rec, items[o.name] = o.collate(batch, rows, ctx, index)
+        if rec is not None:
+            records[o.name] = rec
+    return replace(batch, records=records, counts=replace(batch.counts, items=items))
+
+
+def build_dataloader(cfg, tokenizer, dp_rank: int = 0, dp_world: int = 1, objectives=None) -> DataLoader:
     """The loader of one batch slot; raises DataError at once for a missing data.path."""
-    return DataLoader(cfg, tokenizer, dp_rank, dp_world)
+    return DataLoader(cfg, tokenizer, dp_rank, dp_world, objectives)
 
 
-def count_batches(cfg, tokenizer, dp_rank: int = 0, dp_world: int = 1) -> int:
+def count_batches(cfg, tokenizer, dp_rank: int = 0, dp_world: int = 1, objectives=None) -> int:
     """How many batches a fresh loader yields over data.num_epochs epochs (finite only).
 
     Packing is deterministic, so this is exact; it tokenises the data num_epochs times,
     which is fast for fine-tuning sets (see tools/bench_data.py)."""
     if cfg.data.num_epochs <= 0:
         raise DataError("count_batches needs data.num_epochs > 0")
-    return sum(1 for _ in DataLoader(cfg, tokenizer, dp_rank, dp_world))
+    return sum(1 for _ in DataLoader(cfg, tokenizer, dp_rank, dp_world, objectives))

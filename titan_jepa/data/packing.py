@@ -26,6 +26,7 @@ from typing import Callable
 import torch
 
 from titan_jepa.data.batch import IGNORE_INDEX, Batch, BatchCounts
+from titan_jepa.data.sample import Sample
 
 
 @dataclass
@@ -34,7 +35,7 @@ class Row:
     labels: list[int] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
     segment_ids: list[int] = field(default_factory=list)
-    samples: list[tuple[int, int, dict]] = field(default_factory=list)  # (segment, start, sample)
+    samples: list[tuple[int, int, Sample]] = field(default_factory=list)  # (segment, start, sample)
     num_segments: int = 0
     # the shared-prefix context (see Batch): filled only when a segment has one
     context_segment: list[int] | None = None
@@ -102,12 +103,11 @@ class DocPacker:
 class SamplePacker:
     """Whole samples -> rows, greedily; the sample that did not fit is its state.
 
-    A sample is a JSON-able dict with "ids" and "labels" (one segment), or with "segments":
-    [[ids, labels], ...] placed contiguously in one row as consecutive segments (the JEPA
-    views, data/views.py). A segment may carry three more numbers, [ids, labels, pos0,
-    context, context_len]: its first position, and the index (within the sample) of a
-    segment it may also attend to, up to position context_len (shared-prefix views).
-    ``Row.samples`` records (first segment id, start, sample).
+    A sample (data/sample.py) is one segment (its full sequence), or its ``segments``
+    placed contiguously in one row as consecutive segments (the JEPA views,
+    data/views.py); a segment may start at a position other than 0 and attend to another
+    segment of its sample up to a position (shared-prefix views). ``Row.samples`` records
+    (first segment id, start, sample).
     """
 
     def __init__(self, seq_len: int, pad_id: int, next_sample: Callable[[], dict | None]):
@@ -132,30 +132,28 @@ class SamplePacker:
         return row.pad_to(self.seq_len, self.pad_id)
 
     def state_dict(self) -> dict:
-        return {"pending": self.pending}
+        return {"pending": None if self.pending is None else self.pending.to_json()}
 
     def load_state_dict(self, sd: dict) -> None:
-        self.pending = sd["pending"]
+        self.pending = None if sd["pending"] is None else Sample.from_json(sd["pending"])
 
 
-def sample_len(s: dict, seq_len: int) -> int:
+def sample_len(s: Sample, seq_len: int) -> int:
     """Tokens of one sample (all its segments); one longer than seq_len is an error."""
-    segments = s.get("segments") or [(s["ids"], s["labels"])]
-    total = sum(len(seg[0]) for seg in segments)
+    total = len(s)
     if total > seq_len:
         raise ValueError(f"a sample of {total} tokens does not fit in seq_len {seq_len}")
     return total
 
 
-def add_sample(row: Row, s: dict) -> None:
+def add_sample(row: Row, s: Sample) -> None:
     """Append one sample's segments to ``row`` and record it in ``row.samples``."""
     first, start = row.num_segments, len(row.tokens)
-    for ids, labels, *ctx in s.get("segments") or [(s["ids"], s["labels"])]:
-        if ctx:
-            pos0, rel, ctx_len = ctx
-            row.add(ids, labels, pos0, first + rel, ctx_len)
+    for seg in s.all_segments():
+        if seg.context >= 0:
+            row.add(seg.ids, seg.labels, seg.pos0, first + seg.context, seg.context_len)
         else:
-            row.add(ids, labels)
+            row.add(seg.ids, seg.labels, seg.pos0)
     row.samples.append((first, start, s))
 
 
@@ -226,10 +224,13 @@ class BestFitPacker:
         return row.pad_to(self.seq_len, self.pad_id)
 
     def state_dict(self) -> dict:
-        return {"open": self.open, "done": self.done, "ended": self.ended}
+        return {"open": [[s.to_json() for s in r] for r in self.open],
+                "done": [[s.to_json() for s in r] for r in self.done], "ended": self.ended}
 
     def load_state_dict(self, sd: dict) -> None:
-        self.open, self.done, self.ended = list(sd["open"]), list(sd["done"]), bool(sd["ended"])
+        self.open = [[Sample.from_json(s) for s in r] for r in sd["open"]]
+        self.done = [[Sample.from_json(s) for s in r] for r in sd["done"]]
+        self.ended = bool(sd["ended"])
 
 
 def row_pairs(row: Row) -> int:
@@ -247,18 +248,16 @@ def row_pairs(row: Row) -> int:
 def collate(rows: list[Row], batch_size: int, seq_len: int, pad_id: int) -> Batch:
     """Stack rows (adding all-padding rows up to batch_size) into CPU tensors, with the
     BatchCounts of text data (every token a full-sequence token; the loader refines the
-    token kinds of chat/pairs batches)."""
+    token kinds of chat/pairs batches and adds the objectives' records and items)."""
     rows = rows + [Row().pad_to(seq_len, pad_id) for _ in range(batch_size - len(rows))]
     tokens = batch_size * seq_len
     pairs = sum(row_pairs(r) for r in rows)
-    targets = sum(1 for r in rows for t in r.labels if t != IGNORE_INDEX)
     batch = Batch(
         tokens=torch.tensor([r.tokens for r in rows], dtype=torch.int64),
         labels=torch.tensor([r.labels for r in rows], dtype=torch.int64),
         positions=torch.tensor([r.positions for r in rows], dtype=torch.int64),
         segment_ids=torch.tensor([r.segment_ids for r in rows], dtype=torch.int32),
-        counts=BatchCounts(targets=targets, full_tokens=tokens, tokens=tokens, pairs=pairs,
-                           ntp_tokens=tokens, ntp_pairs=pairs),
+        counts=BatchCounts(full_tokens=tokens, tokens=tokens, pairs=pairs, ntp_tokens=tokens, ntp_pairs=pairs),
     )
     if any(r.context_segment is not None for r in rows):
         batch.context_segment = torch.tensor(

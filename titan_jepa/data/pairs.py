@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from titan_jepa.data.batch import IGNORE_INDEX
 from titan_jepa.data.chat import check_messages
+from titan_jepa.data.sample import Sample, Segment
 from titan_jepa.data.sources import BadLines
 
 
@@ -44,7 +45,7 @@ class PairSamples:
         ids = [self.tok.bos_id, *self.tok.encode(text), self.tok.eos_id]
         return ids, ids[1:] + [IGNORE_INDEX]
 
-    def __call__(self, obj, where: str) -> dict | None:
+    def __call__(self, obj, where: str) -> Sample | None:
         sides = _sides(obj)
         if isinstance(sides, str):
             self.bad.report(where, sides)
@@ -54,6 +55,6 @@ class PairSamples:
             self.bad.report(where, f"pair longer than max_sample_len ({self.max_len} tokens)")
             return None
         # "user"/"assistant": the content spans of A and B, as offsets in the sample
-        return {"ids": a, "labels": la, "segments": [[a, la], [b, lb]], "full_segments": 2,
-                "user": [1, len(a) - 1], "assistant": [len(a) + 1, len(a) + len(b) - 1],
-                "text_ids": a[1:-1], "code_ids": b[1:-1]}
+        return Sample(ids=a, labels=la, segments=[Segment(a, la), Segment(b, lb)], full_segments=2,
+                      user=(1, len(a) - 1), assistant=(len(a) + 1, len(a) + len(b) - 1),
+                      text_ids=a[1:-1], code_ids=b[1:-1])

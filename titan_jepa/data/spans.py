@@ -11,8 +11,8 @@ then token to token). A span [s, t) (0 <= s < t <= N) covers steps s+1..t; its d
 is h[t-1] - h[s-1] within a part (a span crossing the user/assistant boundary is split into
 its per-part displacements). The rest of the sequence is the steps before s and after t.
 
-The losses (objectives/stp.py) only see the index tensors of ``Batch.stp``, an ``StpSpans``
-(data/batch.py): flat token indices (row * S + column), signs and output slots of the two
+The losses (objectives/stp.py) only see the index tensors of the batch's STP record, an
+``StpSpans`` (below): flat token indices (row * S + column), signs and output slots of the two
 vectors of each pair, the pair weights (span-length weighting, else 1), and for curvature
 the triples of successive tokens.
 
@@ -23,12 +23,39 @@ out runs draw the same spans.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import torch
 
-from titan_jepa.data.batch import IGNORE_INDEX, StpSpans
+from titan_jepa.data.batch import IGNORE_INDEX
+from titan_jepa.data.sample import Sample, Segment
 
 Part = tuple[int, list[int]]  # (anchor position, positions of the tokens that follow)
+
+
+@dataclass
+class StpSpans:
+    """STP pairs as flat index tensors (flat index = row * S + column): the STP objective's
+    record of a batch.
+
+    index, coef, slot: (T,) int64 token index, float32 sign (+1 / -1) and int64 output
+           vector (2 * pair for the target side, 2 * pair + 1 for the predicting side);
+           vector[slot] = sum of coef * h[index].
+    weight:  (P,) float32 weight of each of the P pairs.
+    triples: (C, 3) int64 flat indices of successive tokens (``stp.mode = "curvature"``;
+           empty otherwise, and then the pair tensors are empty).
+    """
+
+    index: torch.Tensor
+    coef: torch.Tensor
+    slot: torch.Tensor
+    weight: torch.Tensor
+    triples: torch.Tensor
+
+    @property
+    def items(self) -> int:
+        """The loss items: token triples for curvature, else pairs."""
+        return self.triples.shape[0] if self.triples.numel() else self.weight.shape[0]
 
 
 def range_terms(parts: list[Part], lo: int, hi: int) -> list[tuple[int, float]]:
@@ -136,7 +163,7 @@ class MaskViews:
     user+assistant content replaced by a single <|mask|> token, and the span alone. Pred is
     the masked view's last content token, before its final end-of-turn token (<|eot_id|>,
     ChatML's <|im_end|>); the target is the span view's
-    last token. The pair is recorded in ``sample["stp_views"]`` as offsets in the sample."""
+    last token. The pair is recorded in ``sample.marks["stp"]`` as offsets in the sample."""
 
     def __init__(self, samples, stp_cfg, tokenizer, seq_len: int, seed: int, slot: int, bad):
         self.samples, self.cfg, self.tok = samples, stp_cfg, tokenizer
@@ -149,35 +176,36 @@ class MaskViews:
     def load_state_dict(self, sd: dict) -> None:
         self.counter = sd["counter"]
 
-    def __call__(self, obj, where: str) -> dict | None:
+    def __call__(self, obj, where: str) -> Sample | None:
         sample = self.samples(obj, where)
         if sample is None:
             return None
         self.counter += 1
         rng = random.Random(f"stp-mask:{self.seed}:{self.slot}:{self.counter}")
-        (us, ue), (as_, ae) = sample["user"], sample["assistant"]
+        (us, ue), (as_, ae) = sample.user, sample.assistant
         content = list(range(us, ue)) + list(range(as_, ae))
         span = sample_span(rng, len(content), self.cfg.sampling, self.cfg.max_span_len)
         if span is None:
             return sample
         s, t = span
-        ids = sample["ids"]
+        ids = sample.ids
         cut = content[s:t]
         span_ids = [ids[i] for i in cut]
         dropped = set(cut[1:])
         masked = [tok for i, tok in enumerate(ids) if i not in dropped]
         masked[cut[0]] = self.tok.mask_id
-        full, labels = sample["ids"], sample["labels"]
+        full, labels = sample.ids, sample.labels
         ignore = [IGNORE_INDEX]
-        segments = [[full, labels], [masked, ignore * len(masked)], [span_ids, ignore * len(span_ids)]]
-        if sum(len(x[0]) for x in segments) > self.seq_len:
+        segments = [Segment(full, labels), Segment(masked, ignore * len(masked)),
+                    Segment(span_ids, ignore * len(span_ids))]
+        if sum(len(x.ids) for x in segments) > self.seq_len:
             self.bad.report(where, f"sample with its STP mask views longer than training.seq_len ({self.seq_len})")
             return None
-        sample["segments"] = segments
+        sample.segments = segments
         # Pred: the masked view's last content token (the one before its end-of-turn token,
         # whatever follows that: ChatML's "<|im_end|>\n" too), where the original ae - 1 went
         last = ae - 1 - sum(1 for i in dropped if i <= ae - 1)
-        sample["stp_views"] = [len(full) + last, len(full) + len(masked) + len(span_ids) - 1]
+        sample.marks["stp"] = [len(full) + last, len(full) + len(masked) + len(span_ids) - 1]
         return sample
 
 
@@ -186,8 +214,8 @@ def mask_view_spans(rows, seq_len: int) -> StpSpans:
     index, slots = [], []
     for r, row in enumerate(rows):
         for _seg, start, s in row.samples:
-            if "stp_views" in s:
-                pred_at, target_at = s["stp_views"]
+            if "stp" in s.marks:
+                pred_at, target_at = s.marks["stp"]
                 pair = len(index) // 2
                 index += [r * seq_len + start + target_at, r * seq_len + start + pred_at]
                 slots += [2 * pair, 2 * pair + 1]

@@ -28,8 +28,8 @@ its bos/eos/pad tokens from the ``tokenizer_config.json`` beside it (else by nam
 stop tokens from ``generation_config.json`` (eos_token_id) when present, and resolves the
 JEPA tokens by name.
 
-Tokens the method needs (``build_tokenizer(cfg)`` with the whole JobConfig; see
-``method_tokens``): ``<|predictor_1..k|>`` (JEPA, k >= 1) and ``<|mask|>`` (STP's mask
+Tokens the method needs (``build_tokenizer(cfg)`` with the whole JobConfig: its objectives'
+``special_tokens``, data/special_tokens.py): ``<|predictor_1..k|>`` (JEPA, k >= 1) and ``<|mask|>`` (STP's mask
 ablation) come from the reserved slots above where the vocabulary has them; otherwise
 ``tokenizer.add_tokens = "auto"`` appends them as new special tokens (ids from the current
 vocabulary size on, in that order). When the pad token also occurs in text (it is the
@@ -52,6 +52,7 @@ from pathlib import Path
 
 from titan_jepa.data.chat_template import ChatEncoding, encode_chat
 from titan_jepa.data.hf_chat_template import token_text
+from titan_jepa.data.special_tokens import MASK_TOKEN, MAX_PREDICTORS, PAD_TOKEN, jepa_aliases, predictor_names  # noqa: F401
 from titan_jepa.errors import TokenizerError  # noqa: F401 (raised here, imported from here)
 
 # Llama-3's pre-tokenisation pattern.
@@ -60,7 +61,6 @@ LLAMA3_PATTERN = (
     r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 NUM_SPECIAL = 256
-MAX_PREDICTORS = 16
 
 
 def llama3_special_names() -> list[str]:
@@ -72,29 +72,6 @@ def llama3_special_names() -> list[str]:
         "<|python_tag|>",
     ]
     names += [f"<|reserved_special_token_{i}|>" for i in range(2, 2 + NUM_SPECIAL - len(names))]
-    return names
-
-
-def jepa_aliases() -> dict[str, str]:
-    """JEPA token name -> the Llama-3 reserved special token it is stored as."""
-    alias = {f"<|predictor_{k}|>": f"<|reserved_special_token_{k + 1}|>" for k in range(1, MAX_PREDICTORS + 1)}
-    alias["<|mask|>"] = f"<|reserved_special_token_{MAX_PREDICTORS + 2}|>"
-    return alias
-
-
-PAD_TOKEN = "<|pad|>"
-MASK_TOKEN = "<|mask|>"
-
-
-def predictor_names(k: int) -> list[str]:
-    return [f"<|predictor_{i}|>" for i in range(1, k + 1)]
-
-
-def method_tokens(cfg) -> list[str]:
-    """The special tokens the enabled objectives of JobConfig ``cfg`` put into samples."""
-    names = predictor_names(cfg.jepa.k) if cfg.jepa.enable else []
-    if cfg.stp.enable and cfg.stp.mode == "random_span_mask":
-        names.append(MASK_TOKEN)
     return names
 
 
@@ -399,9 +376,11 @@ def apply_tokens_record(tok, record: dict) -> None:
         tok.pad_id = record["pad_id"]
 
 
-def build_tokenizer(cfg) -> TikTokenizer | HFTokenizer:
-    """The tokenizer of ``cfg``: a JobConfig (the tokens its objectives need are added as
-    ``tokenizer.add_tokens`` says) or a bare ``[tokenizer]`` section (kind, path; nothing added)."""
+def build_tokenizer(cfg, tokens: list[str] | None = None) -> TikTokenizer | HFTokenizer:
+    """The tokenizer of ``cfg``: a JobConfig or a bare ``[tokenizer]`` section (kind, path).
+    ``tokens``: the special tokens the run's objectives need (``objectives.special_tokens``),
+    added as ``tokenizer.add_tokens`` says; by default those of the JobConfig's objectives
+    (none for a bare section)."""
     tok_cfg = getattr(cfg, "tokenizer", cfg)
     path = Path(tok_cfg.path)
     if not path.is_file():
@@ -414,7 +393,11 @@ def build_tokenizer(cfg) -> TikTokenizer | HFTokenizer:
     from titan_jepa.data.hf_chat_template import attach_chat_template
 
     tok = TikTokenizer(path) if tok_cfg.kind == "tiktoken" else HFTokenizer(path)
-    if tok_cfg is not cfg:  # a JobConfig: the method's tokens
-        add_method_tokens(tok, method_tokens(cfg), getattr(tok_cfg, "add_tokens", "auto"))
+    if tokens is None and tok_cfg is not cfg:  # a JobConfig: its objectives' tokens
+        from titan_jepa.objectives import build_objectives, special_tokens
+
+        tokens = special_tokens(build_objectives(cfg))
+    if tokens is not None:
+        add_method_tokens(tok, tokens, getattr(tok_cfg, "add_tokens", "auto"))
     # tokenizer.chat_template: the Llama-3 layout or the model's own Jinja template
     return attach_chat_template(tok, tok_cfg)

@@ -24,7 +24,7 @@ Code segment is added.
 pretraining). ``front_pred`` puts the predictor tokens before the Text content;
 ``reverse_pred`` appends them to Code and predicts Text from it.
 
-Embedding indices (offsets from the sample's first token, recorded in ``sample["jepa"]``):
+Embedding indices (offsets from the sample's first token, recorded in ``sample.marks["jepa"]``):
 the last content token of a view, or its last predictor token when it has them (never a
 fixed offset from a padded end). ``last_token < 0`` instead takes ``len(view) + last_token``
 as the reference did (-2 for Llama-3 chat views, -1 for plain ones).
@@ -39,6 +39,7 @@ import random
 
 from titan_jepa.data.batch import IGNORE_INDEX
 from titan_jepa.data.chat_template import view_affixes
+from titan_jepa.data.sample import Sample, Segment
 
 
 class JepaViews:
@@ -76,28 +77,29 @@ class JepaViews:
             last = len(ids) + self.cfg.last_token
         return ids, last
 
-    def __call__(self, obj, where: str) -> dict | None:
+    def __call__(self, obj, where: str) -> Sample | None:
         sample = self.samples(obj, where)
         if sample is None or not self._keep():
             return sample
-        full, labels = sample["ids"], sample["labels"]
+        full, labels = sample.ids, sample.labels
         c = self.cfg
-        if "full_segments" in sample:  # a paraphrase pair (data/pairs.py): A and B are both full
+        if sample.full_segments == 2:  # a paraphrase pair (data/pairs.py): A and B are both full
             return self._pair_views(sample, where)
         if c.views == "shared_prefix":
-            user_end = sample["user"][1]
+            user_end = sample.user[1]
             if self.preds:
                 # predictor tokens continue the full sequence right after the user content
-                segments = [[full, labels], [self.preds, [IGNORE_INDEX] * len(self.preds), user_end, 0, user_end]]
+                segments = [Segment(full, labels),
+                            Segment(self.preds, [IGNORE_INDEX] * len(self.preds), user_end, 0, user_end)]
                 pred_at = len(full) + len(self.preds) - 1
             else:
-                segments = [[full, labels]]
+                segments = [Segment(full, labels)]
                 pred_at = user_end - 1
-            code, code_last = self._view("assistant", sample["code_ids"])
-            target_at = sum(len(s[0]) for s in segments) + code_last
-            segments.append([code, [IGNORE_INDEX] * len(code)])
+            code, code_last = self._view("assistant", sample.code_ids)
+            target_at = sum(len(s.ids) for s in segments) + code_last
+            segments.append(Segment(code, [IGNORE_INDEX] * len(code)))
         else:
-            text_ids, code_ids = sample["text_ids"], sample["code_ids"]
+            text_ids, code_ids = sample.text_ids, sample.code_ids
             if c.reverse_pred:
                 code_ids = code_ids + self.preds
             elif c.front_pred:
@@ -106,34 +108,35 @@ class JepaViews:
                 text_ids = text_ids + self.preds
             text, text_last = self._view("user", text_ids)
             code, code_last = self._view("assistant", code_ids)
-            segments = [[full, labels], [text, [IGNORE_INDEX] * len(text)], [code, [IGNORE_INDEX] * len(code)]]
+            segments = [Segment(full, labels), Segment(text, [IGNORE_INDEX] * len(text)),
+                        Segment(code, [IGNORE_INDEX] * len(code))]
             text_at, code_at = len(full) + text_last, len(full) + len(text) + code_last
             pred_at, target_at = (code_at, text_at) if c.reverse_pred else (text_at, code_at)
         return self._finish(sample, segments, pred_at, target_at, where)
 
-    def _pair_views(self, sample: dict, where: str) -> dict | None:
+    def _pair_views(self, sample: Sample, where: str) -> Sample | None:
         """Text is read in A (through predictor tokens), Code at B's last content token."""
-        (a, la), (b, lb) = sample["segments"]
+        a, b = (s.ids for s in sample.segments)
         a_end = len(a) - 1  # A's <|end_of_text|>: the predictors take its place
-        segments = [[a, la], [b, lb]]
+        segments = list(sample.segments)
         if self.cfg.views == "shared_prefix":
             if self.preds:
-                segments.append([self.preds, [IGNORE_INDEX] * len(self.preds), a_end, 0, a_end])
+                segments.append(Segment(self.preds, [IGNORE_INDEX] * len(self.preds), a_end, 0, a_end))
                 pred_at = len(a) + len(b) + len(self.preds) - 1
             else:
                 pred_at = a_end - 1
         else:
             text = a[:a_end] + self.preds
-            segments.append([text, [IGNORE_INDEX] * len(text)])
+            segments.append(Segment(text, [IGNORE_INDEX] * len(text)))
             pred_at = len(a) + len(b) + len(text) - 1
         target_at = len(a) + len(b) - 2  # B's last content token
         return self._finish(sample, segments, pred_at, target_at, where)
 
-    def _finish(self, sample, segments, pred_at, target_at, where) -> dict | None:
-        total = sum(len(s[0]) for s in segments)
+    def _finish(self, sample, segments, pred_at, target_at, where) -> Sample | None:
+        total = sum(len(s.ids) for s in segments)
         if total > self.seq_len:
             self.bad.report(where, f"sample with its JEPA views longer than training.seq_len ({self.seq_len})")
             return None
-        sample["segments"] = segments
-        sample["jepa"] = [pred_at, target_at]
+        sample.segments = segments
+        sample.marks["jepa"] = [pred_at, target_at]
         return sample

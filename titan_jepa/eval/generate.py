@@ -59,7 +59,7 @@ def prefill(model, tokenizer, prompts_ids: Sequence[Sequence[int]], extra_len: i
     tokens, positions, pad_lens, lens = _left_pad(prompts_ids, pad_id, device)
     _check_length(model, int(lens.max()) + extra_len)
     caches = build_kv_caches(model, len(prompts_ids), tokens.shape[1] + extra_len, pad_lens)
-    logits = model(tokens, positions=positions, kv_caches=caches, last_logits_only=True)[:, -1]
+    logits = model(tokens, positions=positions, kv_caches=caches, last_logits_only=True).logits[:, -1]
     return logits, caches, lens.to(device)
 
 
@@ -93,7 +93,7 @@ def greedy_generate(model, tokenizer, prompts_ids: Sequence[Sequence[int]], max_
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
             logits = model(nxt[:, None], positions=positions[:, None], kv_caches=caches,
-                           last_logits_only=True)[:, -1]
+                           last_logits_only=True).logits[:, -1]
             positions = positions + 1
     finally:
         model.train(was_training)
@@ -119,7 +119,7 @@ def greedy_generate_uncached(model, tokenizer, prompt_ids: Sequence[int], max_ne
     ids = list(prompt_ids)
     out: list[int] = []
     for _ in range(max_new_tokens):
-        logits = model(torch.tensor([ids], device=device))[0, -1]
+        logits = model(torch.tensor([ids], device=device)).logits[0, -1]
         nxt = int(logits[:limit].argmax())
         if nxt in stop:
             break

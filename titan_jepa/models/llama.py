@@ -4,6 +4,11 @@ State-dict names follow torchtitan's llama3: tok_embeddings, layers.N.attention.
 layers.N.feed_forward.{w1,w2,w3}, layers.N.{attention_norm,ffn_norm}, norm, output.
 RoPE uses Meta's interleaved-pair convention (so Hugging Face q/k weights are permuted on
 conversion, see titan_jepa/checkpoint/hf.py).
+
+One forward: ``model(x, positions=..., segment_ids=..., ...)`` returns ``ModelOutputs``
+(logits and the final normed hidden states). A pipeline stage is the same Transformer with
+the parts it does not own removed (``prune``): without its embedding it takes the residual
+stream of the previous stage, and without its head it returns the residual stream.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import math
 import re
 import zlib
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -109,6 +114,15 @@ class ModelArgs:
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token: 6 * (non-embedding params) + attention (12 * L * d * S)."""
         return 6 * self.num_params(include_embedding=False) + 12 * self.n_layers * self.dim * seq_len
+
+
+class ModelOutputs(NamedTuple):
+    """What the forward of a model with its head returns (a tuple, so pipeline stages can
+    send it): logits (B, S, V), vocab-sharded under tensor parallelism, and the final normed
+    hidden states (B, S, D), whole on every rank, which the objectives read."""
+
+    logits: torch.Tensor
+    hidden: torch.Tensor
 
 
 # Meta's published shapes (Llama 3.1 for 8B/70B/405B, Llama 3.2 for 1B/3B).
@@ -294,9 +308,26 @@ class Transformer(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
 
     # ---- initialisation -------------------------------------------------------------
+    @classmethod
+    def from_parts(cls, parts: list["Transformer"]) -> "Transformer":
+        """One Transformer holding the modules of several pruned ones (the stages one
+        pipeline rank runs), under their own names: what the optimizer, the checkpoint and
+        the initialisation see. The modules are shared, not copied."""
+        model = cls.__new__(cls)
+        nn.Module.__init__(model)
+        model.args, model.backend = parts[0].args, parts[0].backend
+        model.tok_embeddings = next((p.tok_embeddings for p in parts if p.tok_embeddings is not None), None)
+        layers = {k: v for p in parts for k, v in p.layers.items()}
+        model.layers = nn.ModuleDict({k: layers[k] for k in sorted(layers, key=int)})
+        last = next((p for p in parts if p.norm is not None), None)
+        model.norm, model.output = (last.norm, last.output) if last is not None else (None, None)
+        model.register_buffer("rope_cos", parts[0].rope_cos, persistent=False)
+        model.register_buffer("rope_sin", parts[0].rope_sin, persistent=False)
+        return model
+
     def to_empty(self, *, device, recurse: bool = True):
         super().to_empty(device=device, recurse=recurse)
-        if self.args.tie_embeddings:
+        if self.args.tie_embeddings and self.output is not None and self.tok_embeddings is not None:
             # nn.Module.to_empty gives the shared parameter a separate copy per module
             self.output.weight = self.tok_embeddings.weight
         return self
@@ -350,33 +381,50 @@ class Transformer(nn.Module):
                 module.init_weights(seed=seed, prefix=clean_name(prefix), write=write)
 
     # ---- forward --------------------------------------------------------------------
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None,
                 segment_ids: torch.Tensor | None = None,
                 context_segment: torch.Tensor | None = None,
                 context_len: torch.Tensor | None = None,
-                return_hidden: bool = False, kv_caches=None, last_logits_only: bool = False):
-        """tokens (B, S) -> logits (B, S, V); with return_hidden also the final normed
-        hidden states (B, S, D). Mask metadata (see models/attention.py) is optional.
-        Decoding (models/kv_cache.py) passes explicit positions and one KVCache per layer;
-        last_logits_only computes the logits of the last position alone (B, 1, V)."""
-        bsz, seqlen = tokens.shape
+                kv_caches=None, last_logits_only: bool = False):
+        """x: token ids (B, S), or the residual stream of the previous pipeline stage when
+        this model has no embedding. Returns ModelOutputs (logits (B, S, V), final normed
+        hidden (B, S, D)), or the residual stream when it has no head. Mask metadata (see
+        models/attention.py) is optional (all None: causal). Decoding (models/kv_cache.py)
+        passes explicit positions and one KVCache per layer; ``last_logits_only`` computes
+        the logits of the last position alone (B, 1, V)."""
+        meta_shape = next((t.shape for t in (positions, segment_ids) if t is not None), None)
+        bsz, seqlen = meta_shape or x.shape[:2]
         if positions is None:
             cos, sin = self.rope_cos[None, :seqlen], self.rope_sin[None, :seqlen]
         else:
             cos, sin = self.rope_cos[positions], self.rope_sin[positions]
         if kv_caches is None:
             meta = MaskMeta(segment_ids, positions, context_segment, context_len)
-            mask = self.backend.build_mask(meta, bsz, seqlen, tokens.device)
+            mask = self.backend.build_mask(meta, bsz, seqlen, x.device)
         else:
             mask = None
-        h = self.tok_embeddings(tokens)
+        h = self.tok_embeddings(x) if self.tok_embeddings is not None else x
         for i, layer in enumerate(self.layers.values()):
             h = layer(h, cos, sin, mask, None if kv_caches is None else kv_caches[i])
+        if self.norm is None:  # a pipeline stage before the last
+            return h
         h = self.norm(h)
         if last_logits_only:
             h = h[:, -1:]
-        logits = self.output(h)
-        return (logits, h) if return_hidden else logits
+        return ModelOutputs(self.output(h), h)
+
+    def prune(self, layer_ids: set[int], embedding: bool, head: bool) -> "Transformer":
+        """Delete the layers not in ``layer_ids``, and the embedding / final norm and output
+        unless kept (a pipeline stage); the names of the rest do not change."""
+        for key in list(self.layers.keys()):
+            if int(key) not in layer_ids:
+                del self.layers[key]
+        if not embedding:
+            self.tok_embeddings = None
+        if not head:
+            self.norm = None
+            self.output = None
+        return self
 
 
 def build_model(args: ModelArgs, device: str | torch.device = "meta") -> Transformer:

@@ -1,19 +1,30 @@
-"""The LLM-JEPA loss: d(Pred(Enc(Text)), Enc(Code)) from the final normed hidden states.
+"""LLM-JEPA: lambda * d(Pred(Enc(Text)), Enc(Code)) from the final normed hidden states.
 
-The objective knows nothing about parallelism: InfoNCE's negatives from other ranks come
-through a ``gather`` callable (a differentiable all-gather supplied by the caller); with
-``gather=None`` the negatives are the local micro-batch's.
+The objective: its samples carry the Text / Code view segments (data/views.py, added by
+``wrap_samples``), ``collate`` turns each sample's two embedding offsets into (row, column)
+indices (``JepaIndices``), and the loss reads the two embeddings of every sample with views.
+Its items are those samples; it logs mean cos(Pred, Target) (``jepa_cos``), the fraction of
+samples with views (``jepa_frac``) and, on log steps, collapse diagnostics over the step's
+embeddings of every data-parallel rank.
 
-Every distance returns a *sum* over samples, so the caller can divide by the number of
-JEPA samples summed over the data-parallel group and the micro-batches.
+It knows nothing about parallelism: InfoNCE's negatives from other ranks come through a
+``gather`` callable (a differentiable all-gather supplied by the caller); with
+``gather=None`` the negatives are the local micro-batch's. Every distance returns a *sum*
+over samples, so the caller can divide by the number of JEPA samples summed over the
+data-parallel group and the micro-batches.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from titan_jepa.data.special_tokens import predictor_names
+from titan_jepa.data.views import JepaViews
+from titan_jepa.objectives.base import Objective, Term
 
 
 def view_embeddings(hidden: torch.Tensor, pred_idx: torch.Tensor, target_idx: torch.Tensor):
@@ -90,3 +101,65 @@ def collapse_stats(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 COLLAPSE_METRICS = ("jepa_pred_std", "jepa_target_std", "jepa_pred_erank", "jepa_target_erank")
+
+
+@dataclass
+class JepaIndices:
+    """The LLM-JEPA pair of each of the M samples that carry views (the objective's record).
+
+    pred:   (M, 2) int64 (row, column) of the Pred(Enc(Text)) token.
+    target: (M, 2) int64 (row, column) of the Enc(Code) token.
+    """
+
+    pred: torch.Tensor
+    target: torch.Tensor
+
+
+class Jepa(Objective):
+    """``[jepa]``: lambda * d(Pred(Enc(Text)), Enc(Code)) over the samples with views."""
+
+    name = "jepa"
+    metric_names = ("cos",)
+    adds_segments = True
+
+    def __init__(self, cfg):
+        """``cfg``: the [jepa] section."""
+        self.cfg, self.weight = cfg, cfg.lambda_
+
+    def special_tokens(self) -> list[str]:
+        return predictor_names(self.cfg.k)
+
+    def wrap_samples(self, encode, ctx):
+        return JepaViews(encode, self.cfg, ctx.tokenizer, ctx.seq_len, ctx.seed, ctx.slot, ctx.bad)
+
+    def collate(self, batch, rows, ctx, index):
+        pred, target = [], []
+        for r, row in enumerate(rows):
+            for _seg, start, s in row.samples:
+                if "jepa" in s.marks:
+                    pred.append([r, start + s.marks["jepa"][0]])
+                    target.append([r, start + s.marks["jepa"][1]])
+        rec = JepaIndices(torch.tensor(pred, dtype=torch.int64).reshape(-1, 2),
+                          torch.tensor(target, dtype=torch.int64).reshape(-1, 2))
+        return rec, len(pred)
+
+    def loss(self, outputs, batch, heads, gather=None, rank=0) -> Term:
+        rec = batch.record(self.name)
+        pred, target = view_embeddings(outputs.hidden, rec.pred, rec.target)
+        total = jepa_distance_sum(pred, target, self.cfg.distance, self.cfg.infonce_temperature, gather, rank)
+        return Term(total, {"cos": cosine_sum(pred, target)}, {"pred": pred.detach(), "target": target.detach()})
+
+    def diagnostics(self, kept, gather):
+        """Collapse diagnostics over the step's embeddings of every data-parallel rank (exact:
+        the same numbers as one process; one (M, D) all-gather per log step)."""
+        if not kept:
+            return {}
+        pred = torch.cat([k["pred"].float() for k in kept])
+        target = torch.cat([k["target"].float() for k in kept])
+        if gather is not None:
+            with torch.no_grad():
+                pred, target = torch.cat(gather(pred.contiguous())), torch.cat(gather(target.contiguous()))
+        return dict(zip(COLLAPSE_METRICS, collapse_stats(pred, target).tolist()))
+
+    def host_metrics(self, totals):
+        return {"jepa_frac": totals["jepa"] / max(totals["samples"], 1)}

@@ -1,4 +1,5 @@
-"""Next-token cross entropy as a (sum, count) pair, so callers divide by a global count."""
+"""Next-token cross entropy: a sum over the target tokens (labels already shifted), divided
+by the step's global number of targets."""
 
 from __future__ import annotations
 
@@ -6,9 +7,25 @@ import torch
 import torch.nn.functional as F
 
 from titan_jepa.data.batch import IGNORE_INDEX
+from titan_jepa.objectives.base import Objective, Term
 
 
 def next_token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Sum over target tokens of -log p(label); labels are already shifted (see Batch)."""
     return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(0, 1),
                            ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+class NextToken(Objective):
+    """gamma * next-token loss; its items are the target tokens (collate counts them)."""
+
+    name = "ntp"
+
+    def __init__(self, gamma: float = 1.0):
+        self.weight = gamma
+
+    def collate(self, batch, rows, ctx, index):
+        return None, sum(1 for r in rows for t in r.labels if t != IGNORE_INDEX)
+
+    def loss(self, outputs, batch, heads, gather=None, rank=0) -> Term:
+        return Term(next_token_loss_sum(outputs.logits, batch.labels))

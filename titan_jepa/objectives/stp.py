@@ -1,4 +1,9 @@
-"""Semantic Tube Prediction losses from the final hidden states of the same forward pass.
+"""Semantic Tube Prediction (``[stp]``): a JEPA-style loss from one sequence's own hidden
+states, lambda * the mean over span pairs (or token triples for curvature).
+
+The objective: ``collate`` samples the spans of each micro-batch (data/spans.py; for the
+mask ablation, ``wrap_samples`` adds the masked and span views), its items are the pairs (or
+triples), and its head is the optional linear predictor.
 
 The data pipeline (data/spans.py) turns each sampled span into two vectors built from
 hidden states: the target side (the span's displacement h[t-1] - h[s-1]; for e2e the
@@ -20,7 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from titan_jepa.data.batch import StpSpans
+from titan_jepa.data.spans import MaskViews, StpSpans, mask_view_spans, stp_spans
+from titan_jepa.data.special_tokens import MASK_TOKEN
+from titan_jepa.objectives.base import Objective, Term
+
+PREDICTOR = "stp_predictor"  # the name of the head (and of its checkpoint entries)
 
 
 def pair_vectors(hidden: torch.Tensor, spans: StpSpans) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,3 +57,45 @@ def curvature_sum(hidden: torch.Tensor, triples: torch.Tensor) -> torch.Tensor:
     cos = F.cosine_similarity(c - b, b - a, dim=-1)
     # clamp inside (-1, 1): acos has an infinite gradient at the ends
     return torch.acos(cos.clamp(-1 + 1e-6, 1 - 1e-6)).sum()
+
+
+class Stp(Objective):
+    """``[stp]``: lambda * (1 - cos) between a span's displacement and the rest's (or the
+    curvature of the hidden-state path)."""
+
+    name = "stp"
+
+    def __init__(self, cfg):
+        """``cfg``: the [stp] section."""
+        self.cfg, self.weight = cfg, cfg.lambda_
+        self.adds_segments = cfg.mode == "random_span_mask"
+
+    def special_tokens(self) -> list[str]:
+        return [MASK_TOKEN] if self.cfg.mode == "random_span_mask" else []
+
+    def wrap_samples(self, encode, ctx):
+        if self.cfg.mode != "random_span_mask":
+            return encode
+        return MaskViews(encode, self.cfg, ctx.tokenizer, ctx.seq_len, ctx.seed, ctx.slot, ctx.bad)
+
+    def collate(self, batch, rows, ctx, index):
+        if self.cfg.mode == "random_span_mask":
+            spans = mask_view_spans(rows, ctx.seq_len)
+        else:  # spans depend only on (seed, slot, batch index)
+            spans = stp_spans(batch, self.cfg, ctx.seed, ctx.slot, index)
+        items = spans.triples.shape[0] if self.cfg.mode == "curvature" else spans.weight.shape[0]
+        return spans, items
+
+    def heads(self, dim: int) -> dict[str, nn.Module]:
+        return {PREDICTOR: nn.Linear(dim, dim, bias=False)} if self.cfg.linear_predictor else {}
+
+    def loss(self, outputs, batch, heads, gather=None, rank=0) -> Term:
+        spans = batch.record(self.name)
+        if self.cfg.mode == "curvature":
+            return Term(curvature_sum(outputs.hidden, spans.triples))
+        target, predicting = pair_vectors(outputs.hidden, spans)
+        predictor = heads[PREDICTOR] if heads is not None and PREDICTOR in heads else None
+        return Term(tube_loss_sum(target, predicting, spans.weight, predictor))
+
+    def head_flops(self, items: float, dim: int) -> float:
+        return 6.0 * dim * dim * items if self.cfg.linear_predictor else 0.0

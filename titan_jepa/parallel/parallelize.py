@@ -4,6 +4,7 @@ plain Transformer from outside, in that order (as torchtitan's parallelize does)
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.device_mesh import DeviceMesh
@@ -30,8 +31,9 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
     """Megatron-style TP with sequence parallelism: the residual stream is sharded on the
     sequence dimension between blocks; attention and MLP gather it and shard their heads
     (colwise wq/wk/wv/w1/w3, rowwise wo/w2). The output projection is colwise and its
-    logits stay vocab-sharded for loss parallel (``loss_parallel.loss_context``)."""
-    parallelize_module(model, tp_mesh, {
+    logits stay vocab-sharded for loss parallel (``loss_parallel.loss_context``). A pipeline
+    stage (a pruned model) gets the plan of the parts it has."""
+    plan = {
         "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
         # the final norm runs sequence-parallel; its output is gathered so the hidden
         # states the objectives read are whole on every rank
@@ -40,9 +42,11 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
         # them; the cross entropy runs on the shards (parallel/loss_parallel.py)
         "output": ColwiseParallel(input_layouts=Replicate(), output_layouts=Shard(-1),
                                   use_local_output=False),
-    })
-    parallelize_module(model.norm, tp_mesh, PrepareModuleOutput(
-        output_layouts=Shard(1), desired_output_layouts=Replicate(), use_local_output=True))
+    }
+    parallelize_module(model, tp_mesh, {k: v for k, v in plan.items() if getattr(model, k) is not None})
+    if model.norm is not None:
+        parallelize_module(model.norm, tp_mesh, PrepareModuleOutput(
+            output_layouts=Shard(1), desired_output_layouts=Replicate(), use_local_output=True))
     for block in model.layers.values():
         parallelize_module(block, tp_mesh, lora_tp_plan(block, {
             "attention_norm": SequenceParallel(),
@@ -67,7 +71,7 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
     if model.args.tie_embeddings:
         # both are vocab-sharded (Shard(0)) on the tp mesh, so they can share one DTensor
         model.output.weight = model.tok_embeddings.weight
-    elif model.tok_embeddings.weight.requires_grad:  # (frozen under LoRA)
+    elif model.tok_embeddings is not None and model.tok_embeddings.weight.requires_grad:  # (frozen under LoRA)
         keep_grad_in_param_layout(model.tok_embeddings.weight)
 
 
@@ -145,19 +149,27 @@ def block_mp_policy(mp: MixedPrecisionPolicy) -> MixedPrecisionPolicy:
 
 
 def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, param_dtype: torch.dtype,
-               reduce_dtype: torch.dtype, reshard: str) -> None:
+               reduce_dtype: torch.dtype, reshard: str, pipeline: bool = False) -> None:
+    """FSDP2 per block, then the model (or pipeline stage) as the root unit. Under pipeline
+    parallelism "default" keeps the parameters gathered from forward to backward (else every
+    micro-batch would gather them again; torchtitan does the same)."""
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
-    reshard_after_forward = {"always": True, "never": False, "default": True}[reshard]
+    if pipeline:
+        reshard_after_forward = reshard == "always"
+    else:
+        reshard_after_forward = {"always": True, "never": False, "default": True}[reshard]
     blocks = list(model.layers.values())
     for i, block in enumerate(blocks):
         # the last block is needed again at once by backward: keep it gathered
-        last = i == len(blocks) - 1 and reshard == "default"
+        last = i == len(blocks) - 1 and reshard == "default" and not pipeline
         fully_shard(block, mesh=dp_mesh, mp_policy=block_mp_policy(mp),
                     reshard_after_forward=not last and reshard_after_forward)
     fully_shard(model, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
 
 
 def parallelize(model: nn.Module, dims: ParallelDims, mesh: DeviceMesh | None, cfg: JobConfig) -> nn.Module:
+    """The one sharding path, for a whole model or one pipeline stage (a pruned model):
+    float8, TP/SP, activation checkpointing, compile, then FSDP2."""
     if cfg.float8.enable:  # torchao Float8Linear in the blocks; refused off CUDA sm89+
         apply_float8(model, cfg, device_type_for(cfg))
     if dims.tp > 1:
@@ -169,7 +181,7 @@ def parallelize(model: nn.Module, dims: ParallelDims, mesh: DeviceMesh | None, c
     if dims.fsdp_enabled:
         apply_fsdp(model, _fsdp_mesh(dims, mesh), DTYPES[cfg.training.mixed_precision_param],
                    DTYPES[cfg.training.mixed_precision_reduce],
-                   cfg.parallelism.fsdp_reshard_after_forward)
+                   cfg.parallelism.fsdp_reshard_after_forward, pipeline=dims.pp > 1)
     return model
 
 
@@ -203,11 +215,13 @@ def write_sharded(param: torch.Tensor, full: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def clip_grad_norm_(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+def clip_grad_norm_(params: list[torch.Tensor], max_norm: float, pp_group=None) -> torch.Tensor:
     """Global gradient norm over (possibly sharded DTensor) parameters, then clip.
 
     Gradients on different meshes (or plain tensors) are normed per group; each DTensor
-    group's norm is made whole (summing partial squares over its mesh) before combining."""
+    group's norm is made whole (summing partial squares over its mesh) before combining.
+    ``pp_group``: the parameters are this rank's pipeline stages; the squares of every
+    stage's norm are summed over the group (the all-reduce is here, visible)."""
     groups: dict[object, list[torch.Tensor]] = {}
     for p in params:
         if p.grad is not None:
@@ -218,6 +232,10 @@ def clip_grad_norm_(params: list[torch.Tensor], max_norm: float) -> torch.Tensor
         n = torch.nn.utils.get_total_norm(grads, norm_type=2.0, error_if_nonfinite=False)
         norms.append(n.full_tensor() if isinstance(n, DTensor) else n)
     total = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+    if pp_group is not None:
+        sq = total.double().pow(2).reshape(1)
+        dist.all_reduce(sq, op=dist.ReduceOp.SUM, group=pp_group)
+        total = sq.sqrt().to(total.dtype).reshape(())
     if max_norm > 0:
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
     return total

@@ -1,0 +1,47 @@
+"""How one step's micro-batches run through the model, whatever the layout.
+
+    results = runner.run(micro_batches, loss_fn, backward=True)
+
+``loss_fn(outputs, micro_batch) -> (loss, result)`` gets the model's ModelOutputs of one
+micro-batch; ``loss`` is backpropagated (``backward``) and ``result`` collected. Without
+pipeline parallelism (``LocalRunner``) every micro-batch is one forward and one backward of
+the model, inside ``loss_context`` (loss parallel under TP); with it, ``PipelineRunner``
+(parallel/pipeline.py) runs the schedule and returns the results of its last stage. The
+training loop and validation call ``run``, ``share`` (the step's sums from the last stage
+to every stage: an all-reduce over the pp group) and ``grad_group`` (the group the gradient
+norm is summed over), whatever the layout.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from titan_jepa.parallel.loss_parallel import loss_context
+
+
+class LocalRunner:
+    """The whole model on this rank: each micro-batch's forward and backward in turn."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def run(self, micro_batches: list, loss_fn: Callable, backward: bool = True) -> list:
+        results = []
+        for mb in micro_batches:
+            with loss_context(self.model):  # forward and backward inside (loss parallel under TP)
+                loss, result = loss_fn(self.model(mb.tokens, **mb.mask_inputs()), mb)
+                if backward:
+                    loss.backward()
+            results.append(result)
+        return results
+
+    grad_group = None  # the gradient norm needs no reduction beyond the model's own meshes
+
+    def share(self, sums):
+        """The step's loss sums, the same on every rank of the model (already: one stage)."""
+        return sums
+
+    def init_buffers(self, device) -> None:
+        """Nothing beyond the model's own (``Transformer.init_weights`` makes them)."""
