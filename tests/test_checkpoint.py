@@ -132,7 +132,7 @@ def test_killed_save_leaves_last_checkpoint(baseline, demo_dir, tmp_path):
 
 
 def test_seed_dcp_and_hf_initial_loads(baseline, demo_dir, tmp_path):
-    from titan_jepa.checkpoint.manager import main as checkpoint_main
+    from titan_jepa.checkpoint.export import main as checkpoint_main
     from titan_jepa.checkpoint.hf import save_hf_checkpoint
     from titan_jepa.models.llama import build_model, model_args_for
 

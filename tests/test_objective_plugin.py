@@ -6,7 +6,6 @@ through the protocol of titan_jepa/objectives/base.py."""
 import json
 
 import pytest
-import torch
 from torch import nn
 
 from helpers import launch, tiny_config

@@ -27,6 +27,8 @@ import threading
 import torch
 import torch.distributed as dist
 
+from titan_jepa.parallel.collectives import rank_world
+
 logger = logging.getLogger("titan_jepa")
 
 class Preemption:
@@ -36,7 +38,7 @@ class Preemption:
         self.device = device
         self.signalled = False
         self._previous = None
-        self._world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self._world = rank_world()[1]
         self.collective = self._world > 1  # stop_requested() is a collective (and a host sync)
         # signal handlers can only be installed from the main thread
         if threading.current_thread() is threading.main_thread():

@@ -41,7 +41,7 @@ from titan_jepa.models.lora import apply_lora
 from titan_jepa.objectives import Objectives, build_objectives, special_tokens
 from titan_jepa.objectives.heads import build_heads
 from titan_jepa.optim import build_lr_scheduler, build_optimizer
-from titan_jepa.parallel.collectives import make_all_gather
+from titan_jepa.parallel.collectives import make_all_gather, rank_world
 from titan_jepa.parallel.mesh import ParallelDims, build_mesh, dp_info, init_distributed
 from titan_jepa.parallel.parallelize import clip_grad_norm_, parallelize, parallelize_heads, write_sharded
 from titan_jepa.parallel.pipeline import build_pipeline
@@ -93,8 +93,7 @@ def forward_backward(runner, objectives: Objectives, micro_batches: list, dp, ke
     counted = None
     if flop_counter is not None:
         # every rank counted its own share (a tp rank a slice of each matmul)
-        world = dist.get_world_size() if dist.is_initialized() else 1
-        counted = float(flop_counter.get_total_flops()) * world
+        counted = float(flop_counter.get_total_flops()) * rank_world()[1]
     return dp.all_reduce_sum(sums), counts, [r.kept for r in results], counted
 
 

@@ -488,11 +488,17 @@ def eager_flex_on_cpu(ctx: Ctx):
 
     from titan_jepa.models import attention
 
-    saved, attention._compiled_flex = attention._compiled_flex, flex_attention
+    compiled_init = attention.FlexAttention.__init__
+
+    def eager_init(self, *args, **kwargs):
+        compiled_init(self, *args, **kwargs)
+        self._flex = flex_attention
+
+    attention.FlexAttention.__init__ = eager_init
     try:
         yield
     finally:
-        attention._compiled_flex = saved
+        attention.FlexAttention.__init__ = compiled_init
 
 
 def section_flex_vs_sdpa(ctx: Ctx, sec: dict, budget: Budget, report: Report) -> None:

@@ -1,3 +1,3 @@
-from titan_jepa.checkpoint.manager import main
+from titan_jepa.checkpoint.export import main
 
 main()

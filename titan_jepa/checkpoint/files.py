@@ -19,10 +19,12 @@ is untouched.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import warnings
 import zlib
 from pathlib import Path
 
@@ -36,6 +38,15 @@ TMP = ".tmp"
 CORRUPT = ".corrupt"
 TRAIN_STATE = "train_state.json"
 MANIFEST = "manifest.json"
+
+
+@contextlib.contextmanager
+def quiet_dcp():
+    """DCP warns at every save and load without a process group, which is this stack's
+    intended single-process use: that one warning is silenced here, around DCP calls only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
 
 
 def checkpoint_folder(cfg: JobConfig) -> Path:

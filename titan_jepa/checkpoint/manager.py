@@ -1,83 +1,14 @@
-"""Checkpoints: periodic saves, auto-resume (also onto another parallel layout), initial
-loads (DCP or Hugging Face), model-only export and seed checkpoints.
+"""Saving and resuming a run: ``Checkpointer`` (periodic saves, auto-resume onto any
+parallel layout, the initial load, keep-best, async saves, the model-only export at the end).
 
     checkpointer = Checkpointer(cfg, model, optimizer, scheduler, loaders)
     done = checkpointer.load()        # the step of the checkpoint resumed from, else 0
-    for step in range(done + 1, cfg.training.steps + 1):
-        ...
-        checkpointer.maybe_save(step)  # every checkpoint.interval steps and at the last step
-    checkpointer.finish(step)          # waits for async saves, writes the model-only export
+    checkpointer.maybe_save(step)     # every checkpoint.interval steps and at the last step
+    checkpointer.finish(step)         # waits for async saves, writes the model-only export
 
-    python -m titan_jepa.checkpoint --config X.toml --create-seed-checkpoint
-
-Layout (``<ckpt>`` is ``checkpoint.folder``, relative to the run folder unless absolute):
-
-    <ckpt>/step-<N>/                  a complete checkpoint (only these names are loaded)
-        .metadata, __<rank>_0.distcp  DCP: "model.<fqn>", "heads.<fqn>" (the objectives' heads,
-                                      objectives/heads.py) and "optimizer.<...>" entries
-        model_args.json               the resolved model shape (ModelArgs; in every export too)
-        tokens.json                   the tokenizer's file, hash, special ids and added tokens
-                                      (data/tokenizer.py tokens_record; in every export too)
-        train_state.json              {"step", "lr_scheduler", "num_slots", "world_size", "model_keys", "extra"}
-        manifest.json                 {"version", "files": {relative path: [size, crc32]}}
-        dataloader/slot_<k>.json      data-loader state of batch slot k: {"dp_rank_<k>": "<json>"}
-        rng/rank_<r>.pt               torch CPU (+ CUDA) and python ``random`` states of rank r
-    <ckpt>/step-<N>.tmp/              a save in progress, or one that was killed: ignored,
-                                      and removed when the next run starts
-    <ckpt>/step-0/                    a seed checkpoint: the DCP "model." entries alone
-    <ckpt>/model-only/step-<N>/       the final weights alone (checkpoint.model_only_export),
-                                      in checkpoint.export_dtype
-    <ckpt>/best.json                  checkpoint.keep_best: {"metric", "mode", "value", "step"}
-                                      of the best validation so far; its step-<N> is saved
-                                      when the validation finds it and never pruned by
-                                      keep_latest_k (it goes when a better one replaces it)
-
-LoRA (``[lora]`` enabled):
-  * ``save_adapters_only`` with a ``checkpoint.initial_load_path`` (the base model): the
-    "model." part of training checkpoints holds the trainable parameters alone (the
-    adapters; the heads are always saved whole); train_state.json says
-    ``"model_keys": "trainable"``. On resume the frozen base is first re-loaded from
-    initial_load_path, then the adapters, optimizer and the rest from the checkpoint; keep
-    initial_load_path as it was. Without initial_load_path (a base from the seeded init, as
-    in tests) checkpoints hold every weight, so they stay self-contained.
-  * the model-only export: with ``merge_on_export`` the adapters are folded into the base
-    weights (``W + alpha / rank * B @ A``): the export has the plain Llama names, so
-    tools/convert_hf.py and the eval read it as any base model. The full state dict is
-    gathered to rank 0's CPU memory for this, and rank 0 writes the folder. Otherwise, with
-    ``save_adapters_only``, the export holds the lora_a / lora_b weights alone (the eval
-    takes the base from checkpoint.initial_load_path); with neither, base and adapters.
-
-Reading weights (formats, the strict key / shape check, Hugging Face folders, LoRA
-adapters) is titan_jepa/checkpoint/weights.py, shared with the eval and tools/convert_hf.py; this
-module adds the resume of everything else.
-
-A checkpoint without train_state.json (seed, export) is *model-only*: loading it restores the
-weights and starts training at step N + 1 with a fresh optimizer, schedule and data.
-Model-only and Hugging Face loads may lack LoRA adapter weights (a base model); the adapters
-then keep their initialisation. A full checkpoint must match the model exactly, and hold the
-heads the run has (none when it has none); one saved when the STP predictor lived on the
-model (a "model.stp_predictor.weight" entry) resumes with that entry loaded into the heads.
-
-Atomicity: every rank writes into ``step-<N>.tmp``; DCP's save returns on rank 0 only after
-every rank's files are written and ``.metadata`` is written, and then rank 0 renames the
-folder to ``step-<N>``. A process killed mid-save leaves the previous checkpoint untouched.
-With checkpoint.async_mode the state is copied to CPU memory and written by a background
-thread (over its own gloo group); rank 0 renames when the write completes, and the next save
-and ``finish`` wait for it. Saving the same step twice in one run is a no-op.
-
-Integrity (``manifest.json``, verification on resume, the fallback to an older checkpoint):
-see titan_jepa/checkpoint/files.py.
-
-Layout independence: DCP reshards model and optimizer tensors (FSDP2 / TP DTensors or plain
-tensors) by their global offsets. Data-loader states are per batch slot (train.py keeps one
-loader per slot; the number of slots is global_batch_size / local_batch_size, whatever the
-layout), each slot in its own file written by the rank owning it, so any rank can read any
-slot. RNG states are per rank; a rank that has no file of its own (more ranks than when
-saved) takes rank 0's.
-
-Test hook: ``before_rename(step)`` (train.TrainHooks.before_checkpoint_rename) runs on rank 0
-inside the save of each step, after all files are written and before the rename, so a test
-can SIGKILL the process mid-save deterministically (tests/kill_entry.py --stall-in-save N).
+The folder layout, atomicity, LoRA checkpoints and layout independence are described in
+docs/checkpoints.md; the files and their manifest are checkpoint/files.py, reading weights
+checkpoint/weights.py, the model-only export and seed checkpoints checkpoint/export.py.
 """
 
 from __future__ import annotations
@@ -85,10 +16,8 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import random
 import shutil
-import sys
 import threading
 from pathlib import Path
 from typing import Callable
@@ -108,6 +37,7 @@ from torch.distributed.checkpoint.state_dict import (
 from titan_jepa.checkpoint.files import (
     TMP,
     TRAIN_STATE,
+    quiet_dcp,
     checkpoint_folder,
     move_aside,
     remove_unfinished,
@@ -116,8 +46,9 @@ from titan_jepa.checkpoint.files import (
     write_file,
     write_manifest,
 )
-from titan_jepa.config import JobConfig, Lora
-from titan_jepa.errors import CheckpointError, ConfigError
+from titan_jepa.config import JobConfig
+from titan_jepa.errors import CheckpointError
+from titan_jepa.parallel.collectives import rank_world
 from titan_jepa.models.llama import clean_name
 from titan_jepa.checkpoint.weights import (
     STEP_RE,
@@ -147,12 +78,6 @@ def _optim_options(path: Path) -> StateDictOptions:
               if k.startswith("optimizer.param_groups.") and k.endswith(".lr")]
     positional = bool(groups) and all(g.isdigit() for g in groups)
     return StateDictOptions() if positional else OPTIM_OPTIONS
-
-
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def trainable_keys(model: torch.nn.Module) -> set[str]:
@@ -189,7 +114,7 @@ class Checkpointer:
         self.heads = heads
         self._optim_owner = model if heads is None else _WithHeads(model, heads)
         self.extra = extra or {}
-        self.rank, self.world = _rank_world()
+        self.rank, self.world = rank_world()
         self.folder = checkpoint_folder(cfg)
         self.export_folder = self.folder / "model-only"
         self.num_slots = cfg.training.global_batch_size // cfg.training.local_batch_size
@@ -300,7 +225,8 @@ class Checkpointer:
                                                                       options=optim_options)}
         if heads_sd and not legacy:
             state["heads"] = heads_sd
-        dcp.load(state, checkpoint_id=str(path), no_dist=self.world == 1)
+        with quiet_dcp():
+            dcp.load(state, checkpoint_id=str(path), no_dist=self.world == 1)
         if legacy:
             state["heads"] = {k: state["model"].pop(k) for k in heads_sd}
         set_model_state_dict(self.model, state["model"], options=StateDictOptions(strict=not trainable_only))
@@ -413,13 +339,15 @@ class Checkpointer:
             if self.ckpt.async_mode:
                 # the state is copied to CPU memory before this returns; the files are written
                 # in a background thread while training goes on
-                future = dcp.async_save(state, storage_writer=writer, process_group=self.pg,
-                                        no_dist=self.world == 1)
+                with quiet_dcp():
+                    future = dcp.async_save(state, storage_writer=writer, process_group=self.pg,
+                                            no_dist=self.world == 1)
                 self._pending = (future, step)
                 if self.rank == 0:
                     future.add_done_callback(lambda f: f.exception() is None and self._finalize(step))
             else:
-                dcp.save(state, storage_writer=writer, no_dist=self.world == 1)
+                with quiet_dcp():
+                    dcp.save(state, storage_writer=writer, no_dist=self.world == 1)
                 if self.rank == 0:
                     self._finalize(step)
         except (Exception, CheckpointException) as e:  # noqa: BLE001 -- a full disk, a lost mount, ...
@@ -496,6 +424,8 @@ class Checkpointer:
         """After the loop: wait for async saves; write the model-only export if asked."""
         self.wait()
         if self.ckpt.model_only_export:
+            from titan_jepa.checkpoint.export import export_model
+
             path = export_model(self.model, self.export_folder, step, DTYPES[self.ckpt.export_dtype],
                                 lora=self.cfg.lora if self.cfg.lora.enable else None, tokens=self.tokens)
             logger.info(f"model-only export written: {path}")
@@ -504,78 +434,3 @@ class Checkpointer:
     def _barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
-
-
-def export_model(model: torch.nn.Module, folder: Path, step: int,
-                 dtype: torch.dtype = torch.float32, lora: Lora | None = None, tokens: dict | None = None) -> Path:
-    """Save the weights alone (DCP "model." entries, in ``dtype``) to ``folder/step-<step>``;
-    every rank calls it. Usable as checkpoint.initial_load_path or as a seed checkpoint.
-    ``lora`` (the enabled [lora] section) of a model with adapters: ``merge_on_export`` writes
-    the merged base weights (gathered on rank 0), else ``save_adapters_only`` the adapters alone.
-    The objectives' heads (the STP predictor) are not part of the model, so never exported."""
-    from titan_jepa.models.lora import is_lora_name, lora_modules, merge_lora_state_dict
-
-    rank, world = _rank_world()
-    tmp, final = folder / f"step-{step}{TMP}", folder / f"step-{step}"
-    if lora is not None and lora_modules(model) and lora.merge_on_export:
-        # full tensors on rank 0's CPU (the other ranks get nothing), merged there
-        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if rank == 0:
-            sd = {k: v.to(dtype) for k, v in merge_lora_state_dict(full, lora.alpha).items()}
-            del full
-            dcp.save({"model": sd}, storage_writer=dcp.FileSystemWriter(str(tmp)), no_dist=True)
-            write_model_args(tmp, model.args, tokens)
-            write_manifest(tmp)
-            rename_into_place(tmp, final)
-        return final
-    sd = {k: v.detach().to(dtype) for k, v in get_model_state_dict(model).items()}
-    if lora is not None and lora_modules(model) and lora.save_adapters_only:
-        sd = {k: v for k, v in sd.items() if is_lora_name(k)}
-    dcp.save({"model": sd}, storage_writer=dcp.FileSystemWriter(str(tmp)), no_dist=world == 1)
-    if rank == 0:
-        write_model_args(tmp, model.args, tokens)
-        write_manifest(tmp)
-        rename_into_place(tmp, final)
-    return final
-
-
-def create_seed_checkpoint(cfg: JobConfig) -> Path:
-    """Single process: the model initialised by init_weights on CPU, saved as a model-only
-    step-0 checkpoint in the checkpoint folder (a run with checkpoint.enable starts from it)."""
-    from titan_jepa.data.tokenizer import build_tokenizer
-    from titan_jepa.models.llama import build_model
-    from titan_jepa.config.model import model_args_from_config
-
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        raise CheckpointError("--create-seed-checkpoint runs in one process; launch it with python, not torchrun")
-    folder = checkpoint_folder(cfg)
-    existing = complete_checkpoints(folder)
-    if existing:
-        raise CheckpointError(f"{folder} already holds checkpoint steps {list(existing)}; "
-                              f"a seed checkpoint goes into an empty checkpoint.folder")
-    tok = build_tokenizer(cfg)
-    args = model_args_from_config(cfg, tok.vocab_size, len(tok.added_tokens))
-    model = build_model(args, device="cpu")
-    model.init_weights(seed=cfg.job.seed)
-    return export_model(model, folder, 0, torch.float32, tokens=tok.tokens_record())
-
-
-def main(argv: list[str] | None = None) -> None:
-    from titan_jepa.config import config_from_argv
-    from titan_jepa.errors import run_main
-    from titan_jepa.logs import setup_logging
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    setup_logging()
-
-    def seed() -> Path:
-        if "--create-seed-checkpoint" not in argv:
-            raise ConfigError("usage: python -m titan_jepa.checkpoint --config X.toml --create-seed-checkpoint")
-        argv.remove("--create-seed-checkpoint")
-        return create_seed_checkpoint(config_from_argv(argv))
-
-    print(f"seed checkpoint written: {run_main(seed)}")
-
-
-if __name__ == "__main__":
-    main()

@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -47,14 +46,14 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 import titan_jepa.checkpoint.hf as hf_convert
 import titan_jepa.checkpoint.torchtitan_names as torchtitan_names
 from titan_jepa.config import JobConfig, Lora
+from titan_jepa.checkpoint.files import quiet_dcp
 from titan_jepa.errors import CheckpointError
+from titan_jepa.parallel.collectives import rank_world
 from titan_jepa.models.lora import apply_lora, is_lora_name, merge_lora
 from titan_jepa.config.model import model_args_from_config
 from titan_jepa.models.llama import ModelArgs, build_model
 
 logger = logging.getLogger("titan_jepa")
-# DCP warns on every single-process save/load; that is the intended use here
-warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
 STEP_RE = re.compile(r"^step-(\d+)$")
 MODEL_ARGS = "model_args.json"
@@ -62,14 +61,6 @@ TOKENS = "tokens.json"
 # the shape fields a Hugging Face config.json must agree on with the model (each is the
 # [model] field of the same name, but ffn_hidden_dim: multiple_of / ffn_dim_multiplier)
 _SHAPE_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "ffn_hidden_dim", "tie_embeddings")
-
-
-def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 # ---- where and what --------------------------------------------------------------------
@@ -154,7 +145,8 @@ def _load_saved_names(path: Path, prefix: str, sd: dict[str, torch.Tensor], no_d
     names; returns ``sd`` filled, in our names."""
     name = torchtitan_names.to_new if torchtitan_names.dcp_naming(path) == torchtitan_names.NEW else str
     theirs = {name(k): v for k, v in sd.items()}
-    dcp.load({"model": theirs} if prefix else theirs, checkpoint_id=str(path), no_dist=no_dist)
+    with quiet_dcp():
+        dcp.load({"model": theirs} if prefix else theirs, checkpoint_id=str(path), no_dist=no_dist)
     return {k: theirs[name(k)] for k in sd}
 
 
@@ -213,7 +205,7 @@ def load_dcp(model: torch.nn.Module, path: Path, what: str,
     present = check_dcp(path, model_sd, what, may_lack, stage_part)
     model_sd = {k: v for k, v in model_sd.items() if k in present}
     prefix, _ = dcp_entries(path)
-    model_sd = _load_saved_names(path, prefix, model_sd, no_dist=_world() == 1)
+    model_sd = _load_saved_names(path, prefix, model_sd, no_dist=rank_world()[1] == 1)
     set_model_state_dict(model, model_sd, options=StateDictOptions(strict=False))
     return present
 
@@ -259,7 +251,7 @@ def _load_full_state(model: torch.nn.Module, read: Callable[[], dict[str, torch.
     weights lack (LoRA adapters) keep their init. Every rank calls it; returns the keys loaded."""
     dtypes = {k: v.dtype for k, v in get_model_state_dict(model).items()}
     sd, err = {}, None
-    if _rank() == 0:
+    if rank_world()[0] == 0:
         try:
             sd = grow_vocab(read(), model.args.vocab_size, model.args.tie_embeddings)
             sd = {k: v.to(dtypes[k]) if k in dtypes else v for k, v in sd.items()}
@@ -267,14 +259,14 @@ def _load_full_state(model: torch.nn.Module, read: Callable[[], dict[str, torch.
             err = str(e)
         except (OSError, KeyError, ValueError) as e:
             err = f"{what} '{path}': " + (str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
-    if _world() > 1:
+    if rank_world()[1] > 1:
         box = [err]
         dist.broadcast_object_list(box, src=0)
         err = box[0]
     if err is not None:
         raise CheckpointError(err)
     set_model_state_dict(model, sd, options=StateDictOptions(
-        full_state_dict=True, broadcast_from_rank0=_world() > 1, strict=False))
+        full_state_dict=True, broadcast_from_rank0=rank_world()[1] > 1, strict=False))
     return set(dtypes) - {k for k in dtypes if is_lora_name(k)}
 
 

@@ -77,28 +77,18 @@ class SDPAAttention:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
-_compiled_flex = None
-
-
-def _flex_attention():
-    global _compiled_flex
-    if _compiled_flex is None:
-        from torch.nn.attention.flex_attention import flex_attention
-
-        _compiled_flex = torch.compile(flex_attention, dynamic=False)
-    return _compiled_flex
-
-
 class FlexAttention:
     """FlexAttention with a block-sparse BlockMask built from the same rule."""
 
     name = "flex"
 
     def __init__(self, block_size: int = 128):
+        from torch.nn.attention.flex_attention import flex_attention
+
         self.block_size = block_size
         # torch.compile(flex_attention) here, outside any trace: made lazily inside the first
         # compiled block it would be a torch.compile call under dynamo (a graph break)
-        _flex_attention()
+        self._flex = torch.compile(flex_attention, dynamic=False)
 
     def build_mask(self, meta: MaskMeta, batch: int, seq_len: int, device: torch.device):
         from torch.nn.attention.flex_attention import create_block_mask
@@ -129,7 +119,7 @@ class FlexAttention:
 
     def attend(self, q, k, v, mask) -> torch.Tensor:
         gqa = k.shape[1] != q.shape[1]
-        return _flex_attention()(q, k, v, block_mask=mask, enable_gqa=gqa)
+        return self._flex(q, k, v, block_mask=mask, enable_gqa=gqa)
 
 
 def build_attention_backend(name: str):

@@ -1,4 +1,5 @@
-"""Collectives the objectives receive as plain callables (they never import torch.distributed)."""
+"""Small collectives: where this process sits (``rank_world``), and the all-gather the
+objectives receive as a plain callable (they never import torch.distributed)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,13 @@ import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) without a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def make_all_gather(group):
