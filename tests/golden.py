@@ -54,6 +54,21 @@ def run(name: str, layout: str, run_dir: Path, data_dir: Path) -> list[float]:
     return launch(LAYOUTS[layout][0], config(name, layout, run_dir, data_dir), run_dir)
 
 
+def train_each(cases: dict) -> list[list[float]]:
+    """Several runs one after the other in the same processes (one process group)."""
+    from helpers import run_train
+
+    return [run_train(c) for c in cases["runs"]]
+
+
+def run_all(name: str, run_dir: Path, data_dir: Path) -> dict[str, list[float]]:
+    """Every layout of config ``name``: one process, then the 2-process layouts in one launch."""
+    out = {"1proc": run(name, "1proc", run_dir, data_dir)}
+    two = [lay for lay, (world, _) in LAYOUTS.items() if world == 2]
+    got = launch(2, {"runs": [config(name, lay, run_dir, data_dir) for lay in two]}, run_dir, fn=train_each)
+    return {**out, **dict(zip(two, got))}
+
+
 def record() -> None:
     import tempfile
 
@@ -64,7 +79,8 @@ def record() -> None:
     torch.set_num_threads(1)  # as tests/conftest.py
     with tempfile.TemporaryDirectory() as tmp:
         data = demo_data(Path(tmp) / "demo")
-        out = {f"{n}/{lay}": run(n, lay, Path(tmp) / "runs", data) for n in CONFIGS for lay in LAYOUTS}
+        out = {f"{n}/{lay}": losses for n in CONFIGS
+               for lay, losses in run_all(n, Path(tmp) / "runs", data).items()}
     GOLDEN.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {GOLDEN}: {len(out)} runs of {STEPS} steps")
 

@@ -7,14 +7,15 @@ import json
 
 import pytest
 
-from golden import CONFIGS, GOLDEN, LAYOUTS, run
+from golden import CONFIGS, GOLDEN, LAYOUTS, run_all
 
 RECORDED = json.loads(GOLDEN.read_text())
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_losses_are_bit_identical_to_the_recorded_ones(name, demo_dir, tmp_path):
-    got = {layout: run(name, layout, tmp_path, demo_dir) for layout in LAYOUTS}
+    got = run_all(name, tmp_path, demo_dir)
+    assert set(got) == set(LAYOUTS)
     for layout, losses in got.items():
         assert losses == RECORDED[f"{name}/{layout}"], f"{name} on {layout} changed"
         assert losses == pytest.approx(got["1proc"], rel=1e-5), f"{name}: {layout} differs from one process"

@@ -99,14 +99,14 @@ def test_greedy_generation_and_eval_equal_transformers(models):
             width = max(len(p) for p in part)
             ids = torch.tensor([[IM_END] * (width - len(p)) + p for p in part])
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in part])
-            out = theirs.generate(ids, attention_mask=mask, max_new_tokens=24, do_sample=False,
+            out = theirs.generate(ids, attention_mask=mask, max_new_tokens=16, do_sample=False,
                                   eos_token_id=IM_END, pad_token_id=IM_END)[:, width:].tolist()
             expect += [o[:o.index(IM_END)] if IM_END in o else o for o in out]
     # the eval's path (KV-cache greedy_generate in batches of 7, then decode and score)
-    results = evaluate(ours, tok, rows, "exact", batch_size=7, max_new_tokens=24, progress=False)
+    results = evaluate(ours, tok, rows, "exact", batch_size=7, max_new_tokens=16, progress=False)
     assert [r["prediction"] for r in results["predictions"]] == [ref_tok.decode(e) for e in expect]
     # token for token, through the batched KV-cache decoder directly
-    assert greedy_generate(ours, tok, prompts, max_new_tokens=24) == expect
+    assert greedy_generate(ours, tok, prompts, max_new_tokens=16) == expect
 
 
 def test_export_reloads_in_transformers_with_equal_logits(models, tmp_path):

@@ -115,13 +115,36 @@ def read_pending(pending: list, step: int, losses: list[float],
     return milestones, flops
 
 
-def train(cfg: JobConfig, hooks: TrainHooks | None = None, objectives: list | None = None) -> list[float]:
-    """Run the job described by ``cfg``; returns the global loss of every step it ran.
-    ``objectives``: the objectives to train (objectives/base.py); default those the config
-    enables (``build_objectives``)."""
-    hooks = hooks or TrainHooks()
-    objectives = build_objectives(cfg) if objectives is None else objectives
-    # ---- processes, mesh and every check that needs no heavy work ----------------------
+@dataclass
+class Run:
+    """What a run holds once set up: everything the loop reads."""
+
+    cfg: JobConfig
+    rank: int
+    world: int
+    device: torch.device
+    dims: ParallelDims
+    dp: object  # DPInfo: this rank in the data-parallel group
+    model_args: object
+    loaders: list
+    validator: Validator | None
+    model: torch.nn.Module
+    runner: object  # LocalRunner or PipelineRunner
+    heads: torch.nn.Module | None
+    params: list
+    objective: Objectives
+    gather: Callable | None
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    metrics: MetricsLogger
+    same_flop: SameFlopTracker
+    checkpointer: Checkpointer
+    flop_counter_steps: int
+
+
+def setup(cfg: JobConfig, hooks: TrainHooks, objectives: list) -> Run:
+    """Processes and every check that needs no heavy work, then the data, the model (built on
+    the meta device, parallelised, materialised), the optimizer, metrics and checkpointer."""
     rank, world, device = init_distributed(cfg)
     setup_logging(rank)
     dims = ParallelDims.from_config(cfg, world)
@@ -152,21 +175,7 @@ def train(cfg: JobConfig, hooks: TrainHooks | None = None, objectives: list | No
                 f"{dims.dp_shard} x tp {dims.tp}; gradient accumulation {grad_accum}")
 
     # ---- data: one loader per batch slot, so data order ignores the layout ------------
-    # The global batch is cut into slots of local_batch_size rows; this rank owns slots
-    # dp.rank, dp.rank + dp.size, ... (one per micro-batch).
-    num_slots = dp.size * grad_accum
-    loaders = [build_dataloader(cfg, tokenizer, dp_rank=slot, dp_world=num_slots, objectives=objectives)
-               for slot in range(dp.rank, num_slots, dp.size)]
-    if cfg.data.num_epochs > 0:
-        # finite data: never step past the end of the slot with the fewest batches
-        owned = range(dp.rank, num_slots, dp.size)
-        available = int(dp.all_reduce_min(torch.tensor(
-            min(count_batches(cfg, tokenizer, slot, num_slots, objectives) for slot in owned), device=device)))
-        if cfg.training.steps == -1 or cfg.training.steps > available:
-            logger.info(f"{cfg.data.num_epochs} epoch(s) of data give {available} steps; training for that many")
-            cfg.training.steps = available
-            if rank == 0:  # the run folder's config records the steps actually trained
-                write_config(cfg, cfg.run_folder)
+    loaders = build_loaders(cfg, tokenizer, objectives, dp, grad_accum, device, rank)
     # [validation]: its own loaders over validation.path, checked here, before the model
     validator = (Validator(cfg, tokenizer, dp, model_args.max_seq_len, objectives)
                  if cfg.validation.enable else None)
@@ -200,7 +209,6 @@ def train(cfg: JobConfig, hooks: TrainHooks | None = None, objectives: list | No
     scheduler = build_lr_scheduler(optimizer, cfg)
     params = [p for m in (model, heads) if m is not None for p in m.parameters() if p.requires_grad]
     gather = make_all_gather(dp.group) if dp.size > 1 else None  # InfoNCE's negatives, diagnostics
-    objective = Objectives(objectives, heads, gather, dp.rank)
     m = cfg.metrics
     wandb = (dict(project=m.wandb_project, run_name=m.wandb_run_name or cfg.job.name, tags=m.wandb_tags,
                   config=cfg.to_dict()) if m.enable_wandb else None)
@@ -209,27 +217,72 @@ def train(cfg: JobConfig, hooks: TrainHooks | None = None, objectives: list | No
                             total_steps=cfg.training.steps,
                             tokens_per_step=cfg.training.global_batch_size * cfg.training.seq_len,
                             wandb=wandb, model_parallel_size=dims.tp * dims.pp)
-
-    # ---- checkpoint: resume (model, optimizer, schedule, loaders, RNG) or initial load --
     same_flop = SameFlopTracker(model_args, cfg.checkpoint.interval)
     checkpointer = Checkpointer(cfg, model, optimizer, scheduler, loaders, extra={"same_flop": same_flop},
                                 heads=heads, before_rename=hooks.before_checkpoint_rename,
                                 tokens=tokenizer.tokens_record())
-    done_steps = checkpointer.load()  # the step of the checkpoint resumed from, else 0
+    return Run(cfg, rank, world, device, dims, dp, model_args, loaders, validator, model, runner, heads, params,
+               Objectives(objectives, heads, gather, dp.rank), gather, optimizer, scheduler, metrics, same_flop,
+               checkpointer, flop_counter_steps)
 
-    # ---- the loop ----------------------------------------------------------------------
+
+def build_loaders(cfg: JobConfig, tokenizer, objectives: list, dp, grad_accum: int, device, rank: int) -> list:
+    """This rank's loaders: the global batch is cut into slots of local_batch_size rows and
+    this rank owns slots dp.rank, dp.rank + dp.size, ... (one per micro-batch). With finite
+    data, ``training.steps`` becomes what the slot with the fewest batches gives."""
+    num_slots = dp.size * grad_accum
+    owned = range(dp.rank, num_slots, dp.size)
+    loaders = [build_dataloader(cfg, tokenizer, dp_rank=slot, dp_world=num_slots, objectives=objectives)
+               for slot in owned]
+    if cfg.data.num_epochs > 0:
+        # finite data: never step past the end of the slot with the fewest batches
+        available = int(dp.all_reduce_min(torch.tensor(
+            min(count_batches(cfg, tokenizer, slot, num_slots, objectives) for slot in owned), device=device)))
+        if cfg.training.steps == -1 or cfg.training.steps > available:
+            logger.info(f"{cfg.data.num_epochs} epoch(s) of data give {available} steps; training for that many")
+            cfg.training.steps = available
+            if rank == 0:  # the run folder's config records the steps actually trained
+                write_config(cfg, cfg.run_folder)
+    return loaders
+
+
+def train(cfg: JobConfig, hooks: TrainHooks | None = None, objectives: list | None = None) -> list[float]:
+    """Run the job described by ``cfg``; returns the global loss of every step it ran.
+    ``objectives``: the objectives to train (objectives/base.py); default those the config
+    enables (``build_objectives``)."""
+    hooks = hooks or TrainHooks()
+    run = setup(cfg, hooks, build_objectives(cfg) if objectives is None else objectives)
+    # resume (model, optimizer, schedule, loaders, RNG) or the initial load
+    done_steps = run.checkpointer.load()  # the step of the checkpoint resumed from, else 0
+    losses, preempted = loop(run, done_steps, hooks)
+    if preempted:
+        run.checkpointer.wait()  # no model-only export: the run is not finished
+        if run.world > 1:
+            dist.barrier()
+    else:
+        run.checkpointer.finish(cfg.training.steps)  # waits for async saves; model-only export
+    run.metrics.close()
+    if not preempted:
+        final = f", final loss {losses[-1]:.4f}" if losses else " (nothing left to train)"
+        logger.info(f"done: {cfg.training.steps} steps{final}")
+    return losses
+
+
+def loop(run: Run, done_steps: int, hooks: TrainHooks) -> tuple[list[float], bool]:
+    """The steps after ``done_steps``: (the global loss of each, whether SIGTERM stopped it)."""
+    cfg, checkpointer, objective = run.cfg, run.checkpointer, run.objective
     losses = []
     pending = []  # (step, global loss, global FLOP counts) as device tensors, since the last sync
     preempted = False
-    preemption = Preemption(device)  # SIGTERM: stop after the current step with a checkpoint
-    for loader in loaders:  # ... or at once when it comes while the data loaders skip bad input
+    preemption = Preemption(run.device)  # SIGTERM: stop after the current step with a checkpoint
+    for loader in run.loaders:  # ... or at once when it comes while the data loaders skip bad input
         loader.interrupt_on(lambda: preemption.signalled)
-    profiler = StepProfiler(cfg, rank, device, first_step=done_steps + 1)  # [profiling] steps
+    profiler = StepProfiler(cfg, run.rank, run.device, first_step=done_steps + 1)  # [profiling] steps
     for step in range(done_steps + 1, cfg.training.steps + 1):
         if hooks.on_step_start is not None:
             hooks.on_step_start(step)
         try:
-            micro_batches = [next(loader).to(device) for loader in loaders]
+            micro_batches = [next(loader).to(run.device) for loader in run.loaders]
         except DataInterrupted:  # SIGTERM while the loaders skipped bad input
             preempted = True
             logger.warning(f"preempted (SIGTERM) while loading the data of step {step}: stopped after "
@@ -237,17 +290,17 @@ def train(cfg: JobConfig, hooks: TrainHooks | None = None, objectives: list | No
             break
         log_step = step % cfg.metrics.log_freq == 0 or step == cfg.training.steps
         sums, counts, kept, flops_counted = forward_backward(
-            runner, objective, micro_batches, dp, keep=log_step, count_flops=step <= flop_counter_steps)
-        metrics.count_tokens(sum(mb.tokens.numel() for mb in micro_batches))
-        grad_norm = clip_grad_norm_(params, cfg.training.max_norm, runner.grad_group)  # every stage's under pp
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+            run.runner, objective, micro_batches, run.dp, keep=log_step, count_flops=step <= run.flop_counter_steps)
+        run.metrics.count_tokens(sum(mb.tokens.numel() for mb in micro_batches))
+        grad_norm = clip_grad_norm_(run.params, cfg.training.max_norm, run.runner.grad_group)  # all stages' under pp
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
         profiler.step(step)
         pending.append((step, objective.loss(sums, counts), counts[FLOP_SLICE]))
 
         # ---- sync steps: the only place the host reads device numbers ----
-        validate = validator is not None and validator.due(step)  # every validation.freq steps and the last
+        validate = run.validator is not None and run.validator.due(step)  # every validation.freq steps, the last
         sync = log_step or validate or checkpointer.due(step) or (
             cfg.metrics.sync_every > 0 and step % cfg.metrics.sync_every == 0)
         last = step == cfg.training.steps
@@ -255,17 +308,17 @@ def train(cfg: JobConfig, hooks: TrainHooks | None = None, objectives: list | No
         stop = not last and (sync or not preemption.collective) and preemption.stop_requested()
         if not (sync or stop):
             continue
-        milestones, step_flops = read_pending(pending, step, losses, same_flop)
+        milestones, step_flops = read_pending(pending, step, losses, run.same_flop)
         if log_step:
-            metrics.log(step, {**objective.metrics(sums, counts),
-                               **objective.diagnostics(kept, gather),  # e.g. JEPA's collapse (all-gathers over dp)
-                               **({"flops_counted": flops_counted} if flops_counted is not None else {}),
-                               "flops": training_flops(model_args, *step_flops[:2])
-                               + objective.head_flops(counts, model_args.dim),
-                               "flops_vs_ntp": same_flop.ratio,
-                               "grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0]})
+            run.metrics.log(step, {
+                **objective.metrics(sums, counts),
+                **objective.diagnostics(kept, run.gather),  # e.g. JEPA's collapse (all-gathers over dp)
+                **({"flops_counted": flops_counted} if flops_counted is not None else {}),
+                "flops": training_flops(run.model_args, *step_flops[:2]) + objective.head_flops(counts, run.model_args.dim),
+                "flops_vs_ntp": run.same_flop.ratio,
+                "grad_norm": grad_norm.item(), "lr": run.scheduler.get_last_lr()[0]})
         if validate:
-            val_metrics = metrics.log_val(step, validator.run(model, runner, objective))
+            val_metrics = run.metrics.log_val(step, run.validator.run(run.model, run.runner, objective))
             checkpointer.note_validation(step, val_metrics)  # checkpoint.keep_best
         checkpointer.maybe_save(step)  # every checkpoint.interval steps and at the last one
         if cfg.checkpoint.same_flop and milestones:
@@ -283,20 +336,9 @@ def train(cfg: JobConfig, hooks: TrainHooks | None = None, objectives: list | No
                 logger.warning(f"preempted (SIGTERM): stopped after step {step}; checkpoint.enable is "
                                f"false, so nothing was saved")
             break
-
     preemption.close()
     profiler.close()
-    if preempted:
-        checkpointer.wait()  # no model-only export: the run is not finished
-        if world > 1:
-            dist.barrier()
-    else:
-        checkpointer.finish(cfg.training.steps)  # waits for async saves; model-only export
-    metrics.close()
-    final = f", final loss {losses[-1]:.4f}" if losses else " (nothing left to train)"
-    if not preempted:
-        logger.info(f"done: {cfg.training.steps} steps{final}")
-    return losses
+    return losses, preempted
 
 
 def main(argv: list[str] | None = None, hooks: TrainHooks | None = None) -> None:
