@@ -91,9 +91,17 @@ def test_accuracy_rises_and_the_best_checkpoint_is_kept(demo_dir, tmp_path):
 def test_validation_errors_are_one_line(demo_dir, tmp_path):
     with pytest.raises(ConfigError, match="validation.enable needs validation.path"):
         load_config(extra={"validation": {"enable": True}})
+    from titan_jepa.objectives import build_objectives
+    from titan_jepa.validation import check_keep_best
+
+    no_eval = load_config(extra={"validation": {"enable": True, "path": "x"},
+                                 "checkpoint": {"enable": True, "keep_best": "val/accuracy"}})
     with pytest.raises(ConfigError, match="is not logged by this run's validation; choose one of val/batches, val/loss"):
-        load_config(extra={"validation": {"enable": True, "path": "x"},
-                           "checkpoint": {"enable": True, "keep_best": "val/accuracy"}})
+        check_keep_best(no_eval, build_objectives(no_eval))  # train() checks it before any heavy work
+    jepa = load_config(extra={"data": {"kind": "chat"}, "jepa": {"enable": True},
+                              "validation": {"enable": True, "path": "x"},
+                              "checkpoint": {"enable": True, "keep_best": "val/jepa_cos"}})
+    check_keep_best(jepa, build_objectives(jepa))  # the objectives' own metric names are logged
     with pytest.raises(ConfigError, match="needs parallelism.tp = 1"):
         load_config(extra={"validation": {"enable": True, "path": "x", "eval_scorer": "exact"},
                            "parallelism": {"tp": 2}})

@@ -30,6 +30,14 @@ class TokenizerError(UserError, ValueError):
     """A missing or malformed tokenizer, or one without a token the run needs."""
 
 
+class ChatTemplateError(TokenizerError):
+    """A chat template cannot be used as configured (one line naming the fix)."""
+
+
+class EvalError(ConfigError):
+    """A user-facing evaluation error: one line naming the fix."""
+
+
 class CheckpointError(ConfigError):
     """Weights or a checkpoint cannot be loaded or saved as asked; the message names the fix."""
 

@@ -48,7 +48,7 @@ from titan_jepa.parallel.pipeline import build_pipeline
 from titan_jepa.parallel.schedule import LocalRunner
 from titan_jepa.preemption import Preemption
 from titan_jepa.profiling import StepProfiler
-from titan_jepa.validation import Validator
+from titan_jepa.validation import Validator, check_keep_best
 
 logger = logging.getLogger("titan_jepa")
 
@@ -169,6 +169,7 @@ def setup(cfg: JobConfig, hooks: TrainHooks, objectives: list) -> Run:
         logger.info("metrics.flop_counter_steps is ignored with model.attn_backend = 'flex' "
                     "(FlexAttention would run unfused under torch's FLOP counter)")
         flop_counter_steps = 0
+    check_keep_best(cfg, objectives)  # a metric this run's validation logs
     if rank == 0:
         write_config(cfg, cfg.run_folder)
     logger.info(f"world {world} on {device.type}: pp {dims.pp} x dp_replicate {dims.dp_replicate} x dp_shard "

@@ -45,6 +45,27 @@ from titan_jepa.data.sources import DataError
 logger = logging.getLogger("titan_jepa")
 
 
+def check_keep_best(cfg, objectives: list) -> None:
+    """checkpoint.keep_best must name a metric this run's validation logs: val/ + the
+    objectives' metric names (and val/batches) with validation.path, val/accuracy with a
+    generation eval. Raised before any heavy work (train.setup calls it)."""
+    from titan_jepa.config.load import _closest
+    from titan_jepa.errors import ConfigError
+    from titan_jepa.objectives import Objectives
+
+    name, v = cfg.checkpoint.keep_best, cfg.validation
+    if not name:
+        return
+    logged = set()
+    if v.path:
+        logged |= {f"val/{m}" for m in Objectives(objectives).metric_names()} | {"val/batches"}
+    if v.eval_scorer:
+        logged.add("val/accuracy")
+    if name not in logged:
+        raise ConfigError(f"checkpoint.keep_best = '{name}' is not logged by this run's validation; choose one of "
+                          f"{', '.join(sorted(logged))}{_closest(name, sorted(logged))}")
+
+
 def validation_config(cfg):
     """A copy of ``cfg`` whose [data] reads the validation set: one pass, in file order."""
     v = copy.deepcopy(cfg)

@@ -42,16 +42,12 @@ from datetime import datetime
 from pathlib import Path
 
 from titan_jepa.data.chat_template import ChatEncoding, last_turn_spans
-from titan_jepa.errors import TokenizerError
+from titan_jepa.errors import ChatTemplateError  # noqa: F401 (raised here, imported from here too)
 
 TEMPLATE_FILE = "chat_template.jinja"
 CONFIG_FILE = "tokenizer_config.json"
 
 OPEN, CLOSE = "\ue000", "\ue001"
-
-
-class ChatTemplateError(TokenizerError):
-    """A chat template cannot be used as configured (one line naming the fix)."""
 
 
 def _sentinel(i: int) -> str:

@@ -43,20 +43,16 @@ from pathlib import Path
 
 import torch
 
-from titan_jepa.config import ConfigError, JobConfig, load_config
+from titan_jepa.config import JobConfig, load_config
 from titan_jepa.data.chat_template import generation_prompt
 from titan_jepa.config.dtypes import DTYPES
-from titan_jepa.errors import run_main
+from titan_jepa.errors import EvalError, run_main  # noqa: F401 (EvalError: raised here, imported from here)
 from titan_jepa.eval import scorers as S
 from titan_jepa.eval.generate import greedy_generate, next_token_logits
 from titan_jepa.logs import setup_logging
 from titan_jepa.checkpoint.weights import load_model, read_tokens, resolve
 
 logger = logging.getLogger("titan_jepa")
-
-
-class EvalError(ConfigError):
-    """A user-facing evaluation error: one line naming the fix."""
 
 
 # ---- arguments ----------------------------------------------------------------------------
