@@ -220,7 +220,7 @@ def test_stp_predictor_is_a_head_saved_resumed_and_never_exported(demo_dir, tmp_
     assert launch(1, old_cfg, tmp_path) == full[2:]
 
     no_predictor = dict(cfg, stp={"enable": True, "lambda": 0.5})
-    with pytest.raises(CheckpointError, match=r"holds the heads stp_predictor of objectives this run does not train"):
+    with pytest.raises(CheckpointError, match=r"cannot resume this run: stp.linear_predictor: True -> False; resume with"):
         launch(1, no_predictor, tmp_path)
 
 

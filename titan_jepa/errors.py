@@ -8,6 +8,7 @@ instead of a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable, TypeVar
 
@@ -15,11 +16,17 @@ T = TypeVar("T")
 
 
 class UserError(Exception):
-    """A mistake the user can fix; the message is one line that names the fix."""
+    """A mistake the user can fix; the message is one line that names the fix.
+    ``same_on_every_rank``: every process of a launch finds it identically, so only rank 0
+    prints it (a data error of one batch slot is printed by the rank that finds it)."""
+
+    same_on_every_rank = False
 
 
 class ConfigError(UserError, ValueError):
     """A bad configuration value or command line."""
+
+    same_on_every_rank = True  # every rank reads the same config: rank 0 alone reports it
 
 
 class DataError(UserError, ValueError):
@@ -28,6 +35,8 @@ class DataError(UserError, ValueError):
 
 class TokenizerError(UserError, ValueError):
     """A missing or malformed tokenizer, or one without a token the run needs."""
+
+    same_on_every_rank = True
 
 
 class ChatTemplateError(TokenizerError):
@@ -42,8 +51,16 @@ class CheckpointError(ConfigError):
     """Weights or a checkpoint cannot be loaded or saved as asked; the message names the fix."""
 
 
+class RunFolderInUse(UserError):
+    """Another live run holds the run folder (checkpoint/run_folder.py)."""
+
+    same_on_every_rank = True
+
+
 class TrainingError(UserError, RuntimeError):
     """The run cannot go on (a NaN loss, for example); the message says what to change."""
+
+    same_on_every_rank = True  # (the loss is global)
 
 
 def run_main(fn: Callable[[], T], cleanup: Callable[[], None] | None = None) -> T:
@@ -53,7 +70,8 @@ def run_main(fn: Callable[[], T], cleanup: Callable[[], None] | None = None) -> 
     try:
         result = fn()
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if not (e.same_on_every_rank and os.environ.get("RANK", "0") != "0"):
+            print(f"error: {e}", file=sys.stderr)
         if cleanup is not None:
             cleanup()
         sys.exit(2)

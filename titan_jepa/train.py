@@ -27,6 +27,8 @@ import torch.distributed as dist
 from torch.utils.flop_counter import FlopCounterMode
 
 from titan_jepa.checkpoint import Checkpointer
+from titan_jepa.checkpoint.contract import make_contract
+from titan_jepa.checkpoint.run_folder import own_run_folder
 from titan_jepa.config import ConfigError, JobConfig, config_from_argv, write_config
 from titan_jepa.data.loader import build_dataloader, count_batches
 from titan_jepa.data.sources import DataInterrupted
@@ -142,11 +144,10 @@ class Run:
     flop_counter_steps: int
 
 
-def setup(cfg: JobConfig, hooks: TrainHooks, objectives: list) -> Run:
-    """Processes and every check that needs no heavy work, then the data, the model (built on
-    the meta device, parallelised, materialised), the optimizer, metrics and checkpointer."""
-    rank, world, device = init_distributed(cfg)
-    setup_logging(rank)
+def setup(cfg: JobConfig, hooks: TrainHooks, objectives: list, rank: int, world: int,
+          device: torch.device) -> Run:
+    """Every check that needs no heavy work, then the data, the model (built on the meta
+    device, parallelised, materialised), the optimizer, metrics and checkpointer."""
     dims = ParallelDims.from_config(cfg, world)
     tokenizer = build_tokenizer(cfg, special_tokens(objectives))  # (tokenizer.add_tokens)
     model_args = model_args_from_config(cfg, tokenizer.vocab_size, len(tokenizer.added_tokens))
@@ -219,9 +220,11 @@ def setup(cfg: JobConfig, hooks: TrainHooks, objectives: list) -> Run:
                             tokens_per_step=cfg.training.global_batch_size * cfg.training.seq_len,
                             wandb=wandb, model_parallel_size=dims.tp * dims.pp)
     same_flop = SameFlopTracker(model_args, cfg.checkpoint.interval)
+    tokens = tokenizer.tokens_record()
+    template = getattr(tokenizer.hf_chat_template, "source", None)
     checkpointer = Checkpointer(cfg, model, optimizer, scheduler, loaders, extra={"same_flop": same_flop},
-                                heads=heads, before_rename=hooks.before_checkpoint_rename,
-                                tokens=tokenizer.tokens_record())
+                                heads=heads, before_rename=hooks.before_checkpoint_rename, tokens=tokens,
+                                contract=make_contract(cfg, model_args, tokens, template))
     return Run(cfg, rank, world, device, dims, dp, model_args, loaders, validator, model, runner, heads, params,
                Objectives(objectives, heads, gather, dp.rank), gather, optimizer, scheduler, metrics, same_flop,
                checkpointer, flop_counter_steps)
@@ -252,7 +255,19 @@ def train(cfg: JobConfig, hooks: TrainHooks | None = None, objectives: list | No
     ``objectives``: the objectives to train (objectives/base.py); default those the config
     enables (``build_objectives``)."""
     hooks = hooks or TrainHooks()
-    run = setup(cfg, hooks, build_objectives(cfg) if objectives is None else objectives)
+    rank, world, device = init_distributed(cfg)
+    setup_logging(rank)
+    # the run folder is this run's alone: checked and locked before anything in it is touched
+    lock = own_run_folder(cfg.run_folder, rank, world)
+    try:
+        return _train(cfg, hooks, build_objectives(cfg) if objectives is None else objectives, rank, world, device)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: JobConfig, hooks: TrainHooks, objectives: list, rank: int, world: int, device) -> list[float]:
+    run = setup(cfg, hooks, objectives, rank, world, device)
     # resume (model, optimizer, schedule, loaders, RNG) or the initial load
     done_steps = run.checkpointer.load()  # the step of the checkpoint resumed from, else 0
     losses, preempted = loop(run, done_steps, hooks)

@@ -46,7 +46,9 @@ from titan_jepa.checkpoint.files import (
     write_file,
     write_manifest,
 )
+from titan_jepa.checkpoint.contract import changes, check_contract
 from titan_jepa.config import JobConfig
+from titan_jepa.config.load import toml_text
 from titan_jepa.errors import CheckpointError
 from titan_jepa.parallel.collectives import rank_world
 from titan_jepa.models.llama import clean_name
@@ -100,13 +102,15 @@ class Checkpointer:
 
     def __init__(self, cfg: JobConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler, loaders: list, extra: dict | None = None, heads: torch.nn.Module | None = None,
-                 before_rename: Callable[[int], None] | None = None, tokens: dict | None = None):
+                 before_rename: Callable[[int], None] | None = None, tokens: dict | None = None,
+                 contract: dict | None = None):
         """``extra``: more small objects with state_dict()/load_state_dict() (the same on
         every rank, JSON-able), kept in train_state.json under their names. ``heads``: the
         objectives' trainable modules (objectives/heads.py), saved under "heads".
         ``before_rename``: a test hook (see the module docstring). ``tokens``: the tokenizer's
-        ``tokens_record`` (tokens.json beside every checkpoint and export)."""
-        self.before_rename, self.tokens = before_rename, tokens
+        ``tokens_record`` (tokens.json beside every checkpoint and export). ``contract``: what a
+        resume must match (checkpoint/contract.py ``make_contract``), saved in train_state.json."""
+        self.before_rename, self.tokens, self.contract = before_rename, tokens, contract
         # the tokenizer added tokens: base weights with fewer vocabulary rows grow (weights.py)
         self._grown = bool(tokens and tokens.get("added"))
         self.cfg, self.ckpt = cfg, cfg.checkpoint
@@ -207,6 +211,7 @@ class Checkpointer:
             logger.info(f"loaded the model-only checkpoint {path}; training starts at step {step + 1}")
             return step
         train_state = json.loads((path / TRAIN_STATE).read_text())
+        self._check_resume(path, step, train_state)  # before anything is loaded
         trainable_only = train_state.get("model_keys") == "trainable"
         if trainable_only:
             # [lora] save_adapters_only: the frozen base is not in the checkpoint
@@ -234,6 +239,7 @@ class Checkpointer:
             set_model_state_dict(self.heads, state["heads"], options=StateDictOptions(strict=True))
         set_optimizer_state_dict(self._optim_owner, self.optimizer, state["optimizer"], options=optim_options)
         self.scheduler.load_state_dict(train_state["lr_scheduler"])
+        self._apply_optimizer_settings()  # this run's lr, schedule and AdamW settings, at the resumed step
         for name, obj in self.extra.items():
             if name in train_state.get("extra", {}):
                 obj.load_state_dict(train_state["extra"][name])
@@ -255,6 +261,40 @@ class Checkpointer:
         logger.info(f"resumed from {path} (saved with world size {train_state['world_size']}); "
                     f"training continues at step {step + 1}")
         return step
+
+    def _check_resume(self, path: Path, step: int, train_state: dict) -> None:
+        """The resume contract (checkpoint/contract.py): stop with one line when a setting the
+        checkpoint depends on changed; log the settings that changed and may; keep the saved
+        run's config beside the new one (config.until-step-N.toml)."""
+        if self.contract is None:
+            return
+        if "contract" not in train_state:
+            logger.warning(f"checkpoint {path} was saved before resume contracts: the model, tokenizer, data "
+                           f"and objectives it was trained with are not checked")
+            return
+        check_contract(train_state["contract"], self.contract, path)
+        changed = changes(train_state.get("config", {}), self.cfg)
+        if changed:
+            logger.info(f"resuming after step {step} with changed settings: " + ", ".join(
+                f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+            if self.rank == 0 and train_state.get("config"):
+                saved = self.cfg.run_folder / f"config.until-step-{step}.toml"
+                write_file(saved, toml_text(train_state["config"]).encode())
+
+    def _apply_optimizer_settings(self) -> None:
+        """The optimizer's settings and the schedule of this run's config, at the resumed
+        step (the saved state holds the old ones): lr = this config's lr x its schedule's
+        factor at the step; betas, eps and the decaying groups' weight decay from the config."""
+        o = self.cfg.optimizer
+        sched = self.scheduler
+        sched.base_lrs = [o.lr for _ in self.optimizer.param_groups]
+        for g, fn in zip(self.optimizer.param_groups, sched.lr_lambdas):
+            g["initial_lr"] = o.lr
+            g["lr"] = o.lr * fn(sched.last_epoch)
+            g["betas"], g["eps"] = (o.beta1, o.beta2), o.eps
+            if g["params"] and g["params"][0].ndim >= 2:  # the decaying group (optim.py)
+                g["weight_decay"] = o.weight_decay
+        sched._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     def _heads_to_load(self, path: Path) -> tuple[dict, bool]:
         """(the heads' state dict to fill, whether the checkpoint keeps it in "model."): the
@@ -372,6 +412,7 @@ class Checkpointer:
     def _write_side_files(self, tmp: Path, step: int) -> None:
         if self.rank == 0:
             train_state = {"step": step, "lr_scheduler": self.scheduler.state_dict(),
+                           "contract": self.contract, "config": self.cfg.to_dict(),
                            "num_slots": self.num_slots, "world_size": self.world,
                            "model_keys": "trainable" if self.adapters_only else "all",
                            "extra": {name: obj.state_dict() for name, obj in self.extra.items()},

@@ -289,13 +289,18 @@ def write_config(cfg: JobConfig, folder: Path) -> Path:
     """Write the resolved config (JSON and TOML) to the run folder."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    out = folder / "config.toml"
+    out.write_text(toml_text(cfg.to_dict()))
+    return out
+
+
+def toml_text(cfg_dict: dict) -> str:
+    """A config dict ({section: {key: value}}) as TOML text."""
     lines = []
-    for section, values in cfg.to_dict().items():
+    for section, values in cfg_dict.items():
         lines.append(f"[{section}]")
         for k, v in values.items():
             if v is not None:  # TOML has no null: an unset optional field stays unset
                 lines.append(f"{_toml_key(k)} = {json.dumps(v)}")
         lines.append("")
-    out = folder / "config.toml"
-    out.write_text("\n".join(lines))
-    return out
+    return "\n".join(lines)

@@ -131,6 +131,7 @@ def read_template(path: Path) -> tuple[str, dict]:
 
 class HFChatTemplate:
     def __init__(self, source: str, bos_token: str, eos_token: str, date_string: str, where: str = "template"):
+        self.source = source
         import jinja2
         import jinja2.ext
         from jinja2.sandbox import ImmutableSandboxedEnvironment
