@@ -345,28 +345,42 @@ def test_explicit_load_step_corrupt_is_one_line(fsdp_run, demo_dir, tmp_path):
     assert (ckpt / "step-5").is_dir()  # asked for by name: left in place
 
 
-def test_enospc_save_keeps_the_previous_checkpoint(demo_dir, tmp_path, monkeypatch):
+SAVE_FAILURES = {  # name: (the error the write raises, what the one line must say)
+    "enospc": (lambda: OSError(errno.ENOSPC, "No space left on device"), "the disk is full; .*; free space there"),
+    "edquot": (lambda: OSError(errno.EDQUOT, "Disk quota exceeded"), "the disk quota is exceeded; .*; free space"),
+    "eacces": (lambda: OSError(errno.EACCES, "Permission denied"), r"not writable \(permission denied\); .*permissions"),
+    "erofs": (lambda: OSError(errno.EROFS, "Read-only file system"), r"not writable \(read-only filesystem\)"),
+    "enoent": (lambda: OSError(errno.ENOENT, "No such file or directory"), "folder was removed while the run wrote"),
+    "lost_peer": (lambda: torch.distributed.DistNetworkError("Connection closed by peer [127.0.0.1]:1234"),
+                  "another rank was lost during the save .*relaunch the run"),
+}
+
+
+@pytest.mark.parametrize("failure", list(SAVE_FAILURES))
+def test_save_failures_say_what_happened_and_keep_the_previous_checkpoint(demo_dir, tmp_path, monkeypatch, failure):
     calls = {"n": 0}
     real = FileSystemWriter.write_data
+    make_error, says = SAVE_FAILURES[failure]
 
-    def full_disk(self, plan, planner):
+    def failing(self, plan, planner):
         calls["n"] += 1
         if calls["n"] == 2:  # the save of step 4
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise make_error()
         return real(self, plan, planner)
 
-    monkeypatch.setattr(FileSystemWriter, "write_data", full_disk)
+    monkeypatch.setattr(FileSystemWriter, "write_data", failing)
     cfg = config(tmp_path, demo_dir, training={"steps": 4},
                  checkpoint={"enable": True, "interval": 2, "keep_latest_k": 0})
-    with pytest.raises(CheckpointError) as e:
+    with pytest.raises(CheckpointError, match=f"step 4 .* failed: .*{says}") as e:
         launch(1, cfg, tmp_path)
     msg = str(e.value)
-    assert "\n" not in msg and "step 4" in msg and "No space left" in msg and "step 2 is intact" in msg, msg
+    assert "\n" not in msg and "step 2 is intact" in msg, msg
     ckpt = tmp_path / "t" / "checkpoint"
     assert sorted(p.name for p in ckpt.iterdir()) == ["step-2"]
     assert verify_checkpoint(ckpt / "step-2") is None
     monkeypatch.undo()
-    assert len(launch(1, cfg, tmp_path)) == 2  # resumes from step 2
+    if failure == "enospc":
+        assert len(launch(1, cfg, tmp_path)) == 2  # resumes from step 2
 
 
 def test_sizes_only_manifest(tmp_path):

@@ -69,6 +69,12 @@ def run_main(fn: Callable[[], T], cleanup: Callable[[], None] | None = None) -> 
     ``fn`` returns and before that exit."""
     try:
         result = fn()
+    except KeyboardInterrupt:  # Ctrl-C before the loop installed its handler (or after it)
+        print("interrupted (Ctrl-C): stopped; a relaunch resumes from the last complete checkpoint",
+              file=sys.stderr)
+        if cleanup is not None:
+            cleanup()
+        sys.exit(130)
     except UserError as e:
         if not (e.same_on_every_rank and os.environ.get("RANK", "0") != "0"):
             print(f"error: {e}", file=sys.stderr)

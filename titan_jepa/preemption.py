@@ -1,4 +1,4 @@
-"""Preemption (SIGTERM).
+"""Preemption (SIGTERM) and Ctrl-C (SIGINT, the same path).
 
 SIGTERM is what schedulers (SLURM, Kubernetes) send before they take a machine back, and what
 a torchrun agent forwards to its workers when it is itself terminated. ``Preemption``
@@ -12,6 +12,12 @@ code 0 and the next launch resumes from that checkpoint. Further SIGTERMs are ig
 worker may get one from the scheduler and one forwarded by its torchrun agent); the agent
 sends SIGKILL after its ``--shutdown_timeout`` (30 s by default), so give big checkpoints
 (and long intervals between sync steps) more time there.
+
+Ctrl-C (SIGINT) takes the same path: the step finishes, a checkpoint is saved, one line says
+so and the exit code is 0. A second Ctrl-C exits at once (code 130) with one line and no
+traceback; a save it cuts short leaves a ``step-N.tmp`` folder (ignored, and removed by the
+next launch), never a ``step-N`` that is not complete (the rename into place is atomic, and so
+is pruning: checkpoint/files.py).
 
 Fault-injection tests send signals through an injected ``train.TrainHooks`` callback
 (tests/kill_entry.py); the library reads no test variable.
@@ -40,17 +46,24 @@ class Preemption:
         self._previous = None
         self._world = rank_world()[1]
         self.collective = self._world > 1  # stop_requested() is a collective (and a host sync)
+        self._previous = {}
         # signal handlers can only be installed from the main thread
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
+        # no logging here: a handler may interrupt the logging machinery itself
+        name = b"Ctrl-C" if signum == signal.SIGINT else b"SIGTERM"
         if self.signalled:
+            if signum == signal.SIGINT:  # a second Ctrl-C: now
+                os.write(2, b"[titan_jepa] Ctrl-C again: stopped at once, nothing more saved (a relaunch "
+                            b"resumes from the last complete checkpoint)\n")
+                os._exit(130)
             return
         self.signalled = True
-        # no logging here: a handler may interrupt the logging machinery itself
-        os.write(2, b"[titan_jepa] SIGTERM received: stopping with a checkpoint after this step (several "
-                    b"processes: after the next sync step)\n")
+        os.write(2, b"[titan_jepa] " + name + b" received: stopping with a checkpoint after this step (several "
+                    b"processes: after the next sync step; Ctrl-C again stops at once)\n")
 
     def stop_requested(self) -> bool:
         """Collective (and a host sync) when the world is larger than one: every rank must call
@@ -62,7 +75,8 @@ class Preemption:
         return bool(flag.item() > 0)
 
     def close(self) -> None:
-        """Put the previous SIGTERM handler back (train() may run several times in one process)."""
-        if self._previous is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        """Put the previous handlers back (train() may run several times in one process)."""
+        if threading.current_thread() is threading.main_thread():
+            for sig, previous in self._previous.items():
+                signal.signal(sig, previous)
+        self._previous = {}

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch.utils.flop_counter import FlopCounterMode
 
 from titan_jepa.checkpoint import Checkpointer
+from titan_jepa.checkpoint.manager import check_initial_load
 from titan_jepa.checkpoint.contract import make_contract
 from titan_jepa.checkpoint.run_folder import own_run_folder
 from titan_jepa.config import ConfigError, JobConfig, config_from_argv, write_config
@@ -171,6 +172,7 @@ def setup(cfg: JobConfig, hooks: TrainHooks, objectives: list, rank: int, world:
                     "(FlexAttention would run unfused under torch's FLOP counter)")
         flop_counter_steps = 0
     check_keep_best(cfg, objectives)  # a metric this run's validation logs
+    check_initial_load(cfg)  # the initial weights exist and are whole
     if rank == 0:
         write_config(cfg, cfg.run_folder)
     logger.info(f"world {world} on {device.type}: pp {dims.pp} x dp_replicate {dims.dp_replicate} x dp_shard "

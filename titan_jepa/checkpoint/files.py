@@ -35,6 +35,8 @@ from titan_jepa.config import JobConfig
 logger = logging.getLogger("titan_jepa")
 
 TMP = ".tmp"
+DELETING = ".deleting"
+OLD = ".old"
 CORRUPT = ".corrupt"
 TRAIN_STATE = "train_state.json"
 MANIFEST = "manifest.json"
@@ -117,8 +119,11 @@ def move_aside(path: Path) -> Path:
 
 
 def rename_into_place(tmp: Path, final: Path) -> None:
-    if final.exists():  # the same step saved again (a run resumed from an earlier step)
-        old = final.with_name(final.name + ".old" + TMP)
+    """``tmp`` becomes ``final`` atomically. When ``final`` exists (the same step saved again,
+    a run resumed from an earlier step) it is moved to ``final.old`` first: an interruption
+    between the two renames leaves that complete checkpoint, which the next launch puts back."""
+    if final.exists():
+        old = final.with_name(final.name + OLD)
         shutil.rmtree(old, ignore_errors=True)
         os.rename(final, old)
         os.rename(tmp, final)
@@ -128,8 +133,26 @@ def rename_into_place(tmp: Path, final: Path) -> None:
 
 
 def remove_unfinished(folder: Path) -> None:
+    """Remove the leftovers of an interrupted save (``step-N.tmp``) or prune (``*.deleting``)."""
     if folder.is_dir():
         for p in folder.iterdir():
             if p.name.endswith(TMP) and p.is_dir():
                 logger.warning(f"removing the unfinished checkpoint {p} (an interrupted save)")
                 shutil.rmtree(p, ignore_errors=True)
+            elif p.name.endswith(DELETING) and p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.name.endswith(OLD) and p.is_dir():  # a replaced checkpoint: back if its successor is missing
+                final = p.with_name(p.name[:-len(OLD)])
+                if final.exists():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    os.rename(p, final)
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint atomically: renamed out of the ``step-N`` names first, then deleted,
+    so an interruption never leaves a ``step-N`` with files missing."""
+    aside = path.with_name(path.name + DELETING)
+    shutil.rmtree(aside, ignore_errors=True)
+    os.rename(path, aside)
+    shutil.rmtree(aside, ignore_errors=True)

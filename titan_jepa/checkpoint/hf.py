@@ -169,11 +169,60 @@ def from_hf_state_dict(hf_sd: dict[str, torch.Tensor], args: ModelArgs) -> dict[
 
 
 # ---- files ---------------------------------------------------------------------------------
+def _load_file(path: str) -> dict[str, torch.Tensor]:
+    """One safetensors file; a truncated or foreign file is a ValueError naming it."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except OSError:
+        raise
+    except Exception as e:  # safetensors raises its own SafetensorError (not an OSError)
+        raise ValueError(f"'{path}' is not a complete safetensors file ({_first_line(e)}); "
+                         f"download or convert it again") from None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def check_safetensors_headers(folder: str | os.PathLike) -> None:
+    """Read the header of every weight file of a HF folder (cheap: no tensor data) and check
+    that each file holds all the bytes its header promises; a ValueError names the bad one."""
+    from safetensors import safe_open
+
+    folder = os.fspath(folder)
+    index = os.path.join(folder, SAFE_INDEX)
+    if os.path.exists(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    else:
+        files = [SAFE_WEIGHTS]
+    for name in files:
+        path = os.path.join(folder, name)
+        try:
+            with open(path, "rb") as f:
+                header_len = int.from_bytes(f.read(8), "little")
+                if not 2 <= header_len <= min(os.path.getsize(path) - 8, 1 << 27):
+                    raise ValueError(f"a header of {header_len} bytes")
+                header = json.loads(f.read(header_len))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+            with safe_open(path, framework="pt"):
+                pass
+        except OSError:
+            raise
+        except Exception as e:
+            raise ValueError(f"'{path}' is not a complete safetensors file ({_first_line(e)[:120]}); "
+                             f"download or convert it again") from None
+        if os.path.getsize(path) < 8 + header_len + end:
+            raise ValueError(f"'{path}' is truncated ({os.path.getsize(path)} bytes, its header promises "
+                             f"{8 + header_len + end}); download or convert it again")
+
+
 def load_hf_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Weights of a HF checkpoint: ``path`` is a folder holding model.safetensors or a sharded
     set with model.safetensors.index.json, or one of those two files."""
-    from safetensors.torch import load_file
-
     path = os.fspath(path)
     if os.path.isdir(path):
         index = os.path.join(path, SAFE_INDEX)
@@ -192,13 +241,13 @@ def load_hf_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             weight_map = json.load(f)["weight_map"]
         out: dict[str, torch.Tensor] = {}
         for shard in sorted(set(weight_map.values())):
-            shard_sd = load_file(os.path.join(folder, shard))
+            shard_sd = _load_file(os.path.join(folder, shard))
             out.update({k: v for k, v in shard_sd.items() if weight_map.get(k) == shard})
         missing = [k for k in weight_map if k not in out]
         if missing:
             raise KeyError(f"index lists weights missing from their shards: {missing[:5]}")
         return out
-    return load_file(path)
+    return _load_file(path)
 
 
 def _shard_name(i: int, n: int) -> str:
