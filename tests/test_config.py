@@ -182,8 +182,13 @@ def _world_size(cfg):
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
-def test_every_config_parses_validates_and_builds(path):
+def test_every_config_parses_validates_and_builds(path, request):
     cfg = load_config(path)
+    ck = cfg.checkpoint
+    if ck.initial_load_path and Path(ck.initial_load_path).name == "SmolLM2-135M-Instruct":
+        # the config's model folder is made by tools/import_gguf.py (README walkthrough), not
+        # shipped: the tests' own import of the same GGUF stands in for it
+        ck.initial_load_path = str(request.getfixturevalue("smollm2_hf"))
     args = model_args_from_config(cfg, 0)
     dims = ParallelDims.from_config(cfg, _world_size(cfg))
     accum = dims.check(cfg, args)
