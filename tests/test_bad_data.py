@@ -5,7 +5,9 @@ input stops the run promptly with exit code 0."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +18,7 @@ import pytest
 
 from titan_jepa.config import JobConfig
 from titan_jepa.data.loader import build_dataloader
-from titan_jepa.data.sources import DataError, DataInterrupted
+from titan_jepa.data.sources import DataError, DataInterrupted, slot_of
 from titan_jepa.data.tokenizer import TikTokenizer
 
 from helpers import TOKENIZER, tiny_config, write_toml
@@ -79,13 +81,15 @@ def test_all_bad_file_stops(tmp_path, tok, kind, num_epochs, shard_by):
     bad.write_bytes((b'{"text": "unterminated\n' * 2 + b"[1, 2]\n" * 2) * 3)
     if shard_by == "file":
         (tmp_path / "d" / "a.jsonl").write_text(GOOD[kind] + "\n")
-        path, share = tmp_path / "d", 12
+        path = tmp_path / "d"
         drain(cfg_for(path, kind, num_epochs, shard_by), tok, 0, 2, limit=3 if num_epochs == -1 else 1)
-    else:
-        path, share = bad, 6
+        per_cause = {"malformed JSON": 6, "not a JSON object": 6}
+    else:  # slot 1's share: the records the slot hash gives it
+        path, mine = bad, [i for i in range(12) if slot_of(i, 2) == 1]
+        per_cause = {"malformed JSON": sum(i % 4 < 2 for i in mine), "not a JSON object": sum(i % 4 >= 2 for i in mine)}
     cfg = cfg_for(path, kind, num_epochs, shard_by)
-    expect_all_bad(cfg, tok, 1, 2, bad, "malformed JSON", share // 2)
-    expect_all_bad(cfg, tok, 1, 2, bad, "not a JSON object", share // 2)
+    for reason, n in per_cause.items():
+        expect_all_bad(cfg, tok, 1, 2, bad, reason, n)
 
 
 @pytest.mark.parametrize("cause", list(CAUSES) + ["missing field", "empty text"])
@@ -160,3 +164,32 @@ def test_sigterm_during_data_loading_exits_cleanly(tmp_path):
     assert time.monotonic() - t0 < 15, log[-3000:]
     assert "preempted (SIGTERM) while loading the data of step 1" in log and "nothing saved" in log, log[-3000:]
     assert not list((tmp_path / "run" / "t" / "checkpoint").glob("step-*"))
+
+
+@pytest.mark.parametrize("every", [2, 4])
+@pytest.mark.parametrize("slots", [1, 2, 4])
+def test_half_bad_file_trains_on_its_good_lines(tmp_path, tok, every, slots):
+    """Issue 24: a chat file whose every 2nd (or 4th) line lacks the assistant turn, with
+    bad_lines = skip: 1, 2 and 4 batch slots together train on exactly its good lines, each
+    slot gets some, and the bad ones are counted by cause (the slot hash spreads them; with
+    round-robin every bad line went to one slot, which stopped the run)."""
+    lines, good = [], set()
+    for i in range(48):
+        if i % every == every - 1:
+            lines.append(json.dumps({"messages": [{"role": "user", "content": f"question {i}"}]}))
+        else:
+            good.add(i)
+            lines.append(json.dumps({"messages": [{"role": "user", "content": f"question {i}"},
+                                                  {"role": "assistant", "content": f"answer {i}"}]}))
+    p = tmp_path / "half.jsonl"
+    p.write_text("\n".join(lines) + "\n")
+    seen, bad = [], 0
+    for slot in range(slots):
+        loader = build_dataloader(cfg_for(p, "chat", 1), tok, slot, slots)
+        text = "".join(tok.decode(row.tolist()) for b in loader for row in b.tokens)
+        mine = [int(m) for m in re.findall(r"answer (\d+)", text)]
+        assert mine and len(mine) == len(set(mine)), (slot, mine)
+        seen += mine
+        bad += sum(loader.stats()["bad_lines"].values())
+    assert sorted(seen) == sorted(good)
+    assert bad == 48 - len(good)

@@ -2,6 +2,7 @@
 report writers on fake results, and one tiny end-to-end sweep on CPU."""
 
 import json
+import shutil
 import math
 import os
 import subprocess
@@ -197,6 +198,12 @@ def test_tiny_sweep_end_to_end(tmp_path, demo_dir):
     p = _sweep(*args, "--resume", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     assert p.stdout.count("resumed: already evaluated") == 4
+    # run folders are not committed: a resume without them keeps the recorded final losses
+    shutil.rmtree(out / "runs")
+    p = _sweep(*args, "--resume", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    again = json.loads((out / "results.json").read_text())
+    assert {r["run"]: r["final_loss"] for r in again["runs"]} == {r["run"]: r["final_loss"] for r in data["runs"]}
 
 
 def test_make_subset_deterministic_and_nested(tmp_path):

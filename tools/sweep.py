@@ -241,6 +241,17 @@ def final_loss(run_dir: Path) -> tuple[float, int]:
     return best
 
 
+def _recorded_loss(out: Path, name: str) -> tuple[float, int]:
+    """(final loss, step) of run ``name`` in the sweep's earlier results.json; (nan, -1) if none."""
+    try:
+        runs = json.loads((out / "results.json").read_text())["runs"]
+    except (OSError, ValueError, KeyError):
+        return math.nan, -1
+    rec = next((r for r in runs if r.get("run") == name), {})
+    loss = rec.get("final_loss")
+    return (math.nan if loss is None else float(loss)), int(rec.get("final_step", -1))
+
+
 def _env(extra: dict | None = None) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
@@ -305,12 +316,18 @@ def run_one(a: argparse.Namespace, arm: Arm, seed: int, out: Path, env: dict | N
             f.write(plain.read_bytes())
         eval_json.with_name(eval_json.name + ".tmp").replace(eval_json)
         plain.unlink()
+        loss, step = final_loss(run_dir)
         timing = {"train_seconds": round(t1 - t0, 2), "eval_seconds": round(time.time() - t1, 2),
-                  "checkpoint": str(ckpt)}
+                  "checkpoint": str(ckpt), "final_loss": loss, "final_step": step}
         side.write_text(json.dumps(timing, indent=2) + "\n")
     res = read_eval(eval_json)
-    loss, step = final_loss(run_dir)
     timing = json.loads(side.read_text()) if side.is_file() else {}
+    loss, step = final_loss(run_dir)
+    if step < 0:  # the run folder is gone (it is not committed): what was recorded when it ran
+        loss, step = timing.get("final_loss", math.nan), timing.get("final_step", -1)
+        if step < 0:
+            loss, step = _recorded_loss(out, name)
+    timing.pop("final_loss", None), timing.pop("final_step", None)
     return {"arm": arm.name, "slug": arm.slug, "seed": seed, "run": name,
             "accuracy": res["accuracy"], "correct": res.get("correct"), "n": res.get("n"),
             "scorer": res.get("scorer"), "final_loss": loss, "final_step": step,

@@ -236,7 +236,7 @@ class Data(Section):
     # chat/pairs: best-fit-decreasing packing over a look-ahead of this many samples (data/packing.py
     # BestFitPacker); 0 or 1: greedy, in stream order
     pack_buffer: int = 0
-    # "record": slot r reads records r, r+N, ...; "file": whole files per slot
+    # "record": slot r reads the records a fixed hash of their number gives it; "file": whole files per slot
     shard_by: Literal["record", "file"] = "record"
     num_epochs: int = -1  # -1: loop forever
 

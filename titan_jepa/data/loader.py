@@ -38,7 +38,7 @@ from titan_jepa.data.sources import BadLines, DataError, build_source
 from titan_jepa.data.text import TextDocs
 from titan_jepa.objectives import DataContext, build_objectives
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: records are assigned to batch slots by a hash (data/sources.py)
 logger = logging.getLogger("titan_jepa.data")
 
 
@@ -141,7 +141,10 @@ class DataLoader:
             raise DataError(f"data loader state has no '{key}' (saved with other batch slots: "
                             f"{', '.join(sorted(sd))})")
         state = json.loads(sd[key]) if isinstance(sd[key], (str, bytes)) else sd[key]
-        if state.get("version") != STATE_VERSION or state["kind"] != self.kind or state["dp_world"] != self.world:
+        # version 1 assigned records to slots by i % slots: the same with a single slot
+        old_ok = state.get("version") == 1 and state.get("dp_world") == 1
+        if (state.get("version") != STATE_VERSION and not old_ok) or state["kind"] != self.kind \
+                or state["dp_world"] != self.world:
             raise DataError(f"data loader state was saved for kind={state.get('kind')}, dp_world="
                             f"{state.get('dp_world')}; this run has kind={self.kind}, dp_world={self.world}")
         self.source.load_state_dict(state["source"])

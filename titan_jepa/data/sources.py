@@ -5,9 +5,11 @@ files, one paragraph: documents are separated by one or more blank lines.
 
 Data-parallel sharding (``data.shard_by``), over the loader's batch slots ("ranks" here):
 - "record" (default): records are numbered in file order within an epoch (blank lines do
-  not count) and rank r keeps records i with i % dp_world == r, so the ranks read disjoint
-  parts and together read everything. Other ranks' jsonl lines are skipped without parsing,
-  but every rank still reads every byte: fine for fine-tuning sets.
+  not count) and rank r keeps records i with ``slot_of(i, dp_world) == r``, a fixed hash of
+  i (splitmix64), so the ranks read disjoint parts and together read everything. A hash, not
+  i % dp_world: a file whose every second (or fourth) line is bad would otherwise hand all its
+  bad lines to some slots and leave them nothing to train on. Other ranks' jsonl lines are
+  skipped without parsing, but every rank still reads every byte: fine for fine-tuning sets.
 - "file": rank r reads whole files r, r + dp_world, ... (in sorted order) and nothing else,
   for large pretraining corpora split into many files (at least one per slot). Ranks then
   hold different amounts of data, so use it with data.num_epochs = -1 (loop forever).
@@ -184,6 +186,19 @@ class _Positioned:
         self._it = None
 
 
+_MASK = (1 << 64) - 1
+
+
+def slot_of(index: int, world: int) -> int:
+    """The batch slot of record ``index`` (splitmix64 of it, modulo ``world``)."""
+    if world == 1:
+        return 0
+    z = (index + 0x9E3779B97F4A7C15) & _MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    return (z ^ (z >> 31)) % world
+
+
 class FileSource(_Positioned):
     """This rank's records from local files, looping over ``num_epochs`` epochs (-1: forever)."""
 
@@ -201,7 +216,7 @@ class FileSource(_Positioned):
         self.files, self.rank, self.world = files, dp_rank, dp_world
         self.num_epochs, self.bad = num_epochs, bad
         bad.label = self.label
-        self.state = {"epoch": 0, "file": 0, "offset": 0, "line": 0, "record": 0}
+        self.state = {"epoch": 0, "file": 0, "offset": 0, "line": 0, "record": 0, "taken": 0}
         self._it = None
 
     def next(self):
@@ -219,19 +234,20 @@ class FileSource(_Positioned):
                 self._it = None
                 s.update(file=s["file"] + 1, offset=0, line=0)
                 if s["file"] == len(self.files):
-                    if s["record"] <= self.rank:
+                    if s.get("taken", 1) == 0:
                         raise DataError(f"data.path: no records for {self.label} in {len(self.files)} "
                                         "file(s); add data or use fewer batch slots")
-                    s.update(epoch=s["epoch"] + 1, file=0, record=0)
+                    s.update(epoch=s["epoch"] + 1, file=0, record=0, taken=0)
                     self.bad.epoch = s["epoch"]
                 continue
             payload, where_line, s["offset"], s["line"] = item
             if payload is None:
                 continue
-            mine = s["record"] % self.world == self.rank
+            mine = slot_of(s["record"], self.world) == self.rank
             s["record"] += 1
             if not mine:
                 continue
+            s["taken"] = s.get("taken", 0) + 1
             where = f"{path}:{where_line}"
             if isinstance(payload, bytes):
                 try:
