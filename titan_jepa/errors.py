@@ -63,6 +63,39 @@ class TrainingError(UserError, RuntimeError):
     same_on_every_rank = True  # (the loss is global)
 
 
+INTERRUPTED = "interrupted (Ctrl-C): stopped; a relaunch resumes from the last complete checkpoint"
+
+
+def exit_on_ctrl_c() -> None:
+    """A command-line entry point's Ctrl-C (or SIGTERM) outside the training loop (while
+    imports, data and the model load, or while the run ends): one line and exit code 130 (143)
+    at once, never a KeyboardInterrupt traceback or a silent kill. Installed by
+    ``python -m titan_jepa.train`` before it imports torch; the training loop's own handler
+    (preemption.py) replaces it while the loop runs and puts it back after. Checkpoint writes
+    are atomic, so leaving mid-save loses nothing."""
+    import signal
+
+    def _exit(signum, frame):
+        if signum == signal.SIGINT:
+            os.write(2, INTERRUPTED.encode() + b"\n")
+            os._exit(130)
+        os.write(2, b"stopped (SIGTERM) outside the training loop; a relaunch resumes from the last "
+                    b"complete checkpoint\n")
+        os._exit(143)
+
+    signal.signal(signal.SIGINT, _exit)
+    signal.signal(signal.SIGTERM, _exit)
+
+
+def ignore_signals_while_exiting() -> None:
+    """After an entry point's work (or its error line): Ctrl-C and SIGTERM are ignored while
+    the interpreter shuts down, which otherwise puts the default (killing) handlers back."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def run_main(fn: Callable[[], T], cleanup: Callable[[], None] | None = None) -> T:
     """Run an entry point's body ``fn``: a UserError prints ``error: <message>`` to stderr
     and exits with code 2. ``cleanup`` (e.g. destroying the process group) runs after
@@ -70,8 +103,7 @@ def run_main(fn: Callable[[], T], cleanup: Callable[[], None] | None = None) -> 
     try:
         result = fn()
     except KeyboardInterrupt:  # Ctrl-C before the loop installed its handler (or after it)
-        print("interrupted (Ctrl-C): stopped; a relaunch resumes from the last complete checkpoint",
-              file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         if cleanup is not None:
             cleanup()
         sys.exit(130)

@@ -15,6 +15,11 @@ numbers there only. docs/architecture.md draws the data flow of one step.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # Ctrl-C while torch and the rest import: one line, exit 130
+    from titan_jepa.errors import exit_on_ctrl_c, ignore_signals_while_exiting
+
+    exit_on_ctrl_c()
+
 import contextlib
 import logging
 import math
@@ -311,6 +316,7 @@ def loop(run: Run, done_steps: int, hooks: TrainHooks) -> tuple[list[float], boo
             run.runner, objective, micro_batches, run.dp, keep=log_step, count_flops=step <= run.flop_counter_steps)
         run.metrics.count_tokens(sum(mb.tokens.numel() for mb in micro_batches))
         grad_norm = clip_grad_norm_(run.params, cfg.training.max_norm, run.runner.grad_group)  # all stages' under pp
+        lr = run.scheduler.get_last_lr()[0]  # the lr this step uses (logged below)
         run.optimizer.step()
         run.scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
@@ -334,7 +340,7 @@ def loop(run: Run, done_steps: int, hooks: TrainHooks) -> tuple[list[float], boo
                 **({"flops_counted": flops_counted} if flops_counted is not None else {}),
                 "flops": training_flops(run.model_args, *step_flops[:2]) + objective.head_flops(counts, run.model_args.dim),
                 "flops_vs_ntp": run.same_flop.ratio,
-                "grad_norm": grad_norm.item(), "lr": run.scheduler.get_last_lr()[0]})
+                "grad_norm": grad_norm.item(), "lr": lr})
         if validate:
             val_metrics = run.metrics.log_val(step, run.validator.run(run.model, run.runner, objective))
             checkpointer.note_validation(step, val_metrics)  # checkpoint.keep_best
@@ -370,4 +376,7 @@ def _destroy_process_group() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        ignore_signals_while_exiting()
