@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Container entrypoint: torchrun with its rendezvous taken from environment variables.
+# Container entrypoint: torchrun (through python -m titan_jepa.launch: one-line user errors,
+# no ChildFailedError traceback) with its rendezvous taken from environment variables.
 #
 #   NNODES          number of nodes (default 1)
 #   NPROC_PER_NODE  processes on this node (default: the GPUs nvidia-smi lists, else 1)
@@ -35,7 +36,7 @@ if [[ -z "${RDZV_ENDPOINT:-}" && -n "${MASTER_ADDR:-}" ]]; then
 fi
 CONFIG_FILE=${CONFIG_FILE:-train_configs/llama3_8b_h200.toml}
 
-cmd=(torchrun --nnodes="${NNODES}" --nproc_per_node="${NPROC_PER_NODE}" --max_restarts="${MAX_RESTARTS:-0}")
+cmd=(python -m titan_jepa.launch --nnodes="${NNODES}" --nproc_per_node="${NPROC_PER_NODE}" --max_restarts="${MAX_RESTARTS:-0}")
 if [[ -z "${RDZV_ENDPOINT:-}" ]]; then
   if [[ "${NNODES}" != 1 ]]; then
     echo "error: NNODES=${NNODES} needs RDZV_ENDPOINT=<head node host>:<port> (or MASTER_ADDR)" >&2

@@ -220,3 +220,23 @@ def test_make_subset_deterministic_and_nested(tmp_path):
     assert set(ids[a16]) < set(ids[a4]) and ids[a4] == sorted(ids[a4])  # nested, in file order
     with pytest.raises(make_subset.UserError, match="must be in"):
         make_subset.write_subsets(src, ["2"], 0, tmp_path / "d")
+
+
+def test_flips_report_counts_items_each_way(tmp_path):
+    import gzip
+
+    import flips_report
+
+    def evals(name, right):
+        preds = [{"index": i, "prediction": "", "gold": "", "correct": i in right} for i in range(6)]
+        with gzip.open(tmp_path / "evals" / f"{name}.json.gz", "wt") as f:
+            json.dump({"accuracy": len(right) / 6, "predictions": preds}, f)
+        return {"arm": name.rsplit("_s", 1)[0], "seed": int(name.rsplit("_s", 1)[1]), "run": name,
+                "eval_json": f"x/evals/{name}.json.gz"}
+
+    (tmp_path / "evals").mkdir()
+    runs = [evals("baseline_s1", {0, 1, 2}), evals("jepa_s1", {1, 2, 3, 4}), evals("jepa_s2", {0})]
+    (tmp_path / "results.json").write_text(json.dumps({"runs": runs}))
+    rows = flips_report.flips(tmp_path)
+    assert rows == [{"arm": "jepa", "seed": 1, "n": 6, "gained": 2, "lost": 1, "net": 1}]  # seed 2: no baseline
+    assert "| jepa | 1 | 6 | 2 | 1 | +1 |" in flips_report.markdown(rows, "baseline")

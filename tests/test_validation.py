@@ -112,7 +112,7 @@ def test_validation_errors_are_one_line(demo_dir, tmp_path):
     tiny.write_text((demo_dir / "regex_test.jsonl").read_text().splitlines()[0] + "\n")
     cfg = tiny_config(tmp_path / "r", demo_dir, data={"kind": "chat", "path": str(demo_dir / "regex_train.jsonl")},
                       validation={"enable": True, "path": str(tiny)})
-    with pytest.raises(DataError, match="validation.path: no records for batch slot 1 of 2"):
+    with pytest.raises(DataError, match="validation.path: no records for batch slot [01] of 2"):
         launch(1, cfg, tmp_path)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -57,4 +58,9 @@ def lr_factor(step: int, cfg: JobConfig) -> float:
 
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, cfg: JobConfig):
+    warmup, steps = cfg.lr_scheduler.warmup_steps, cfg.training.steps
+    if 0 < steps < warmup:  # a short smoke run of a long config: a warning, not an error
+        logging.getLogger("titan_jepa").warning(
+            f"lr_scheduler.warmup_steps = {warmup} is beyond training.steps = {steps}: the warmup is "
+            f"shortened to {steps} steps (set --lr_scheduler.warmup_steps to choose)")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))

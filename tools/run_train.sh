@@ -6,6 +6,7 @@ set -euo pipefail
 NGPU=${NGPU:-1}
 CONFIG_FILE=${CONFIG_FILE:-train_configs/debug_cpu.toml}
 export PYTHONUNBUFFERED=1
-exec torchrun --standalone --nproc_per_node="${NGPU}" \
+# python -m titan_jepa.launch is torchrun with one-line user errors (no ChildFailedError traceback)
+exec "${PYTHON:-python}" -m titan_jepa.launch --standalone --nproc_per_node="${NGPU}" \
   --local-ranks-filter="${LOG_RANK:-0}" --role=rank --tee=3 \
   -m titan_jepa.train --config "${CONFIG_FILE}" "$@"

@@ -15,7 +15,7 @@ Every checkpoint's train_state.json holds ``contract`` (what a resume must match
   layout (checkpoints reshard), activation checkpointing, compile, paths. They take effect (the
   optimizer's hyperparameters and the schedule are re-derived from the new config at the
   resumed step), are logged once as a change, and the run folder keeps the config each
-  segment of the run used (``config.steps-A-B.toml`` beside the current ``config.toml``).
+  segment of the run used (``config.until-step-N.toml`` beside the current ``config.toml``).
 
 Checkpoints written before contracts existed resume with a warning that nothing was checked.
 """
