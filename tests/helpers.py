@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import sys
 from pathlib import Path
@@ -48,9 +49,22 @@ def tiny_config(run_dir: Path, data_dir: Path, **sections) -> dict:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free TCP port. Under pytest-xdist each worker draws from its own range, so two
+    workers never pick the same port between its check here and its use."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    base = 20000 + 4000 * int(worker[2:])
+    while True:
+        port = random.randrange(base, base + 4000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 def _worker(rank: int, world: int, port: int, fn, cfg_dict: dict, out: str):

@@ -98,7 +98,7 @@ def test_folder_errors_are_one_line(tmp_path):
 def _cli_run(folder: Path, demo_dir: Path, steps: int, name: str = "t", world: int = 1, **extra) -> subprocess.Popen:
     cfg = tiny_config(folder, demo_dir, job={"name": name, "dump_folder": str(folder), "seed": 0},
                       training={"steps": steps, "local_batch_size": 2, "global_batch_size": 4},
-                      checkpoint={"enable": True, "interval": 20, "keep_latest_k": 0}, **extra)
+                      checkpoint={"enable": True, "interval": 10, "keep_latest_k": 0}, **extra)
     toml = write_toml(cfg, folder.parent / f"{folder.name}_{name}_{world}.toml")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
@@ -113,7 +113,7 @@ def _losses(run: Path) -> list[float]:
     return [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
 
 
-STEPS = 100
+STEPS = 50
 
 
 @pytest.mark.parametrize("world,mode", [(1, "staggered"), (2, "simultaneous")])
@@ -141,7 +141,7 @@ def test_a_second_launch_leaves_the_first_untouched(demo_dir, tmp_path, world, m
     run = tmp_path / "shared" / "t"
     assert _losses(run) == _losses(tmp_path / "alone" / "t")  # the first run as if alone
     found = complete_checkpoints(run / "checkpoint")
-    assert sorted(found) == list(range(20, STEPS + 1, 20)) and all(verify_checkpoint(p) is None for p in found.values())
+    assert sorted(found) == list(range(10, STEPS + 1, 10)) and all(verify_checkpoint(p) is None for p in found.values())
 
 
 def _tiny(tmp_path, demo_dir, **sections):

@@ -12,7 +12,7 @@ The trials are chained: each launch resumes the run the previous trial interrupt
 a run finishes, the next trial starts a new one. Every logged loss of an interrupted-and-
 resumed run equals the uninterrupted run's loss of that step (bit for bit).
 
-TITAN_JEPA_SIGNAL_TRIALS sets the number of trials (CI default 4; `TITAN_JEPA_SIGNAL_TRIALS=60
+TITAN_JEPA_SIGNAL_TRIALS sets the number of trials (CI default 3; `TITAN_JEPA_SIGNAL_TRIALS=60
 pytest tests/test_signal_trials.py` for the full check), TITAN_JEPA_SIGNAL_SEED the seed.
 """
 
@@ -32,7 +32,7 @@ from helpers import ROOT, tiny_config, write_toml
 from titan_jepa.checkpoint import complete_checkpoints
 from titan_jepa.checkpoint.files import verify_checkpoint
 
-TRIALS = int(os.environ.get("TITAN_JEPA_SIGNAL_TRIALS", "4"))
+TRIALS = int(os.environ.get("TITAN_JEPA_SIGNAL_TRIALS", "3"))
 SEED = int(os.environ.get("TITAN_JEPA_SIGNAL_SEED", "0"))
 STEPS = 12
 

@@ -50,18 +50,89 @@ def dense_mask(meta: MaskMeta, seq_len: int, device: torch.device) -> torch.Tens
     return allowed[:, None]
 
 
+@dataclass
+class Run:
+    """Queries ``q0:q1`` of row ``row`` and the keys they may see: ``keys`` (a range when
+    ``contiguous``, else an index tensor), with ``mask`` over (queries, keys), or None when
+    the keys are exactly the queries and the rule is plain causal."""
+
+    row: int
+    q0: int
+    q1: int
+    keys: torch.Tensor | range
+    mask: torch.Tensor | None
+
+
+@dataclass
+class BlockedMask:
+    """The rule as per-segment blocks (``runs``, in row order, covering every query once)
+    beside the dense mask (used under torch.compile)."""
+
+    runs: list[Run]
+    dense: torch.Tensor
+
+
+def blocked_mask(meta: MaskMeta, seq_len: int, device: torch.device) -> BlockedMask:
+    """Split each row into runs of queries with the same segment and context (contiguous),
+    each with the keys the rule can allow it (its own segment, its context segment) and the
+    rule on those alone. One host read of the metadata per forward, reused by every layer."""
+    dense = dense_mask(meta, seq_len, device)
+    seg = meta.segment_ids.tolist()
+    ctx = meta.context_segment.tolist() if meta.context_segment is not None else None
+    ctx_len = meta.context_len.tolist() if meta.context_len is not None else None
+    runs = []
+    for b, row in enumerate(seg):
+        key = [(row[i], ctx[b][i] if ctx else None, ctx_len[b][i] if ctx else None) for i in range(seq_len)]
+        start = 0
+        for i in range(1, seq_len + 1):
+            if i < seq_len and key[i] == key[start]:
+                continue
+            own, c = key[start][0], key[start][1]
+            # keys: the run's own segment up to its last query, and its context segment
+            keys = [j for j in range(i) if row[j] == own or (c is not None and c >= 0 and row[j] == c)]
+            if keys == list(range(start, i)):  # a whole segment by itself: plain causal
+                runs.append(Run(b, start, i, range(start, i), None))
+            else:
+                idx = torch.tensor(keys, device=device)
+                contiguous = keys == list(range(keys[0], keys[-1] + 1))
+                runs.append(Run(b, start, i, range(keys[0], keys[-1] + 1) if contiguous else idx,
+                                dense[b, 0, start:i][:, idx]))
+            start = i
+    return BlockedMask(runs, dense)
+
+
 class SDPAAttention:
-    """torch.nn.functional.scaled_dot_product_attention: causal fast path or dense mask."""
+    """torch.nn.functional.scaled_dot_product_attention: causal fast path, dense mask, or
+    (on the CPU, for rows of at least ``BLOCKED_MIN_SEQ`` tokens) one call per segment.
+
+    A packed row's mask is block-diagonal (documents, views, predictor segments; plus a
+    shared-prefix view's context): the dense path pays S x S pairs per row where the
+    blocks allow the sum of the segments' squares. On the CPU the per-segment calls compute
+    only those (equal outputs and gradients to the dense path up to float rounding; tests
+    /test_attention_blocks.py); on CUDA the dense mask stays (use ``flex`` there: FlexAttention
+    skips the masked blocks in one kernel)."""
 
     name = "sdpa"
+    BLOCKED_MIN_SEQ = 512  # shorter rows: the dense mask is cheap and one call beats many
+
+    def __init__(self, blocked: bool | None = None):
+        self.blocked = blocked  # None: automatic (CPU and long rows); True/False: forced (tests)
 
     def build_mask(self, meta: MaskMeta, batch: int, seq_len: int, device: torch.device):
         if meta.is_causal_only:
             return None
+        auto = device.type == "cpu" and seq_len >= self.BLOCKED_MIN_SEQ
+        if (auto if self.blocked is None else self.blocked) and not torch.compiler.is_compiling():
+            return blocked_mask(meta, seq_len, device)
         return dense_mask(meta, seq_len, device)
 
     def attend(self, q, k, v, mask) -> torch.Tensor:
         # q: (B, Hq, S, D); k, v: (B, Hkv, S, D)
+        if isinstance(mask, BlockedMask):
+            if torch.compiler.is_compiling():
+                mask = mask.dense
+            else:
+                return self._attend_blocks(q, k, v, mask)
         gqa = k.shape[1] != q.shape[1]
         if mask is None and gqa and q.device.type == "cpu":
             # the CPU flash kernel reads each k/v head for its whole query group (enable_gqa);
@@ -75,6 +146,26 @@ class SDPAAttention:
         if mask is None:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+    @staticmethod
+    def _attend_blocks(q, k, v, mask: BlockedMask) -> torch.Tensor:
+        if k.shape[1] != q.shape[1]:
+            rep = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        rows: list[list[torch.Tensor]] = [[] for _ in range(q.shape[0])]
+        for r in mask.runs:
+            qs = q[r.row:r.row + 1, :, r.q0:r.q1]
+            if isinstance(r.keys, range):
+                ks, vs = k[r.row:r.row + 1, :, r.keys.start:r.keys.stop], v[r.row:r.row + 1, :, r.keys.start:r.keys.stop]
+            else:
+                ks, vs = k[r.row:r.row + 1, :, r.keys], v[r.row:r.row + 1, :, r.keys]
+            if r.mask is None:
+                out = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True)
+            else:
+                out = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=r.mask)
+            rows[r.row].append(out)
+        return torch.cat([torch.cat(parts, dim=2) for parts in rows], dim=0)
 
 
 class FlexAttention:
