@@ -45,10 +45,11 @@ def test_pp2_1f1b_equals_one_with_grad_norm_and_clipping(single, demo_dir, tmp_p
 @pytest.mark.parametrize("world,parallelism", [
     (2, {"pp": 2, "pp_schedule": "Interleaved1F1B", "pp_stages_per_rank": 2}),  # 4 stages of 1 layer
     (2, {"pp": 2, "pp_schedule": "ZBVZeroBubble", "pp_stages_per_rank": 2}),  # zero bubble, a V of stages
+    (2, {"pp": 2, "pp_schedule": "InterleavedZeroBubble", "pp_stages_per_rank": 2}),  # zero bubble, looped
     (2, {"pp": 2, "pp_schedule": "GPipe", "pp_layers_per_stage": [1, 3]}),  # an uneven split
     (4, {"pp": 2, "dp_shard": 2}),
     (4, {"pp": 2, "tp": 2}),
-], ids=["interleaved-v2", "zbv", "gpipe-uneven", "pp2-fsdp2", "pp2-tp2"])
+], ids=["interleaved-v2", "zbv", "interleaved-zb", "gpipe-uneven", "pp2-fsdp2", "pp2-tp2"])
 def test_layouts_equal_one(single, demo_dir, tmp_path, world, parallelism):
     losses = launch(world, _cfg(tmp_path, demo_dir, parallelism=parallelism), tmp_path)
     assert losses == pytest.approx(single[0], rel=1e-4)
