@@ -163,6 +163,10 @@ def test_seed_dcp_and_hf_initial_loads(baseline, demo_dir, tmp_path):
     from_hf = config(tmp_path / "c", demo_dir, training=one_step,
                      checkpoint={"initial_load_path": str(tmp_path / "hf"), "initial_load_format": "hf"})
     assert launch(1, from_hf, tmp_path) == pytest.approx(reference, rel=1e-6)
+    # ... and under pipeline parallelism (each stage reads its own layers)
+    from_hf_pp = dict(from_hf, job={**from_hf["job"], "dump_folder": str(tmp_path / "c_pp")},
+                      parallelism={"pp": 2, "dp_shard": 1})
+    assert launch(2, from_hf_pp, tmp_path) == pytest.approx(reference, rel=1e-5)
 
     # a checkpoint of another model shape is one clear error
     wider = config(tmp_path / "d", demo_dir, training=one_step, model={"vocab_size": 4096},

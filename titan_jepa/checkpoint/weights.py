@@ -245,32 +245,34 @@ def grow_vocab(sd: dict[str, torch.Tensor], vocab_size: int, tied: bool) -> dict
 
 
 def _load_full_state(model: torch.nn.Module, read: Callable[[], dict[str, torch.Tensor]], path: Path,
-                     what: str) -> set[str]:
+                     what: str, every_rank: bool = False) -> set[str]:
     """Rank 0 reads whole tensors in our names (``read()``, may raise CheckpointError), the
     vocabulary grows to the model's, set_model_state_dict broadcasts and shards. Keys the
-    weights lack (LoRA adapters) keep their init. Every rank calls it; returns the keys loaded."""
+    weights lack (LoRA adapters) keep their init. Every rank calls it; returns the keys loaded.
+    ``every_rank`` (pipeline stages, which hold different parts of the model): each rank reads
+    the files itself and keeps its own stage's tensors; nothing is broadcast."""
     dtypes = {k: v.dtype for k, v in get_model_state_dict(model).items()}
     sd, err = {}, None
-    if rank_world()[0] == 0:
+    if every_rank or rank_world()[0] == 0:
         try:
             sd = grow_vocab(read(), model.args.vocab_size, model.args.tie_embeddings)
-            sd = {k: v.to(dtypes[k]) if k in dtypes else v for k, v in sd.items()}
+            sd = {k: v.to(dtypes[k]) for k, v in sd.items() if k in dtypes or not every_rank}
         except CheckpointError as e:
             err = str(e)
         except (OSError, KeyError, ValueError) as e:
             err = f"{what} '{path}': " + (str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
     if rank_world()[1] > 1:
         box = [err]
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0)  # rank 0's error (every rank reads the same files)
         err = box[0]
     if err is not None:
         raise CheckpointError(err)
     set_model_state_dict(model, sd, options=StateDictOptions(
-        full_state_dict=True, broadcast_from_rank0=rank_world()[1] > 1, strict=False))
+        full_state_dict=True, broadcast_from_rank0=rank_world()[1] > 1 and not every_rank, strict=False))
     return set(dtypes) - {k for k in dtypes if is_lora_name(k)}
 
 
-def load_hf(model: torch.nn.Module, path: Path, what: str, grow: bool = False) -> set[str]:
+def load_hf(model: torch.nn.Module, path: Path, what: str, grow: bool = False, stage_part: bool = False) -> set[str]:
     """Load a Hugging Face folder into ``model`` (plain or sharded; every rank calls it):
     rank 0 reads the files, set_model_state_dict broadcasts and shards. The model's LoRA
     adapters (absent from a HF base model) keep their init. ``grow``: the model's vocabulary
@@ -280,7 +282,7 @@ def load_hf(model: torch.nn.Module, path: Path, what: str, grow: bool = False) -
         saved = _check_hf_shape(model.args, path, what, grow)
         return hf_convert.from_hf_state_dict(hf_convert.load_hf_safetensors(path), saved)
 
-    return _load_full_state(model, read, path, f"{what} (hf)")
+    return _load_full_state(model, read, path, f"{what} (hf)", every_rank=stage_part)
 
 
 def _fewer_vocab_rows(saved: dict[str, tuple], want: dict[str, tuple]) -> bool:
@@ -299,12 +301,8 @@ def load_weights(model: torch.nn.Module, path: str | Path, what: str, fmt: str =
         raise CheckpointError(f"{what} '{path}' is not a DCP folder (no .metadata); for safetensors set "
                               f"checkpoint.initial_load_format = 'hf'")
     kind, path = resolve(path, what) if fmt == "auto" else (fmt, path)
-    if kind == "hf" and stage_part:
-        raise CheckpointError(f"{what}: a Hugging Face initial load under parallelism.pp > 1 is not supported "
-                              f"yet; start from a DCP folder (e.g. the model-only export of a pp = 1 run, "
-                              f"checkpoint.model_only_export = true)")
     if kind == "hf":
-        return load_hf(model, path, what, grow)
+        return load_hf(model, path, what, grow, stage_part=stage_part)
     return load_dcp(model, path, what, stage_part=stage_part, grow=grow)
 
 
