@@ -118,7 +118,9 @@ def resolve_files(path: str) -> list[Path]:
         files = sorted(Path(q) for q in glob.glob(path, recursive=True) if Path(q).is_file())
     if not files:
         what = "has no .jsonl/.txt/.parquet files" if p.is_dir() else "does not exist"
-        raise DataError(f"data.path '{path}' {what}; {DEMO_HINT}")
+        error = DataError(f"data.path '{path}' {what}; {DEMO_HINT}")
+        error.same_on_every_rank = True  # every rank sees the same files: rank 0 alone reports it
+        raise error
     for f in files:
         if f.suffix not in SUFFIXES:
             raise DataError(f"data.path: '{f}' is not one of {', '.join(SUFFIXES)}")
