@@ -267,6 +267,12 @@ def cross_checks(cfg: JobConfig) -> None:
                           "or stp.mode = 'random_span' / 'curvature' on plain text")
     if st.enable and st.mode == "random_span_mask" and j.enable:
         raise ConfigError("stp.mode = 'random_span_mask' adds its own views; disable jepa.enable or pick another mode")
+    if cfg.compile.enable and cfg.parallelism.tp > 1 and t.device == "cpu":
+        # torch 2.13 / 2.14 on CPU: the first backward fails inside DTensor's redistribute
+        # ("'Tensor' object has no attribute '_local_tensor'") once the blocks are compiled
+        raise ConfigError("compile.enable with parallelism.tp > 1 is not supported on the CPU (torch's DTensor "
+                          "backward fails under torch.compile there); set --compile.enable false or tp = 1 for "
+                          "CPU runs")
     if cfg.float8.enable and cfg.lora.enable:
         raise ConfigError("float8.enable with lora.enable would convert the LoRA layers and drop their "
                           "adapters; disable one of them")
