@@ -188,6 +188,8 @@ def test_tiny_sweep_end_to_end(tmp_path, demo_dir):
     for r in data["runs"]:
         assert r["n"] == 4 and 0.0 <= r["accuracy"] <= 1.0 and r["final_step"] == 2
         assert math.isfinite(r["final_loss"]) and "model-only" in r["checkpoint"]
+    assert (out / "evals" / "baseline_s82.metrics.jsonl").read_text() == \
+        (out / "runs" / "baseline_s82" / "metrics.jsonl").read_text()  # the curve, committed with the eval
     # the JEPA arm trained with the JEPA loss on top: its logged loss is the larger one
     loss = {(r["arm"], r["seed"]): r["final_loss"] for r in data["runs"]}
     assert loss[("jepa.lambda=1", 82)] > loss[("baseline", 82)]

@@ -20,7 +20,8 @@ Runs go seed by seed (every arm on the first seed, then the second, ...), one at
   2. evaluate the final model-only export ``<run>/<checkpoint.folder>/model-only/step-N``
      with ``python -m titan_jepa.eval --config <run>/config.toml`` into
      ``<out>/evals/<arm>_s<S>.json.gz`` (the eval's JSON, every prediction, gzipped: small
-     enough to commit; log: ``<out>/logs/<arm>_s<S>.eval.log``);
+     enough to commit; log: ``<out>/logs/<arm>_s<S>.eval.log``), and the run's training
+     curve copied to ``<out>/evals/<arm>_s<S>.metrics.jsonl`` (run folders are not committed);
   3. print one line: arm, seed, accuracy, final training loss (last row of the run's
      metrics.jsonl), seconds.
 
@@ -45,6 +46,7 @@ import os
 import queue
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -316,6 +318,8 @@ def run_one(a: argparse.Namespace, arm: Arm, seed: int, out: Path, env: dict | N
             f.write(plain.read_bytes())
         eval_json.with_name(eval_json.name + ".tmp").replace(eval_json)
         plain.unlink()
+        if (run_dir / "metrics.jsonl").is_file():  # the training curve, kept (and committed) beside it
+            shutil.copyfile(run_dir / "metrics.jsonl", out / "evals" / f"{name}.metrics.jsonl")
         loss, step = final_loss(run_dir)
         timing = {"train_seconds": round(t1 - t0, 2), "eval_seconds": round(time.time() - t1, 2),
                   "checkpoint": str(ckpt), "final_loss": loss, "final_step": step}
