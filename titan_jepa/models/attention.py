@@ -52,14 +52,14 @@ def dense_mask(meta: MaskMeta, seq_len: int, device: torch.device) -> torch.Tens
 
 @dataclass
 class Run:
-    """Queries ``q0:q1`` of row ``row`` and the keys they may see: ``keys`` (a range when
-    ``contiguous``, else an index tensor), with ``mask`` over (queries, keys), or None when
+    """Queries ``q0:q1`` of row ``row`` and the keys they may see: ``keys`` (a slice when they
+    are contiguous, else an index tensor), with ``mask`` over (queries, keys), or None when
     the keys are exactly the queries and the rule is plain causal."""
 
     row: int
     q0: int
     q1: int
-    keys: torch.Tensor | range
+    keys: slice | torch.Tensor
     mask: torch.Tensor | None
 
 
@@ -91,11 +91,11 @@ def blocked_mask(meta: MaskMeta, seq_len: int, device: torch.device) -> BlockedM
             # keys: the run's own segment up to its last query, and its context segment
             keys = [j for j in range(i) if row[j] == own or (c is not None and c >= 0 and row[j] == c)]
             if keys == list(range(start, i)):  # a whole segment by itself: plain causal
-                runs.append(Run(b, start, i, range(start, i), None))
+                runs.append(Run(b, start, i, slice(start, i), None))
             else:
                 idx = torch.tensor(keys, device=device)
                 contiguous = keys == list(range(keys[0], keys[-1] + 1))
-                runs.append(Run(b, start, i, range(keys[0], keys[-1] + 1) if contiguous else idx,
+                runs.append(Run(b, start, i, slice(keys[0], keys[-1] + 1) if contiguous else idx,
                                 dense[b, 0, start:i][:, idx]))
             start = i
     return BlockedMask(runs, dense)
@@ -156,10 +156,7 @@ class SDPAAttention:
         rows: list[list[torch.Tensor]] = [[] for _ in range(q.shape[0])]
         for r in mask.runs:
             qs = q[r.row:r.row + 1, :, r.q0:r.q1]
-            if isinstance(r.keys, range):
-                ks, vs = k[r.row:r.row + 1, :, r.keys.start:r.keys.stop], v[r.row:r.row + 1, :, r.keys.start:r.keys.stop]
-            else:
-                ks, vs = k[r.row:r.row + 1, :, r.keys], v[r.row:r.row + 1, :, r.keys]
+            ks, vs = k[r.row:r.row + 1, :, r.keys], v[r.row:r.row + 1, :, r.keys]
             if r.mask is None:
                 out = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True)
             else:
