@@ -78,3 +78,69 @@ def test_chosen_automatically_on_cpu_for_long_rows():
     short = MaskMeta(seg[:, :256], torch.arange(256)[None])
     assert not isinstance(auto.build_mask(short, 1, 256, torch.device("cpu")), BlockedMask)
     assert not isinstance(SDPAAttention(blocked=False).build_mask(meta, 1, 512, torch.device("cpu")), BlockedMask)
+
+
+@pytest.mark.parametrize("lengths", [[1, 1, 5, 7, 8, 33, 40, 2, 415], [512], [3] * 170 + [2]])
+def test_length_buckets_equal_dense_attention(lengths):
+    """Segments of mixed lengths (padded within a bucket, length 1, one whole-row segment),
+    GQA: the attention output and dq/dk/dv equal the dense mask's."""
+    seg = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)])[None].repeat(2, 1)
+    seg[1] = seg[1].flip(0)  # the second row: the same segments in reverse order
+    seg = seg.to(torch.int32)
+    pos = torch.zeros_like(seg, dtype=torch.int64)
+    meta = MaskMeta(seg, pos)
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, 512, 16, generator=g, requires_grad=True)
+    k = torch.randn(2, 2, 512, 16, generator=g, requires_grad=True)
+    v = torch.randn(2, 2, 512, 16, generator=g, requires_grad=True)
+    w = torch.randn(2, 4, 512, 16, generator=g)
+    results = []
+    for blocked in (False, True):
+        backend = SDPAAttention(blocked=blocked)
+        mask = backend.build_mask(meta, 2, 512, torch.device("cpu"))
+        assert isinstance(mask, BlockedMask) == blocked
+        out = backend.attend(q, k, v, mask)
+        (out * w).sum().backward()
+        results.append([out.detach()] + [t.grad.clone() for t in (q, k, v)])
+        for t in (q, k, v):
+            t.grad = None
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_unpadded_forward_equals_the_padded_one(demo_dir, tmp_path, kind):
+    """The CPU training path (LocalRunner without TP): the layers on the tokens that are not
+    padding (tokens_at) and the head on the labelled ones (targets_at) give the padded
+    forward's logits at the targets, its hidden states at every real token, zeros at the
+    padding, and the same gradient for every parameter."""
+    batch = _batch(demo_dir, tmp_path, kind)
+    real = batch.tokens_at
+    if kind == "documents":  # documents fill their rows: make the second row's tail padding
+        cut = batch.tokens.shape[1] + 300
+        batch.tokens.view(-1)[cut:], batch.labels.view(-1)[cut - 1:] = 0, -100
+        batch.segment_ids.view(-1)[cut:] = batch.segment_ids.max() + 1
+        real = batch.tokens_at = real[:cut]
+        batch.targets_at = (batch.labels.flatten() != -100).nonzero().squeeze(1)
+    assert 0 < real.numel() < batch.tokens.numel()  # the batch has padding to drop
+    assert torch.equal(batch.targets_at, (batch.labels.flatten() != -100).nonzero().squeeze(1))
+    w = torch.randn(batch.tokens.numel(), 128, generator=torch.Generator().manual_seed(1))
+    results = []
+    for unpadded in (False, True):
+        model = _model(None)
+        extra = {"logits_at": batch.targets_at, "tokens_at": real} if unpadded else {}
+        out = model(batch.tokens, **batch.mask_inputs(), **extra)
+        logits = out.logits if unpadded else out.logits.flatten(0, 1)[batch.targets_at]
+        hidden = out.hidden.flatten(0, 1)
+        if unpadded:
+            pad = torch.ones(hidden.shape[0], dtype=torch.bool)
+            pad[real] = False
+            assert torch.count_nonzero(hidden[pad]) == 0
+        loss = logits.float().logsumexp(-1).sum() + (hidden[real] * w[real]).sum()
+        loss.backward()
+        results.append((logits.detach(), hidden[real].detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (l0, h0, g0), (l1, h1, g1) = results
+    torch.testing.assert_close(l1, l0, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(h1, h0, atol=2e-5, rtol=1e-5)
+    for name, g in g0.items():
+        torch.testing.assert_close(g1[name], g, atol=5e-5, rtol=1e-4, msg=name)

@@ -91,6 +91,9 @@ class HostReads:
     Each is a host sync when the tensor is on a GPU."""
 
     NAMES = ("item", "tolist", "cpu", "__bool__", "__float__", "__int__")
+    # functions that run on the CPU path alone (no device to sync with): the per-segment
+    # attention's mask (models/attention.py; CUDA keeps the dense mask or FlexAttention)
+    CPU_ONLY = ("blocked_mask",)
 
     def __init__(self):
         import torch
@@ -109,7 +112,8 @@ class HostReads:
             def counted(t, *args, **kwargs):
                 if self.on:
                     where = sys._getframe(1).f_code.co_filename
-                    if where.startswith(pkg) and not where.startswith(data):
+                    cpu_only = sys._getframe(1).f_code.co_name in self.CPU_ONLY
+                    if where.startswith(pkg) and not where.startswith(data) and not cpu_only:
                         self.calls.append(f"{name} in {os.path.relpath(where, pkg)}:{sys._getframe(1).f_lineno}")
                 return original(t, *args, **kwargs)
             return counted

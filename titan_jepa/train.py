@@ -202,7 +202,9 @@ def setup(cfg: JobConfig, hooks: TrainHooks, objectives: list, rank: int, world:
         model, runner = build_pipeline(make_model, dims, mesh, cfg, device)
     else:
         model = parallelize(make_model(), dims, mesh, cfg)
-        runner = LocalRunner(model)
+        runner = LocalRunner(model, head_on_targets=dims.tp == 1,
+                             drop_padding=device.type == "cpu" and dims.tp == 1 and not cfg.compile.enable
+                             and model_args.attn_backend == "sdpa")
     # the objectives' trainable heads (e.g. STP's linear predictor), on the rank with the model's head
     heads = build_heads(objectives, model_args.dim) if model.output is not None else None
     model.to_empty(device=device)

@@ -67,10 +67,10 @@ def reference_batch(records, cfg, tok):
     fulls, texts, codes, labels, pred_at, code_at = [], [], [], [], [], []
     for r in records:
         s = views(r, "bench")
-        (full, lab), (text, _), (code, _) = s["segments"]
-        fulls.append(full), labels.append(lab), texts.append(text), codes.append(code)
-        pred_at.append(s["jepa"][0] - len(full))
-        code_at.append(s["jepa"][1] - len(full) - len(text))
+        full, text, code = (seg.ids for seg in s.segments)
+        fulls.append(full), labels.append(s.segments[0].labels), texts.append(text), codes.append(code)
+        pred_at.append(s.marks["jepa"][0] - len(full))
+        code_at.append(s.marks["jepa"][1] - len(full) - len(text))
     seqs = fulls + texts + codes
     width = max(len(x) for x in seqs)
     tokens = torch.full((len(seqs), width), tok.pad_id, dtype=torch.int64)

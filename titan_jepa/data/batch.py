@@ -104,6 +104,12 @@ class Batch:
     records:     each objective's record (a dataclass of tensors), by objective name.
     samples:     SampleTable (chat/pairs data), else None.
     count_vector: ``counts.vector()`` on the batch's device, set by ``to``.
+    targets_at:  (N,) int64 flat indices (row * S + position) of the tokens with a label,
+                 in row-major order (``collate`` fills it); the model's head may run on
+                 these alone (``Transformer.forward(logits_at=...)``).
+    tokens_at:   (T,) int64 flat indices of the tokens that are not padding, in row-major
+                 order (``collate`` fills it); the model may run on these alone
+                 (``Transformer.forward(tokens_at=...)``).
     """
 
     tokens: torch.Tensor
@@ -116,6 +122,8 @@ class Batch:
     records: dict[str, Any] = field(default_factory=dict)
     samples: SampleTable | None = None
     count_vector: torch.Tensor | None = None
+    targets_at: torch.Tensor | None = None
+    tokens_at: torch.Tensor | None = None
 
     def mask_inputs(self) -> dict[str, torch.Tensor]:
         """The mask metadata the model's forward takes beside the tokens (None ones left out)."""
@@ -127,7 +135,7 @@ class Batch:
         unpacked as views of it on the device."""
         device = torch.device(device)
         tensors = {}  # (record name or None, field) -> tensor
-        for f in ("tokens", "labels", *MASK_FIELDS):
+        for f in ("tokens", "labels", "targets_at", "tokens_at", *MASK_FIELDS):
             if getattr(self, f) is not None:
                 tensors[(None, f)] = getattr(self, f)
         for name, rec in self.records.items():

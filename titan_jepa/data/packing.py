@@ -40,6 +40,7 @@ class Row:
     # the shared-prefix context (see Batch): filled only when a segment has one
     context_segment: list[int] | None = None
     context_len: list[int] | None = None
+    content: int = -1  # tokens before the padding (set by pad_to; -1: not padded)
 
     def add(self, tokens: list[int], labels: list[int], pos0: int = 0,
             context_segment: int = -1, context_len: int = 0) -> int:
@@ -61,6 +62,8 @@ class Row:
 
     def pad_to(self, seq_len: int, pad_id: int) -> "Row":
         n = seq_len - len(self.tokens)
+        if self.content < 0:
+            self.content = len(self.tokens)
         if n > 0:
             self.add([pad_id] * n, [IGNORE_INDEX] * n)
         return self
@@ -259,6 +262,9 @@ def collate(rows: list[Row], batch_size: int, seq_len: int, pad_id: int) -> Batc
         segment_ids=torch.tensor([r.segment_ids for r in rows], dtype=torch.int32),
         counts=BatchCounts(full_tokens=tokens, tokens=tokens, pairs=pairs, ntp_tokens=tokens, ntp_pairs=pairs),
     )
+    batch.targets_at = (batch.labels.flatten() != IGNORE_INDEX).nonzero().squeeze(1)
+    batch.tokens_at = torch.tensor([b * seq_len + i for b, r in enumerate(rows)
+                                    for i in range(r.content if r.content >= 0 else len(r.tokens))], dtype=torch.int64)
     if any(r.context_segment is not None for r in rows):
         batch.context_segment = torch.tensor(
             [r.context_segment or [-1] * seq_len for r in rows], dtype=torch.int32)

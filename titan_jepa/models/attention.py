@@ -16,6 +16,7 @@ under torch.compile).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -65,17 +66,35 @@ class Run:
 
 @dataclass
 class BlockedMask:
-    """The rule as per-segment blocks (``runs``, in row order, covering every query once)
-    beside the dense mask (used under torch.compile)."""
+    """The rule as per-segment blocks beside the dense mask (used under torch.compile).
+
+    ``runs`` (in row order, covering every query once) are the blocks. The plain causal
+    ones (a segment by itself: documents, separate views) are batched by length: each of
+    ``buckets`` is an (n, L) tensor of flat token indices (row * S + position), one
+    segment per line, right-padded with its first index, so one causal SDPA call serves
+    the whole bucket (a padded slot comes after every real query of its line, which causal
+    attention never lets them see). The rest (``masked``: runs with a context segment) are
+    one call each. ``take`` maps every flat token index to its row in the concatenation
+    of the buckets' outputs (n * L lines each) and the masked runs' outputs."""
 
     runs: list[Run]
     dense: torch.Tensor
+    buckets: list[torch.Tensor]
+    masked: list[Run]
+    take: torch.Tensor
+
+
+def _bucket(length: int) -> int:
+    """Half-octave length classes: a bucket's lines are padded to at most sqrt(2)x their
+    length (at most 2x the attention pairs)."""
+    return math.ceil(2 * math.log2(length)) if length > 1 else 0
 
 
 def blocked_mask(meta: MaskMeta, seq_len: int, device: torch.device) -> BlockedMask:
     """Split each row into runs of queries with the same segment and context (contiguous),
     each with the keys the rule can allow it (its own segment, its context segment) and the
-    rule on those alone. One host read of the metadata per forward, reused by every layer."""
+    rule on those alone; batch the plain causal ones by length. One host read of the
+    metadata per forward, reused by every layer."""
     dense = dense_mask(meta, seq_len, device)
     seg = meta.segment_ids.tolist()
     ctx = meta.context_segment.tolist() if meta.context_segment is not None else None
@@ -98,7 +117,27 @@ def blocked_mask(meta: MaskMeta, seq_len: int, device: torch.device) -> BlockedM
                 runs.append(Run(b, start, i, slice(keys[0], keys[-1] + 1) if contiguous else idx,
                                 dense[b, 0, start:i][:, idx]))
             start = i
-    return BlockedMask(runs, dense)
+    by_len: dict[int, list[Run]] = {}
+    for r in runs:
+        if r.mask is None:
+            by_len.setdefault(_bucket(r.q1 - r.q0), []).append(r)
+    buckets, take, line0 = [], [0] * (len(seg) * seq_len), 0
+    for group in by_len.values():
+        width = max(r.q1 - r.q0 for r in group)
+        lines = []
+        for n, r in enumerate(group):
+            first = r.row * seq_len + r.q0
+            lines.append([first + j for j in range(r.q1 - r.q0)] + [first] * (width - (r.q1 - r.q0)))
+            for j in range(r.q1 - r.q0):
+                take[first + j] = line0 + n * width + j
+        buckets.append(torch.tensor(lines, device=device))
+        line0 += len(group) * width
+    masked = [r for r in runs if r.mask is not None]
+    for r in masked:
+        for j in range(r.q1 - r.q0):
+            take[r.row * seq_len + r.q0 + j] = line0 + j
+        line0 += r.q1 - r.q0
+    return BlockedMask(runs, dense, buckets, masked, torch.tensor(take, device=device))
 
 
 class SDPAAttention:
@@ -118,10 +157,12 @@ class SDPAAttention:
     def __init__(self, blocked: bool | None = None):
         self.blocked = blocked  # None: automatic (CPU and long rows); True/False: forced (tests)
 
-    def build_mask(self, meta: MaskMeta, batch: int, seq_len: int, device: torch.device):
+    def build_mask(self, meta: MaskMeta, batch: int, seq_len: int, device: torch.device, packed: bool = False):
+        """``packed``: one row of many segments (the model's unpadded forward): per-segment
+        on the CPU whatever its length."""
         if meta.is_causal_only:
             return None
-        auto = device.type == "cpu" and seq_len >= self.BLOCKED_MIN_SEQ
+        auto = device.type == "cpu" and (packed or seq_len >= self.BLOCKED_MIN_SEQ)
         if (auto if self.blocked is None else self.blocked) and not torch.compiler.is_compiling():
             return blocked_mask(meta, seq_len, device)
         return dense_mask(meta, seq_len, device)
@@ -150,19 +191,28 @@ class SDPAAttention:
 
     @staticmethod
     def _attend_blocks(q, k, v, mask: BlockedMask) -> torch.Tensor:
-        if k.shape[1] != q.shape[1]:
-            rep = q.shape[1] // k.shape[1]
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        rows: list[list[torch.Tensor]] = [[] for _ in range(q.shape[0])]
-        for r in mask.runs:
-            qs = q[r.row:r.row + 1, :, r.q0:r.q1]
-            ks, vs = k[r.row:r.row + 1, :, r.keys], v[r.row:r.row + 1, :, r.keys]
-            if r.mask is None:
-                out = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True)
-            else:
+        bsz, n_heads, seq_len, head_dim = q.shape
+        gqa = k.shape[1] != n_heads
+        # (B*S, H, D) views of the (B, S, H, D) projections the (B, H, S, D) q/k/v transpose
+        qf, kf, vf = (t.transpose(1, 2).reshape(bsz * seq_len, t.shape[1], head_dim) for t in (q, k, v))
+        outs = []
+        for lines in mask.buckets:  # one causal call per length bucket
+            n, width = lines.shape
+            idx = lines.flatten()
+            qs, ks, vs = (t[idx].view(n, width, t.shape[1], head_dim).transpose(1, 2) for t in (qf, kf, vf))
+            out = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=gqa)
+            outs.append(out.transpose(1, 2).reshape(n * width, n_heads * head_dim))
+        if mask.masked:
+            if gqa:
+                rep = n_heads // k.shape[1]
+                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+            for r in mask.masked:  # runs with a context segment: one call each, with their mask
+                qs = q[r.row:r.row + 1, :, r.q0:r.q1]
+                ks, vs = k[r.row:r.row + 1, :, r.keys], v[r.row:r.row + 1, :, r.keys]
                 out = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=r.mask)
-            rows[r.row].append(out)
-        return torch.cat([torch.cat(parts, dim=2) for parts in rows], dim=0)
+                outs.append(out[0].transpose(0, 1).reshape(r.q1 - r.q0, n_heads * head_dim))
+        out = torch.cat(outs) if len(outs) > 1 else outs[0]
+        return out[mask.take].view(bsz, seq_len, n_heads, head_dim).transpose(1, 2)
 
 
 class FlexAttention:
@@ -178,7 +228,7 @@ class FlexAttention:
         # compiled block it would be a torch.compile call under dynamo (a graph break)
         self._flex = torch.compile(flex_attention, dynamic=False)
 
-    def build_mask(self, meta: MaskMeta, batch: int, seq_len: int, device: torch.device):
+    def build_mask(self, meta: MaskMeta, batch: int, seq_len: int, device: torch.device, packed: bool = False):
         from torch.nn.attention.flex_attention import create_block_mask
 
         if meta.is_causal_only:

@@ -118,8 +118,9 @@ class ModelArgs:
 
 class ModelOutputs(NamedTuple):
     """What the forward of a model with its head returns (a tuple, so pipeline stages can
-    send it): logits (B, S, V), vocab-sharded under tensor parallelism, and the final normed
-    hidden states (B, S, D), whole on every rank, which the objectives read."""
+    send it): logits (B, S, V), vocab-sharded under tensor parallelism, or (N, V) at the
+    positions the forward's ``logits_at`` named, and the final normed hidden states
+    (B, S, D), whole on every rank, which the objectives read."""
 
     logits: torch.Tensor
     hidden: torch.Tensor
@@ -385,13 +386,25 @@ class Transformer(nn.Module):
                 segment_ids: torch.Tensor | None = None,
                 context_segment: torch.Tensor | None = None,
                 context_len: torch.Tensor | None = None,
-                kv_caches=None, last_logits_only: bool = False):
+                kv_caches=None, last_logits_only: bool = False, logits_at: torch.Tensor | None = None,
+                tokens_at: torch.Tensor | None = None):
         """x: token ids (B, S), or the residual stream of the previous pipeline stage when
         this model has no embedding. Returns ModelOutputs (logits (B, S, V), final normed
         hidden (B, S, D)), or the residual stream when it has no head. Mask metadata (see
         models/attention.py) is optional (all None: causal). Decoding (models/kv_cache.py)
         passes explicit positions and one KVCache per layer; ``last_logits_only`` computes
-        the logits of the last position alone (B, 1, V)."""
+        the logits of the last position alone (B, 1, V). ``logits_at`` (N,) flat indices
+        (row * S + position, e.g. ``Batch.targets_at``) computes the logits of those
+        positions alone, (N, V): the vocabulary projection and the loss skip every token
+        without a label (views, padding, prompts under an answer-only loss). ``tokens_at``
+        (T,) flat indices of the tokens that are not padding (``Batch.tokens_at``, with
+        segment ids): the layers run on those alone, as one row of T tokens whose segments
+        keep their rows' masks, and the hidden states come back as (B, S, D), zeros at the
+        padding (the attention backend runs such a row segment by segment)."""
+        if tokens_at is not None and segment_ids is not None and self.tok_embeddings is not None \
+                and kv_caches is None and 0 < tokens_at.numel() < x.numel():
+            return self._forward_unpadded(x, positions, segment_ids, context_segment, context_len,
+                                          logits_at, tokens_at)
         meta_shape = next((t.shape for t in (positions, segment_ids) if t is not None), None)
         bsz, seqlen = meta_shape or x.shape[:2]
         if positions is None:
@@ -411,7 +424,35 @@ class Transformer(nn.Module):
         h = self.norm(h)
         if last_logits_only:
             h = h[:, -1:]
+        if logits_at is not None:
+            return ModelOutputs(self.output(h.flatten(0, 1)[logits_at]), h)
         return ModelOutputs(self.output(h), h)
+
+    def _forward_unpadded(self, x, positions, segment_ids, context_segment, context_len, logits_at, tokens_at):
+        """forward() on the tokens at ``tokens_at`` alone (see there)."""
+        bsz, seqlen = x.shape
+        # segment ids are per row: offset each row's by row * S so they stay apart in one row
+        row0 = torch.arange(bsz, device=x.device)[:, None] * seqlen
+        if positions is None:
+            positions = torch.arange(seqlen, device=x.device).expand(bsz, seqlen)
+
+        def pick(t):
+            return t.flatten()[tokens_at][None]
+
+        seg = pick(segment_ids.long() + row0)
+        ctx = None if context_segment is None else pick(
+            torch.where(context_segment >= 0, context_segment.long() + row0, -1))
+        pos = pick(positions)
+        meta = MaskMeta(seg, pos, ctx, None if context_len is None else pick(context_len))
+        mask = self.backend.build_mask(meta, 1, tokens_at.numel(), x.device, packed=True)
+        cos, sin = self.rope_cos[pos], self.rope_sin[pos]
+        h = self.tok_embeddings(pick(x))
+        for layer in self.layers.values():
+            h = layer(h, cos, sin, mask)
+        h = self.norm(h)[0]
+        full = h.new_zeros(bsz * seqlen, h.shape[-1]).index_copy(0, tokens_at, h)
+        logits = self.output(full[logits_at] if logits_at is not None else full.view(bsz, seqlen, -1))
+        return ModelOutputs(logits, full.view(bsz, seqlen, -1))
 
     def prune(self, layer_ids: set[int], embedding: bool, head: bool) -> "Transformer":
         """Delete the layers not in ``layer_ids``, and the embedding / final norm and output

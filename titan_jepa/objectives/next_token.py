@@ -11,9 +11,11 @@ from titan_jepa.objectives.base import Objective, Term
 
 
 def next_token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum over target tokens of -log p(label); labels are already shifted (see Batch)."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(0, 1),
-                           ignore_index=IGNORE_INDEX, reduction="sum")
+    """Sum over target tokens of -log p(label); labels are already shifted (see Batch).
+    logits (B, S, V) with labels (B, S), or (N, V) with their N labels."""
+    if logits.dim() == 3:
+        logits, labels = logits.flatten(0, 1), labels.flatten(0, 1)
+    return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
 
 
 class NextToken(Objective):
@@ -28,4 +30,7 @@ class NextToken(Objective):
         return None, sum(1 for r in rows for t in r.labels if t != IGNORE_INDEX)
 
     def loss(self, outputs, batch, heads, gather=None, rank=0) -> Term:
-        return Term(next_token_loss_sum(outputs.logits, batch.labels))
+        labels = batch.labels
+        if outputs.logits.dim() == 2:  # the head ran on batch.targets_at alone (LocalRunner)
+            labels = labels.flatten()[batch.targets_at]
+        return Term(next_token_loss_sum(outputs.logits, labels))

@@ -24,14 +24,25 @@ from titan_jepa.parallel.loss_parallel import loss_context
 class LocalRunner:
     """The whole model on this rank: each micro-batch's forward and backward in turn."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, head_on_targets: bool = False, drop_padding: bool = False):
         self.model = model
+        # the head and the loss on the labelled tokens alone (Batch.targets_at); not under TP,
+        # whose vocab-sharded head and loss parallel keep the (B, S) layout
+        self.head_on_targets = head_on_targets
+        # the layers on the tokens that are not padding alone (Batch.tokens_at): the CPU's
+        # per-segment attention, eager (a compiled block would see a new length every step)
+        self.drop_padding = drop_padding
 
     def run(self, micro_batches: list, loss_fn: Callable, backward: bool = True) -> list:
         results = []
         for mb in micro_batches:
             with loss_context(self.model):  # forward and backward inside (loss parallel under TP)
-                loss, result = loss_fn(self.model(mb.tokens, **mb.mask_inputs()), mb)
+                extra = {}
+                if self.head_on_targets and mb.targets_at is not None:
+                    extra["logits_at"] = mb.targets_at
+                if self.drop_padding and mb.tokens_at is not None:
+                    extra["tokens_at"] = mb.tokens_at
+                loss, result = loss_fn(self.model(mb.tokens, **mb.mask_inputs(), **extra), mb)
                 if backward:
                     loss.backward()
             results.append(result)
