@@ -37,18 +37,29 @@ class MaskMeta:
         return self.segment_ids is None
 
 
+def pairs_allowed(meta: MaskMeta, q_idx: torch.Tensor, k_idx: torch.Tensor) -> torch.Tensor:
+    """The rule above for the queries at row indices ``q_idx`` (Sq,) and the keys at
+    ``k_idx`` (Sk,), as a (B, Sq, Sk) boolean (True = may attend); (1, Sq, Sk) when causal
+    only. Context parallelism evaluates it on the global indices of a rank's queries and
+    of the gathered keys."""
+    causal = q_idx[:, None] >= k_idx[None, :]
+    seg = meta.segment_ids
+    if seg is None:
+        return causal[None]
+    sk = seg[:, k_idx]
+    allowed = (seg[:, q_idx][:, :, None] == sk[:, None, :]) & causal
+    if meta.context_segment is not None:
+        ctx = (meta.context_segment[:, q_idx][:, :, None] == sk[:, None, :]) & (
+            meta.positions[:, k_idx][:, None, :] < meta.context_len[:, q_idx][:, :, None]
+        )
+        allowed = allowed | ctx
+    return allowed
+
+
 def dense_mask(meta: MaskMeta, seq_len: int, device: torch.device) -> torch.Tensor:
     """The rule above as a (B, 1, S, S) boolean mask (True = may attend)."""
     idx = torch.arange(seq_len, device=device)
-    causal = idx[None, :, None] >= idx[None, None, :]
-    seg = meta.segment_ids
-    allowed = (seg[:, :, None] == seg[:, None, :]) & causal
-    if meta.context_segment is not None:
-        ctx = (meta.context_segment[:, :, None] == seg[:, None, :]) & (
-            meta.positions[:, None, :] < meta.context_len[:, :, None]
-        )
-        allowed = allowed | ctx
-    return allowed[:, None]
+    return pairs_allowed(meta, idx, idx)[:, None]
 
 
 @dataclass

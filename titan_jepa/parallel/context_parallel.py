@@ -1,0 +1,193 @@
+"""Context parallelism (CP) by all-gathering K/V, as Llama 3 trained its long contexts.
+
+Each row of S tokens is split over the ``cp`` ranks of a CP group by one permutation
+(``Sharding``): rank r holds the tokens at ``sharding.index[r]`` (S / cp of them, in that
+order). Every (B, S) field of a batch is indexed by it, so tokens, labels, positions (the
+per-document ones: never a fresh arange), segment ids and contexts travel together. In each
+attention layer a rank holds the queries, keys and values of its own tokens; it all-gathers
+K and V after RoPE with ``n_kv_heads`` only (GQA stays unexpanded) and attends with its
+local queries against all S keys under the mask rule of models/attention.py evaluated on
+global indices (``pairs_allowed``), so any block-sparse mask (documents, LLM-JEPA views,
+predictor tokens, shared-prefix contexts, STP) is served exactly.
+
+``AllGatherAttention`` is one autograd function: the forward gathers K/V, attends and keeps
+only the local q/k/v; the backward gathers K/V again (recomputing the gather instead of
+keeping the S-long copies), recomputes the local attention and reduce-scatters dK/dV back
+to their owners. Kept instead, the gathered K/V would cost 2 x B x S x n_kv_heads x
+head_dim elements per layer for the whole step (at 128k tokens, 8 KV heads of 128, bf16:
+512 MiB per layer), for one all-gather less per layer in the backward.
+
+Balancers (``shard``): ``head_tail`` splits each row into 2 x cp chunks and gives rank r
+chunks r and 2cp-1-r, which balances a plain causal mask exactly; ``cost`` (for sparse masks
+such as packed LLM-JEPA rows) cuts the row into ``chunks_per_rank`` x cp chunks, weighs each
+chunk by the (query, key) pairs its queries may attend to, and deals them to the ranks
+heaviest first (each rank gets the same number of chunks, so the same number of tokens).
+``balance`` reports the max/mean attention cost over the ranks of a sharding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from titan_jepa.models.attention import MaskMeta, pairs_allowed
+
+BALANCERS = ("head_tail", "cost")
+
+
+class CPShapeError(ValueError):
+    """A row length context parallelism cannot split (one line, naming the valid lengths)."""
+
+
+def check_seq_len(seq_len: int, cp: int, tp: int = 1) -> None:
+    """Raise CPShapeError unless ``seq_len`` divides by tp x 2 x cp (2 x cp chunks of equal
+    length per row, each a multiple of tp for sequence parallelism)."""
+    unit = tp * 2 * cp
+    if seq_len % unit:
+        lo, hi = seq_len - seq_len % unit, seq_len - seq_len % unit + unit
+        near = f"{lo} or {hi}" if lo > 0 else f"{hi}"
+        raise CPShapeError(f"training.seq_len = {seq_len} does not divide by tp x 2 x cp = {tp} x 2 x {cp} = "
+                           f"{unit}; use training.seq_len = {near}")
+
+
+@dataclass
+class Sharding:
+    """``index`` (cp, S / cp): the global token indices each CP rank holds, in its order."""
+
+    index: torch.Tensor
+
+    @property
+    def cp(self) -> int:
+        return self.index.shape[0]
+
+    @property
+    def key_order(self) -> torch.Tensor:
+        """(S,) the global index of each key after the all-gather (rank 0's tokens first)."""
+        return self.index.flatten()
+
+    def local(self, t: torch.Tensor, rank: int) -> torch.Tensor:
+        """Rank ``rank``'s part of a (B, S, ...) tensor."""
+        return t[:, self.index[rank]]
+
+    def restore(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """The (B, S, ...) tensor whose rank parts are ``parts`` (the inverse of ``local``)."""
+        out = torch.empty(parts[0].shape[0], self.index.numel(), *parts[0].shape[2:], dtype=parts[0].dtype,
+                          device=parts[0].device)
+        for r, p in enumerate(parts):
+            out[:, self.index[r]] = p
+        return out
+
+
+def head_tail(seq_len: int, cp: int) -> Sharding:
+    """2 x cp equal chunks; rank r holds chunks r and 2cp-1-r."""
+    check_seq_len(seq_len, cp)
+    chunks = torch.arange(seq_len).view(2 * cp, -1)
+    return Sharding(torch.stack([torch.cat((chunks[r], chunks[2 * cp - 1 - r])) for r in range(cp)]))
+
+
+def pair_costs(meta: MaskMeta, seq_len: int) -> torch.Tensor:
+    """(S,) the keys each query may attend to, summed over the batch's rows."""
+    idx = torch.arange(seq_len, device=meta.segment_ids.device if meta.segment_ids is not None else None)
+    if meta.segment_ids is None:
+        return (idx + 1).float()
+    return pairs_allowed(meta, idx, idx).sum(dim=(0, 2)).float()
+
+
+def cost_balanced(meta: MaskMeta, seq_len: int, cp: int, chunks_per_rank: int = 4) -> Sharding:
+    """Chunks of S / (cp x chunks_per_rank) tokens dealt to the ranks by attention cost:
+    heaviest first, each to the rank with the least cost that still has room."""
+    n = cp * chunks_per_rank
+    if seq_len % n:
+        raise CPShapeError(f"training.seq_len = {seq_len} does not divide into cp x chunks_per_rank = {n} chunks "
+                           f"for the cost balancer; use a multiple of {n}")
+    cost = pair_costs(meta, seq_len).view(n, -1).sum(1).tolist()
+    load, owned = [0.0] * cp, [[] for _ in range(cp)]
+    for c in sorted(range(n), key=lambda i: -cost[i]):
+        r = min((r for r in range(cp) if len(owned[r]) < chunks_per_rank), key=lambda r: load[r])
+        owned[r].append(c)
+        load[r] += cost[c]
+    chunks = torch.arange(seq_len).view(n, -1)
+    return Sharding(torch.stack([torch.cat([chunks[c] for c in sorted(owned[r])]) for r in range(cp)]))
+
+
+def shard(meta: MaskMeta, seq_len: int, cp: int, balancer: str = "head_tail", chunks_per_rank: int = 4) -> Sharding:
+    if balancer == "head_tail":
+        return head_tail(seq_len, cp)
+    if balancer == "cost":
+        return cost_balanced(meta, seq_len, cp, chunks_per_rank)
+    raise ValueError(f"unknown CP balancer '{balancer}'; use one of {', '.join(BALANCERS)}")
+
+
+def balance(meta: MaskMeta, sharding: Sharding) -> float:
+    """max / mean over the CP ranks of the (query, key) pairs their queries attend to."""
+    cost = pair_costs(meta, sharding.index.numel())
+    per_rank = torch.stack([cost[sharding.index[r]].sum() for r in range(sharding.cp)])
+    return float(per_rank.max() / per_rank.mean())
+
+
+# ---- the all-gather attention ------------------------------------------------------------
+def _gather_seq(x: torch.Tensor, group) -> torch.Tensor:
+    """(B, H, S_local, D) on every rank -> (B, H, cp x S_local, D), rank 0's part first."""
+    cp = dist.get_world_size(group)
+    flat = x.permute(2, 0, 1, 3).contiguous()  # the sequence first: the collectives split dim 0
+    out = flat.new_empty(cp * flat.shape[0], *flat.shape[1:])
+    dist.all_gather_into_tensor(out, flat, group=group)
+    return out.permute(1, 2, 0, 3)
+
+
+def _reduce_scatter_seq(x: torch.Tensor, group) -> torch.Tensor:
+    """(B, H, cp x S_local, D) on every rank -> the sum over ranks of this rank's part."""
+    cp, rank = dist.get_world_size(group), dist.get_rank(group)
+    flat = x.permute(2, 0, 1, 3).contiguous()
+    if dist.get_backend(group) == "gloo":  # gloo has no reduce_scatter: all-reduce, keep ours
+        dist.all_reduce(flat, group=group)
+        out = flat.chunk(cp)[rank].contiguous()
+    else:
+        out = flat.new_empty(flat.shape[0] // cp, *flat.shape[1:])
+        dist.reduce_scatter_tensor(out, flat, group=group)
+    return out.permute(1, 2, 0, 3)
+
+
+def local_attention(q, k, v, allowed: torch.Tensor) -> torch.Tensor:
+    """SDPA of local queries against all keys under ``allowed`` (B, 1, Sq, Sk); a query row
+    with no allowed key gives 0 (and no NaN, forward or backward)."""
+    empty = ~allowed.any(-1, keepdim=True)  # such rows attend to key 0, then give 0 (no host read)
+    allowed = allowed | (empty & (torch.arange(allowed.shape[-1], device=allowed.device) == 0))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=k.shape[1] != q.shape[1])
+    return out.masked_fill(empty, 0.0)
+
+
+class AllGatherAttention(torch.autograd.Function):
+    """out = attention(q_local, all_gather(k), all_gather(v)) under ``allowed``; see the
+    module docstring for what the backward recomputes."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, allowed, group):
+        with torch.no_grad():
+            out = local_attention(q, _gather_seq(k, group), _gather_seq(v, group), allowed)
+        ctx.save_for_backward(q, k, v, allowed)
+        ctx.group = group
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, allowed = ctx.saved_tensors
+        with torch.no_grad():  # the gather again (kept from the forward it would hold S-long K/V)
+            kk, vv = _gather_seq(k, ctx.group), _gather_seq(v, ctx.group)
+        with torch.enable_grad():
+            qd, kk, vv = (t.detach().requires_grad_() for t in (q, kk, vv))
+            out = local_attention(qd, kk, vv, allowed)
+            dq, dk, dv = torch.autograd.grad(out, (qd, kk, vv), grad_out)
+        return dq, _reduce_scatter_seq(dk, ctx.group), _reduce_scatter_seq(dv, ctx.group), None, None
+
+
+def cp_attention(q, k, v, meta: MaskMeta, sharding: Sharding, group) -> torch.Tensor:
+    """Attention of this rank's queries (B, Hq, S/cp, D) against every rank's keys and values
+    (each rank passes its own (B, Hkv, S/cp, D)); ``meta`` is the whole rows' mask metadata
+    (B, S), the same on every rank of the group."""
+    rank = dist.get_rank(group)
+    allowed = pairs_allowed(meta, sharding.index[rank].to(q.device), sharding.key_order.to(q.device))
+    return AllGatherAttention.apply(q, k, v, allowed[:, None], group)
