@@ -127,3 +127,62 @@ def test_all_gather_attention_equals_one_process(tmp_path, cp):
     assert set(worst) == {f"{k}/{b}" for k in KINDS for b in ("head_tail", "cost")}
     for name, err in worst.items():
         assert err < 1e-12, (name, err)
+
+
+def _cp_model_check(cfg: dict) -> dict:
+    """The debug Llama (float64) on packed rows of one mask kind, whole on one process and
+    split over cp ranks (each rank its tokens, labels and per-document positions through
+    one sharding; CPAttention in every layer): logits, the summed next-token loss and every
+    parameter's gradient (summed over the cp ranks) against the one-process ones."""
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from titan_jepa.models.llama import build_model, model_args_for
+    from titan_jepa.parallel.context_parallel import apply_cp, cp_mask, shard
+
+    dist.init_process_group("gloo")
+    rank, cp = dist.get_rank(), dist.get_world_size()
+    args = model_args_for("debug", max_seq_len=S)
+    worst = {}
+    for kind in cfg["kinds"]:
+        meta = _meta(kind)
+        g = torch.Generator().manual_seed(2)
+        tokens = torch.randint(0, args.vocab_size, (B, S), generator=g)
+        labels = torch.randint(0, args.vocab_size, (B, S), generator=g)
+        labels[:, ::5] = -100
+        positions = meta.positions if meta.positions is not None else torch.arange(S).expand(B, S)
+        extra = {} if meta.segment_ids is None else dict(
+            segment_ids=meta.segment_ids, context_segment=meta.context_segment, context_len=meta.context_len)
+        ref = build_model(args, "cpu")
+        ref.init_weights(0)
+        ref.double()
+        logits = ref(tokens, positions=positions, **extra).logits
+        F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum").backward()
+        for balancer in ("head_tail", "cost"):
+            sh = shard(meta, S, cp, balancer, chunks_per_rank=3)
+            model = build_model(args, "cpu")
+            model.init_weights(0)
+            model.double()
+            apply_cp(model, None)
+            out = model(sh.local(tokens, rank), positions=sh.local(positions, rank),
+                        prepared_mask=cp_mask(meta, sh, rank)).logits
+            loss = F.cross_entropy(out.flatten(0, 1), sh.local(labels, rank).flatten(), ignore_index=-100,
+                                   reduction="sum")
+            loss.backward()
+            err = float((out - sh.local(logits, rank)).abs().max())
+            for (name, p), (_, p_ref) in zip(model.named_parameters(), ref.named_parameters()):
+                dist.all_reduce(p.grad)  # what FSDP's reduce does over the cp ranks
+                err = max(err, float((p.grad - p_ref.grad).abs().max() / p_ref.grad.abs().max()))
+            t = torch.tensor(err, dtype=torch.float64)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            worst[f"{kind}/{balancer}"] = float(t)
+    return worst
+
+
+@pytest.mark.parametrize("cp,kinds", [(2, ["causal", "documents", "shared_prefix"]),
+                                      (4, ["jepa_views", "random"])])
+def test_model_under_cp_equals_one_process(tmp_path, cp, kinds):
+    worst = launch(cp, {"kinds": kinds}, tmp_path, fn=_cp_model_check)
+    assert len(worst) == 2 * len(kinds)
+    for name, err in worst.items():
+        assert err < 1e-10, (name, err)

@@ -22,6 +22,7 @@ BENCH_NUMBERS = {  # section: the fields every configuration that ran must give 
     "b_throughput": ("tokens_per_s", "step_s", "mfu_measured_peak"),
     "c_jepa_overhead": ("step_s", "ratio_to_ntp"),
     "d_float8": ("tokens_per_s", "step_s"),
+    "f_smollm2": ("step_s", "loss"),
 }
 
 
@@ -36,9 +37,10 @@ def finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def test_smoke_bench_and_repro(tmp_path, gpu_machine_imports):
+def test_smoke_bench_and_repro(tmp_path, gpu_machine_imports, smollm2_hf):
     out = tmp_path / "out"
-    gpu_bench.main(["--smoke", "--out", str(out), "--work-dir", str(tmp_path / "work")])
+    gpu_bench.main(["--smoke", "--out", str(out), "--work-dir", str(tmp_path / "work"),
+                    "--smollm2-dir", str(smollm2_hf)])
     data = json.loads((out / "gpu_bench.json").read_text())  # strict JSON: no NaN
     assert data["schema"] == gpu_bench.SCHEMA and data["mode"] == "smoke" and data["finished"]
     assert set(data["sections"]) == set(gpu_bench.SECTIONS) | {"e_peak_memory"}
@@ -56,6 +58,13 @@ def test_smoke_bench_and_repro(tmp_path, gpu_machine_imports):
     b = {c["model"]: c for c in data["sections"]["b_throughput"]["configs"]}
     assert b["ours"]["ratio_ours_hf"] == pytest.approx(b["hf"]["step_s"] / b["ours"]["step_s"])
     assert b["ours"]["params"] == b["hf"]["params"] > 0  # the same shape
+    f = {x["config"]: x for x in data["sections"]["f_smollm2"]["configs"]}
+    assert set(f) == {"ours next-token", "transformers next-token", "ours JEPA separate", "reference 3 groups",
+                      "reference 2 groups"}, f
+    # the same model and samples on both sides: the same losses
+    assert f["ours next-token"]["loss"] == pytest.approx(f["transformers next-token"]["loss"], rel=1e-5)
+    for ref in ("reference 3 groups", "reference 2 groups"):
+        assert f["ours JEPA separate"]["loss"] == pytest.approx(f[ref]["loss"], rel=1e-5)
     c = [x for x in data["sections"]["c_jepa_overhead"]["configs"] if "skipped" not in x]
     assert [x["config"] for x in c] == ["next-token", "jepa separate", "jepa shared_prefix", "jepa_ratio 0.25"]
     assert c[0]["ratio_to_ntp"] == 1.0 and all(x["backend"] == "sdpa" for x in c)

@@ -242,3 +242,16 @@ def test_flips_report_counts_items_each_way(tmp_path):
     rows = flips_report.flips(tmp_path)
     assert rows == [{"arm": "jepa", "seed": 1, "n": 6, "gained": 2, "lost": 1, "net": 1}]  # seed 2: no baseline
     assert "| jepa | 1 | 6 | 2 | 1 | +1 |" in flips_report.markdown(rows, "baseline")
+
+
+def test_resumed_runs_keep_the_final_loss_recorded_before_the_sweep_rewrote_its_report(tmp_path):
+    """A resumed sweep whose run folders are gone takes each run's final loss from the
+    results.json as it was when the sweep started, though it rewrites that file after
+    every run (it used to lose every loss after the first)."""
+    runs = [{"run": f"a_s{s}", "final_loss": 0.5 + s, "final_step": 9} for s in range(3)]
+    (tmp_path / "results.json").write_text(json.dumps({"runs": runs}))
+    earlier = sweep.earlier_runs(tmp_path)
+    (tmp_path / "results.json").write_text(json.dumps({"runs": runs[:1]}))  # the first rewrite
+    assert [sweep._recorded_loss(earlier, f"a_s{s}") for s in range(3)] == [(0.5, 9), (1.5, 9), (2.5, 9)]
+    assert sweep._recorded_loss(earlier, "missing")[1] == -1
+    assert sweep.earlier_runs(tmp_path / "nowhere") == {}

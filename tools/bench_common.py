@@ -33,8 +33,11 @@ def objectives_for(cfg, heads=None) -> Objectives:
 def objective_loss(model, objective: Objectives, batch):
     """The loss to backpropagate of ``objective`` on one micro-batch that is the whole step:
     the model's one forward, then the objectives."""
-    # as LocalRunner on the CPU without TP: the head on the targets, the layers on the tokens
-    outputs = model(batch.tokens, **batch.mask_inputs(), logits_at=batch.targets_at, tokens_at=batch.tokens_at)
+    # as LocalRunner without TP: the head on the targets; on the CPU with sdpa, the layers on
+    # the tokens that are not padding (train.py's rule)
+    unpad = batch.tokens.device.type == "cpu" and getattr(getattr(model, "backend", None), "name", "") == "sdpa"
+    outputs = model(batch.tokens, **batch.mask_inputs(), logits_at=batch.targets_at,
+                    tokens_at=batch.tokens_at if unpad else None)
     return objective(outputs, batch, batch.count_vector
                      if batch.count_vector is not None else batch.counts.vector()).loss
 

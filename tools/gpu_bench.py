@@ -27,6 +27,11 @@ DIR defaults to $OUT, else outputs/gpu_bench. Sections, each with its own time b
        is not importable or the GPU is older than sm89.
   e    peak memory (torch.cuda.max_memory_allocated, reset before every configuration) of
        every configuration above, gathered in one table.
+  f    the SmolLM2-135M shape (--smollm2-dir: its config and tokenizer files, random init),
+       8 and 64 synth samples, with ours on flex and on sdpa: ours packed vs transformers
+       padded to the longest (next-token), ours LLM-JEPA separate views vs the reference's
+       3-group and 2-group (4D mask) layouts with transformers' model (tools/bench_smollm2.py
+       on the GPU, in bf16).
 
 An error in one configuration or section is recorded with its traceback's tail and the
 rest still run. Each section stops starting configurations when its budget runs out
@@ -85,11 +90,12 @@ from titan_jepa.parallel.parallelize import apply_ac, apply_compile, apply_fsdp,
 
 SCHEMA = 1
 TOKENIZER = ROOT / "assets" / "tokenizer" / "tokenizer.model"
-SECTIONS = ("env", "a_flex_vs_sdpa", "b_throughput", "c_jepa_overhead", "d_float8")
+SECTIONS = ("env", "a_flex_vs_sdpa", "b_throughput", "c_jepa_overhead", "d_float8", "f_smollm2")
 # the GPU run's section budgets in seconds, compilation included: 445 s in all (d: 5 s when
 # float8 cannot run), under the hard limit of 465 s from the process start (< 8 minutes). Time
 # a section leaves unused goes to the next ones (see section_budget).
-BUDGETS = {"env": 15, "a_flex_vs_sdpa": 60, "b_throughput": 230, "c_jepa_overhead": 80, "d_float8": 60}
+BUDGETS = {"env": 15, "a_flex_vs_sdpa": 60, "b_throughput": 170, "c_jepa_overhead": 80, "d_float8": 60,
+           "f_smollm2": 60}
 SMOKE_BUDGETS = {name: 100 for name in SECTIONS}
 REPORT_MARGIN_S = 20  # kept free under the hard limit for the last report and the teardown
 FLEX_NO_CPU_BACKWARD = "skipped on CPU: FlexAttention has no CPU backward (forward compared only)"
@@ -181,6 +187,10 @@ BENCH_COLUMNS = {
                      ("tokens_per_s", "tokens/s/GPU"), ("mfu_measured_peak", "MFU vs measured peak"),
                      ("mfu_datasheet_peak", "MFU vs datasheet"), ("ratio_ours_hf", "ours / HF"),
                      ("step_s", "step (s)"), ("peak_mem_gib", "peak mem (GiB)"), ("skipped", "skipped / error")],
+    "f_smollm2": [("config", "config"), ("samples", "samples"), ("backend", "ours' attention"),
+                  ("rows_x_len", "rows x len"), ("step_s", "step (s)"), ("ratio", "ratio"),
+                  ("ratio_of", "ratio of"), ("loss", "loss"), ("peak_mem_gib", "peak mem (GiB)"),
+                  ("skipped", "skipped / error")],
     "c_jepa_overhead": [("config", "config"), ("backend", "attention"), ("rows_x_len", "rows x len"),
                         ("step_s", "step (s)"), ("ratio_to_ntp", "ratio to next-token"),
                         ("peak_mem_gib", "peak mem (GiB)"), ("skipped", "skipped / error")],
@@ -325,6 +335,8 @@ class Ctx:
         self.datasheet_peak = gpu_peak_flops(torch.cuda.get_device_name(self.device)) if self.cuda else None
         self.mesh, self.own_group = None, False
         self.throughput: dict[str, dict] = {}  # section b's results of ours, by flavor
+        self.smollm2_dir = Path(args.smollm2_dir)  # section f: SmolLM2's config and tokenizer files
+        self.synth_path = Path(args.data_dir) / "synth_train.jsonl"
 
     def sync(self) -> None:
         if self.cuda:
@@ -719,8 +731,71 @@ def section_float8(ctx: Ctx, sec: dict, budget: Budget, report: Report) -> None:
                         "the bf16 FLOPs against the bf16 datasheet peak")
 
 
+def section_smollm2(ctx: Ctx, sec: dict, budget: Budget, report: Report) -> None:
+    """f: issue 25's comparison on the SmolLM2-135M shape (tools/bench_smollm2.py's layouts):
+    ours packed vs transformers padded to the longest (next-token), ours LLM-JEPA separate
+    views vs the reference's 3-group and 2-group (4D mask) layouts with transformers' model."""
+    import real_model_pair as rmp
+
+    folder = Path(ctx.smollm2_dir)
+    if not (folder / "config.json").is_file() or not (folder / "tokenizer.json").is_file():
+        sec["configs"].append({"config": "all", "skipped": f"{folder}/config.json or tokenizer.json not found: "
+                               f"bash tools/gpu_prepare.sh copies SmolLM2's config and tokenizer files there"})
+        return
+    data = ctx.synth_path if ctx.synth_path.is_file() else ctx.chat_path
+    dtype = torch.bfloat16 if ctx.cuda else torch.float32
+    plans = [(b, n) for b in ("flex", "sdpa") for n in (8, 64)] if ctx.cuda else [("sdpa", 8)]
+    rounds, layers = (5, None) if ctx.cuda else (1, 2)
+    sec["notes"].append(f"{folder}'s config.json shape{'' if layers is None else f' cut to {layers} layers'} at "
+                        f"random init (the same weights on both sides), its tokenizer and ChatML template; the "
+                        f"first N lines of {data.name}; {str(dtype).split('.')[-1]} params, forward + backward, "
+                        f"no optimizer; median of {rounds} interleaved rounds; ratio: ours / the named variant's "
+                        f"step time (next-token: transformers' time / ours, i.e. the tokens/s ratio)")
+    for backend, n in plans:
+        reason = budget.skip_reason(12 if ctx.cuda else 5)
+        if reason:
+            sec["configs"].append({"config": "all", "samples": n, "backend": backend, "skipped": reason})
+            continue
+        pair = None
+        try:
+            pair = rmp.load_pair(str(folder), n, data, device=ctx.device, dtype=dtype, weights=False,
+                                 attn_backend=backend, n_layers=layers)
+            steps, shapes, peaks, losses = {}, {}, {}, {}
+            steps["ours next-token"], b = rmp.ours_step(pair, rmp.ntp_cfg(pair.cfg), False)
+            shapes["ours next-token"] = "x".join(map(str, b.tokens.shape))
+            steps["transformers next-token"], s = rmp.hf_ntp_step(pair, pair.cfg)
+            shapes["transformers next-token"] = "x".join(map(str, s))
+            steps["ours JEPA separate"], b = rmp.ours_step(pair, pair.cfg, True)
+            shapes["ours JEPA separate"] = "x".join(map(str, b.tokens.shape))
+            for g in (3, 2):
+                steps[f"reference {g} groups"], s = rmp.hf_reference_step(pair, pair.cfg, g)
+                shapes[f"reference {g} groups"] = "x".join(map(str, s))
+            for name, step in steps.items():
+                ctx.reset_peak()
+                losses[name] = float(step())
+                ctx.sync()
+                peaks[name] = ctx.peak_gib()
+            times = median_step_times(steps, rounds, sync=ctx.sync)
+            ratio = {"ours next-token": (times["transformers next-token"] / times["ours next-token"],
+                                         "transformers next-token (tokens/s)"),
+                     "ours JEPA separate": (times["ours JEPA separate"] / times["reference 3 groups"],
+                                            "reference 3 groups (step time)")}
+            for name, t in times.items():
+                r, of = ratio.get(name, (None, None))
+                sec["configs"].append({"config": name, "samples": n, "backend": backend if name.startswith("ours")
+                                       else "sdpa (transformers)", "rows_x_len": shapes[name], "step_s": t,
+                                       "ratio": r, "ratio_of": of, "loss": losses[name], "peak_mem_gib": peaks[name]})
+        except Exception as e:  # noqa: BLE001
+            record_error(sec, f"{backend} {n} samples", e, backend=backend, samples=n)
+        finally:
+            del pair
+            steps = None
+            free_memory(ctx.device)
+            report.write()
+
+
 SECTION_FNS = {"env": section_env, "a_flex_vs_sdpa": section_flex_vs_sdpa, "b_throughput": section_throughput,
-               "c_jepa_overhead": section_jepa_overhead, "d_float8": section_float8}
+               "c_jepa_overhead": section_jepa_overhead, "d_float8": section_float8, "f_smollm2": section_smollm2}
 
 
 def float8_unavailable(ctx: Ctx) -> str | None:
@@ -931,6 +1006,9 @@ def parse_args(argv=None):
                    help="write the report and exit this long after the start (default: 465 s, smoke 600 s)")
     g = p.add_argument_group("--repro")
     g.add_argument("--data-dir", default=str(ROOT / ".gpu_carry"), help="holds synth_train.jsonl, synth_test.jsonl")
+    p.add_argument("--smollm2-dir", default=str(ROOT / ".gpu_carry" / "smollm2"),
+                   help="section f: SmolLM2-135M-Instruct's config.json, tokenizer.json, tokenizer_config.json "
+                        "and chat_template.jinja (no weights: random init; tools/gpu_prepare.sh copies them)")
     g.add_argument("--seeds", type=int, nargs="+", default=[82, 23, 37, 84, 4])
     g.add_argument("--budget-s", type=float, default=None, help="stop starting runs past this (default 520 s)")
     g.add_argument("--flavor", default=None, help=f"default {REPRO_FLAVOR} (smoke: debug)")

@@ -16,6 +16,17 @@ for f in synth_train.jsonl synth_test.jsonl; do
   [ -f "$SRC/$f" ] || { echo "error: $SRC/$f not found; pass the folder holding the synth files: bash tools/gpu_prepare.sh DIR" >&2; exit 2; }
   install -m 0644 "$SRC/$f" ".gpu_carry/$f"  # writable copies: a rerun overwrites them
 done
+# section f of gpu_bench: SmolLM2's shape and tokenizer (not its weights: 20 KiB + 2 MiB)
+SMOL=${SMOLLM2_DIR:-models/SmolLM2-135M-Instruct}
+if [ -f "$SMOL/config.json" ]; then
+  mkdir -p .gpu_carry/smollm2
+  for f in config.json tokenizer.json tokenizer_config.json chat_template.jinja generation_config.json; do
+    [ -f "$SMOL/$f" ] && install -m 0644 "$SMOL/$f" ".gpu_carry/smollm2/$f"
+  done
+else
+  echo "note: $SMOL/config.json not found: gpu_bench section f will be skipped; import SmolLM2 first:" \
+       "python tools/import_gguf.py --gguf <SmolLM2-135M-Instruct.Q4_1.gguf> --out $SMOL" >&2
+fi
 git check-ignore -q .gpu_carry || { echo "error: .gpu_carry/ is not git-ignored; add it to .gitignore" >&2; exit 2; }
 carry='".gpu_carry"'
 install=""

@@ -51,26 +51,64 @@ class Pair:
     hf: torch.nn.Module
     margs: object
 
+    @property
+    def device(self) -> torch.device:
+        return self.hf.device
 
-def load_pair(folder: str, n_samples: int, data: Path = SYNTH) -> Pair:
-    """Ours and transformers' model of ``folder`` (float32, CPU, train mode) and the first
-    ``n_samples`` lines of ``data``."""
-    from transformers import LlamaForCausalLM
 
-    from bench_jepa import load_grown  # the folder's weights, vocabulary grown as training grows it
+def load_pair(folder: str, n_samples: int, data: Path = SYNTH, *, device="cpu", dtype=torch.float32,
+              weights: bool = True, attn_backend: str = "sdpa", n_layers: int | None = None) -> Pair:
+    """Ours and transformers' model of ``folder`` (train mode) and the first ``n_samples``
+    lines of ``data``. ``weights``: the folder's (read in float32, then cast to ``dtype``);
+    False: its config.json's shape (``n_layers`` to shorten it) at random init, the same
+    weights on both sides (a GPU run carries the config and tokenizer files, not the weights)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    if not (Path(folder) / "config.json").is_file():
-        raise SystemExit(f"error: {folder}/config.json not found; import the model first: "
-                         f"python tools/import_gguf.py --gguf <SmolLM2-135M-Instruct.Q4_1.gguf> --out {folder}")
+    from titan_jepa.checkpoint import hf as hf_convert
+    from titan_jepa.checkpoint.weights import read_model_args
+    from titan_jepa.config.model import VOCAB_MULTIPLE
+    from titan_jepa.models.llama import build_model
+
+    files = ("config.json", "tokenizer.json") + (("model.safetensors",) if weights else ())
+    missing = [f for f in files if not (Path(folder) / f).is_file()]
+    if missing:
+        raise SystemExit(f"error: {folder}/{missing[0]} not found; import the model first: python "
+                         f"tools/import_gguf.py --gguf <SmolLM2-135M-Instruct.Q4_1.gguf> --out {folder}")
     cfg = load_config(CONFIG, extra={"tokenizer": {"path": str(Path(folder) / "tokenizer.json")},
                                      "checkpoint": {"initial_load_path": str(folder)}})
     tok = build_tokenizer(cfg)
-    ours, margs = load_grown(folder, tok)
-    hf = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="sdpa")
-    hf.resize_token_embeddings(margs.vocab_size, mean_resizing=False)
-    with torch.no_grad():  # the grown rows: ours (tied: the head too)
-        hf.get_input_embeddings().weight.copy_(ours.tok_embeddings.weight)
+    if weights:
+        from bench_jepa import load_grown  # the folder's weights, vocabulary grown as training grows it
+
+        ours, margs = load_grown(folder, tok)
+        hf = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="sdpa")
+        hf.resize_token_embeddings(margs.vocab_size, mean_resizing=False)
+        with torch.no_grad():  # the grown rows: ours (tied: the head too)
+            hf.get_input_embeddings().weight.copy_(ours.tok_embeddings.weight)
+    else:
+        margs = read_model_args("hf", Path(folder))
+        margs = replace(margs, vocab_size=max(margs.vocab_size, -(-tok.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE),
+                        n_layers=n_layers or margs.n_layers)
+        ours = build_model(margs, "meta")
+        ours.to_empty(device="cpu")
+        ours.init_weights(0)
+        skip = ("architectures", "model_type", "torch_dtype", "dtype")
+        config = LlamaConfig(**{k: v for k, v in hf_convert.hf_config_dict(margs).items() if k not in skip})
+        config._attn_implementation = "sdpa"
+        hf = LlamaForCausalLM(config)
+        hf.load_state_dict(hf_convert.to_hf_state_dict(ours.state_dict(), margs), strict=False)
+        if margs.tie_embeddings:
+            hf.tie_weights()
     hf.config.use_cache = False
+    if attn_backend != "sdpa":
+        from titan_jepa.models.attention import build_attention_backend
+
+        ours.backend = build_attention_backend(attn_backend)
+        for layer in ours.layers.values():
+            layer.attention.backend = ours.backend
+    margs = replace(margs, attn_backend=attn_backend)
+    ours.to(device, dtype).init_buffers(device)  # RoPE tables stay float32
+    hf.to(device, dtype)
     records = [json.loads(line) for line in data.read_text().splitlines()[:n_samples]]
     return Pair(cfg, tok, records, ours.train(), hf.train(), margs)
 
@@ -82,7 +120,7 @@ def ntp_cfg(cfg):
 # ---- ours --------------------------------------------------------------------------------
 def ours_step(pair: Pair, cfg, jepa: bool, seq_len: int = 512):
     """(step closure: forward + loss + backward of the training path, its batch)."""
-    batch = packed_batch(pair.records, cfg, pair.tok, seq_len, jepa)
+    batch = packed_batch(pair.records, cfg, pair.tok, seq_len, jepa).to(pair.device)
     objective = objectives_for(cfg)
 
     def step():
@@ -129,6 +167,7 @@ def hf_ntp_step(pair: Pair, cfg):
     tokens, labels = _pad([e[0] for e in enc], pair.tok.pad_id), _pad([e[1] for e in enc], IGNORE_INDEX)
     attn = _pad([[1] * len(e[0]) for e in enc], 0)
     n = int((labels != IGNORE_INDEX).sum())
+    tokens, labels, attn = (t.to(pair.device) for t in (tokens, labels, attn))
 
     def step():
         pair.hf.zero_grad(set_to_none=True)
@@ -150,10 +189,12 @@ def hf_reference_step(pair: Pair, cfg, groups: int):
     full_attn = _pad([[1] * len(e[0]) for e in enc], 0)
     n_tok = int((labels != IGNORE_INDEX).sum())
     pred_at, code_at = torch.tensor([e[4] for e in enc]), torch.tensor([e[5] for e in enc])
-    lam, idx = cfg.jepa.lambda_, torch.arange(n)
+    lam, idx = cfg.jepa.lambda_, torch.arange(n, device=pair.device)
+    full, labels, full_attn, pred_at, code_at = (t.to(pair.device) for t in (full, labels, full_attn, pred_at, code_at))
     if groups == 3:
         text, code = _pad([e[2] for e in enc], pad), _pad([e[3] for e in enc], pad)
         text_attn, code_attn = _pad([[1] * len(e[2]) for e in enc], 0), _pad([[1] * len(e[3]) for e in enc], 0)
+        text, code, text_attn, code_attn = (t.to(pair.device) for t in (text, code, text_attn, code_attn))
         shape = (full.shape[0] + text.shape[0] + code.shape[0], f"{full.shape[1]}/{text.shape[1]}/{code.shape[1]}")
 
         def step():
@@ -184,9 +225,10 @@ def hf_reference_step(pair: Pair, cfg, groups: int):
     allowed = (seg[:, :, None] == seg[:, None, :]) & (q[None, :, None] >= q[None, None, :]) & (seg[:, None, :] >= 0)
     allowed |= torch.eye(width, dtype=torch.bool)[None]  # a padding query sees itself (no empty row)
     mask4d = allowed[:, None]
-    code_in_row = torch.tensor([len(e[2]) for e in enc]) + code_at
-    wide_labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.int64)
+    code_in_row = torch.tensor([len(e[2]) for e in enc], device=pair.device) + code_at
+    wide_labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.int64, device=pair.device)
     wide_labels[:, :labels.shape[1]] = labels
+    tokens, mask4d, pos = (t.to(pair.device) for t in (tokens, mask4d, pos))
 
     def step():
         pair.hf.zero_grad(set_to_none=True)

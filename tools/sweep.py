@@ -243,13 +243,18 @@ def final_loss(run_dir: Path) -> tuple[float, int]:
     return best
 
 
-def _recorded_loss(out: Path, name: str) -> tuple[float, int]:
-    """(final loss, step) of run ``name`` in the sweep's earlier results.json; (nan, -1) if none."""
+def earlier_runs(out: Path) -> dict[str, dict]:
+    """The runs of the sweep's results.json as it was before this invocation (read once at
+    the start: the reports are rewritten after every run), by run name."""
     try:
-        runs = json.loads((out / "results.json").read_text())["runs"]
-    except (OSError, ValueError, KeyError):
-        return math.nan, -1
-    rec = next((r for r in runs if r.get("run") == name), {})
+        return {r["run"]: r for r in json.loads((out / "results.json").read_text())["runs"] if "run" in r}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _recorded_loss(earlier: dict[str, dict], name: str) -> tuple[float, int]:
+    """(final loss, step) of run ``name`` in the sweep's earlier results; (nan, -1) if none."""
+    rec = earlier.get(name, {})
     loss = rec.get("final_loss")
     return (math.nan if loss is None else float(loss)), int(rec.get("final_step", -1))
 
@@ -330,7 +335,7 @@ def run_one(a: argparse.Namespace, arm: Arm, seed: int, out: Path, env: dict | N
     if step < 0:  # the run folder is gone (it is not committed): what was recorded when it ran
         loss, step = timing.get("final_loss", math.nan), timing.get("final_step", -1)
         if step < 0:
-            loss, step = _recorded_loss(out, name)
+            loss, step = _recorded_loss(getattr(a, "earlier", {}), name)
     timing.pop("final_loss", None), timing.pop("final_step", None)
     return {"arm": arm.name, "slug": arm.slug, "seed": seed, "run": name,
             "accuracy": res["accuracy"], "correct": res.get("correct"), "n": res.get("n"),
@@ -382,6 +387,7 @@ def sweep(a: argparse.Namespace, argv: list[str]) -> int:
         if existing:
             raise SweepError(f"{runs / existing[0]} already exists; pass --resume to continue "
                              f"this sweep, or choose another --out")
+    a.earlier = earlier_runs(out)
     envs = slot_envs(a.jobs, a.nproc)
     # seed-major order: a sweep stopped early still has every arm on its first seeds
     todo = [(arm, seed) for seed in a.seeds for arm in arms]

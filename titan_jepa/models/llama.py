@@ -387,7 +387,7 @@ class Transformer(nn.Module):
                 context_segment: torch.Tensor | None = None,
                 context_len: torch.Tensor | None = None,
                 kv_caches=None, last_logits_only: bool = False, logits_at: torch.Tensor | None = None,
-                tokens_at: torch.Tensor | None = None):
+                tokens_at: torch.Tensor | None = None, prepared_mask=None):
         """x: token ids (B, S), or the residual stream of the previous pipeline stage when
         this model has no embedding. Returns ModelOutputs (logits (B, S, V), final normed
         hidden (B, S, D)), or the residual stream when it has no head. Mask metadata (see
@@ -400,7 +400,10 @@ class Transformer(nn.Module):
         (T,) flat indices of the tokens that are not padding (``Batch.tokens_at``, with
         segment ids): the layers run on those alone, as one row of T tokens whose segments
         keep their rows' masks, and the hidden states come back as (B, S, D), zeros at the
-        padding (the attention backend runs such a row segment by segment)."""
+        padding (the attention backend runs such a row segment by segment).
+        ``prepared_mask``: a mask the attention backend takes as it is, instead of one built
+        from the metadata here (context parallelism evaluates the rule on global indices,
+        parallel/context_parallel.py; ``positions`` then are the local tokens' own)."""
         if tokens_at is not None and segment_ids is not None and self.tok_embeddings is not None \
                 and kv_caches is None and 0 < tokens_at.numel() < x.numel():
             return self._forward_unpadded(x, positions, segment_ids, context_segment, context_len,
@@ -411,7 +414,9 @@ class Transformer(nn.Module):
             cos, sin = self.rope_cos[None, :seqlen], self.rope_sin[None, :seqlen]
         else:
             cos, sin = self.rope_cos[positions], self.rope_sin[positions]
-        if kv_caches is None:
+        if prepared_mask is not None:
+            mask = prepared_mask
+        elif kv_caches is None:
             meta = MaskMeta(segment_ids, positions, context_segment, context_len)
             mask = self.backend.build_mask(meta, bsz, seqlen, x.device)
         else:

@@ -184,6 +184,37 @@ class AllGatherAttention(torch.autograd.Function):
         return dq, _reduce_scatter_seq(dk, ctx.group), _reduce_scatter_seq(dv, ctx.group), None, None
 
 
+def cp_mask(meta: MaskMeta, sharding: Sharding, rank: int, device=None) -> torch.Tensor:
+    """(B or 1, 1, S/cp, S): which of all keys (in gathered order) each of ``rank``'s queries
+    may attend to; ``meta`` holds the whole rows."""
+    return pairs_allowed(meta, sharding.index[rank].to(device), sharding.key_order.to(device))[:, None]
+
+
+class CPAttention:
+    """The attention backend of a model under context parallelism: the model's forward gets
+    ``prepared_mask=cp_mask(...)`` and every layer attends through AllGatherAttention over
+    ``group`` (``apply_cp`` installs it)."""
+
+    name = "cp"
+
+    def __init__(self, group):
+        self.group = group
+
+    def build_mask(self, meta, batch, seq_len, device, packed=False):
+        raise RuntimeError("under context parallelism the mask is built on global indices by the caller: "
+                           "pass prepared_mask=context_parallel.cp_mask(...) to the model's forward")
+
+    def attend(self, q, k, v, mask) -> torch.Tensor:
+        return AllGatherAttention.apply(q, k, v, mask, self.group)
+
+
+def apply_cp(model, group) -> None:
+    """Route every attention layer of ``model`` through CPAttention over ``group``."""
+    model.backend = CPAttention(group)
+    for layer in model.layers.values():
+        layer.attention.backend = model.backend
+
+
 def cp_attention(q, k, v, meta: MaskMeta, sharding: Sharding, group) -> torch.Tensor:
     """Attention of this rank's queries (B, Hq, S/cp, D) against every rank's keys and values
     (each rank passes its own (B, Hkv, S/cp, D)); ``meta`` is the whole rows' mask metadata
