@@ -84,14 +84,17 @@ class BlockedMask:
     ``buckets`` is an (n, L) tensor of flat token indices (row * S + position), one
     segment per line, right-padded with its first index, so one causal SDPA call serves
     the whole bucket (a padded slot comes after every real query of its line, which causal
-    attention never lets them see). The rest (``masked``: runs with a context segment) are
-    one call each. ``take`` maps every flat token index to its row in the concatenation
-    of the buckets' outputs (n * L lines each) and the masked runs' outputs."""
+    attention never lets them see). The rest (runs with a context segment: shared-prefix
+    predictor tokens) are batched the same way by query and key length into ``masked``:
+    (query lines (n, Lq), key lines (n, Lk), mask (n, 1, Lq, Lk)), padded keys masked out, a
+    padded query row seeing its first key only (its output is never read). ``take`` maps
+    every flat token index to its row in the concatenation of the buckets' outputs (n * L
+    lines each), then the masked buckets' (n * Lq each)."""
 
     runs: list[Run]
     dense: torch.Tensor
     buckets: list[torch.Tensor]
-    masked: list[Run]
+    masked: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     take: torch.Tensor
 
 
@@ -143,11 +146,27 @@ def blocked_mask(meta: MaskMeta, seq_len: int, device: torch.device) -> BlockedM
                 take[first + j] = line0 + n * width + j
         buckets.append(torch.tensor(lines, device=device))
         line0 += len(group) * width
-    masked = [r for r in runs if r.mask is not None]
-    for r in masked:
-        for j in range(r.q1 - r.q0):
-            take[r.row * seq_len + r.q0 + j] = line0 + j
-        line0 += r.q1 - r.q0
+    by_shape: dict[tuple[int, int], list[tuple[Run, list[int]]]] = {}
+    for r in runs:
+        if r.mask is not None:
+            keys = list(range(seq_len))[r.keys] if isinstance(r.keys, slice) else r.keys.tolist()
+            by_shape.setdefault((_bucket(r.q1 - r.q0), _bucket(len(keys))), []).append((r, keys))
+    masked = []
+    for group in by_shape.values():
+        qw, kw = max(r.q1 - r.q0 for r, _ in group), max(len(k) for _, k in group)
+        q_lines, k_lines = [], []
+        mask = torch.zeros(len(group), 1, qw, kw, dtype=torch.bool, device=device)
+        mask[:, :, :, 0] = True  # padded query rows see their first key (never read)
+        for n, (r, keys) in enumerate(group):
+            lq, first = r.q1 - r.q0, r.row * seq_len
+            q_lines.append([first + r.q0 + j for j in range(lq)] + [first + r.q0] * (qw - lq))
+            k_lines.append([first + k for k in keys] + [first + keys[0]] * (kw - len(keys)))
+            mask[n, 0, :lq] = False
+            mask[n, 0, :lq, :len(keys)] = r.mask
+            for j in range(lq):
+                take[first + r.q0 + j] = line0 + n * qw + j
+        masked.append((torch.tensor(q_lines, device=device), torch.tensor(k_lines, device=device), mask))
+        line0 += len(group) * qw
     return BlockedMask(runs, dense, buckets, masked, torch.tensor(take, device=device))
 
 
@@ -213,15 +232,12 @@ class SDPAAttention:
             qs, ks, vs = (t[idx].view(n, width, t.shape[1], head_dim).transpose(1, 2) for t in (qf, kf, vf))
             out = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=gqa)
             outs.append(out.transpose(1, 2).reshape(n * width, n_heads * head_dim))
-        if mask.masked:
-            if gqa:
-                rep = n_heads // k.shape[1]
-                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-            for r in mask.masked:  # runs with a context segment: one call each, with their mask
-                qs = q[r.row:r.row + 1, :, r.q0:r.q1]
-                ks, vs = k[r.row:r.row + 1, :, r.keys], v[r.row:r.row + 1, :, r.keys]
-                out = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=r.mask)
-                outs.append(out[0].transpose(0, 1).reshape(r.q1 - r.q0, n_heads * head_dim))
+        for q_lines, k_lines, allowed in mask.masked:  # runs with a context: one call per bucket
+            n, qw, kw = q_lines.shape[0], q_lines.shape[1], k_lines.shape[1]
+            qs = qf[q_lines.flatten()].view(n, qw, n_heads, head_dim).transpose(1, 2)
+            ks, vs = (t[k_lines.flatten()].view(n, kw, t.shape[1], head_dim).transpose(1, 2) for t in (kf, vf))
+            out = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=allowed, enable_gqa=gqa)
+            outs.append(out.transpose(1, 2).reshape(n * qw, n_heads * head_dim))
         out = torch.cat(outs) if len(outs) > 1 else outs[0]
         return out[mask.take].view(bsz, seq_len, n_heads, head_dim).transpose(1, 2)
 
