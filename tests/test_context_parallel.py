@@ -186,3 +186,54 @@ def test_model_under_cp_equals_one_process(tmp_path, cp, kinds):
     assert len(worst) == 2 * len(kinds)
     for name, err in worst.items():
         assert err < 1e-10, (name, err)
+
+
+def _cp_jepa_check(cfg: dict) -> dict:
+    """LLM-JEPA's term under CP: each view embedding read on the rank holding it (rows_at),
+    each sample's distance on one rank (sample_block; InfoNCE against every sample's
+    target), the terms summed over the group: the loss and the gradient of every rank's
+    hidden states equal one process's."""
+    import torch.distributed as dist
+
+    from titan_jepa.objectives.jepa import jepa_distance_sum, view_embeddings
+    from titan_jepa.parallel.collectives import make_all_gather
+    from titan_jepa.parallel.context_parallel import rows_at, sample_block, shard
+
+    dist.init_process_group("gloo")
+    rank, cp = dist.get_rank(), dist.get_world_size()
+    meta = _meta("jepa_views")
+    g = torch.Generator().manual_seed(3)
+    full = torch.randn(B, S, 16, generator=g, dtype=torch.float64)
+    m = 7  # samples: (row, position) of each one's predictor and target, some on one rank, some across
+    pred_idx = torch.stack([torch.randint(0, B, (m,), generator=g), torch.randint(0, S, (m,), generator=g)], 1)
+    target_idx = torch.stack([pred_idx[:, 0], torch.randint(0, S, (m,), generator=g)], 1)
+    worst = {}
+    for distance in ("cosine", "infonce"):
+        ref_h = full.clone().requires_grad_()
+        ref = jepa_distance_sum(*view_embeddings(ref_h, pred_idx, target_idx), distance)
+        ref.backward()
+        for balancer in ("head_tail", "cost"):
+            sh = shard(meta, S, cp, balancer, chunks_per_rank=3)
+            h = sh.local(full, rank).clone().requires_grad_()
+            pred, target = (rows_at(h, i, sh, rank, None) for i in (pred_idx, target_idx))
+            blocks = [sample_block(m, cp, r) for r in range(cp)]
+            mine = blocks[rank]
+                    # InfoNCE's negatives: every rank's block of targets, as the objective's
+            # data-parallel all-gather gives them (parallel/collectives.py)
+            loss = jepa_distance_sum(pred[mine], target[mine], distance, gather=make_all_gather(None), rank=rank)
+            loss.backward()
+            total = loss.detach().clone()
+            dist.all_reduce(total)
+            err = max(abs(float(total - ref)), float((h.grad - sh.local(ref_h.grad, rank)).abs().max()))
+            t = torch.tensor(err, dtype=torch.float64)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            worst[f"{distance}/{balancer}"] = float(t)
+    return worst
+
+
+@pytest.mark.parametrize("cp", [2, 4])
+def test_jepa_term_under_cp_equals_one_process(tmp_path, cp):
+    worst = launch(cp, {}, tmp_path, fn=_cp_jepa_check)
+    assert len(worst) == 4
+    for name, err in worst.items():  # the distance itself runs in float32 (jepa_distance_sum)
+        assert err < 1e-6, (name, err)

@@ -222,3 +222,46 @@ def cp_attention(q, k, v, meta: MaskMeta, sharding: Sharding, group) -> torch.Te
     rank = dist.get_rank(group)
     allowed = pairs_allowed(meta, sharding.index[rank].to(q.device), sharding.key_order.to(q.device))
     return AllGatherAttention.apply(q, k, v, allowed[:, None], group)
+
+
+# ---- objectives under CP: embeddings read where they live --------------------------------
+class _SumOverGroup(torch.autograd.Function):
+    """all-reduce (sum) whose backward is the same all-reduce: every rank's loss reaches the
+    rank that contributed the row."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        y = x.clone()
+        dist.all_reduce(y, group=group)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+def rows_at(hidden_local: torch.Tensor, idx: torch.Tensor, sharding: Sharding, rank: int, group) -> torch.Tensor:
+    """(M, D): the whole rows' hidden states at ``idx`` (M, 2) of (row, global position), on
+    every rank of the group: each rank reads the positions it holds (``hidden_local`` is its
+    (B, S/cp, D)), the rest are zeros, and the group sums them (differentiably). LLM-JEPA's
+    view embeddings under CP: its distance then runs on these as on one process."""
+    seq = sharding.index.numel()
+    owner = torch.empty(seq, dtype=torch.int64, device=idx.device)
+    where = torch.empty(seq, dtype=torch.int64, device=idx.device)
+    for r in range(sharding.cp):
+        owner[sharding.index[r].to(idx.device)] = r
+        where[sharding.index[r].to(idx.device)] = torch.arange(sharding.index.shape[1], device=idx.device)
+    cols = idx[:, 1]
+    mine = (owner[cols] == rank)[:, None]
+    rows = torch.where(mine, hidden_local[idx[:, 0], where[cols]], 0.0)
+    return _SumOverGroup.apply(rows, group)
+
+
+def sample_block(m: int, cp: int, rank: int) -> slice:
+    """The contiguous block of ``m`` samples whose loss terms rank ``rank`` computes (each
+    sample's distance once over the group; the blocks cover 0..m in rank order)."""
+    edges = [m * r // cp for r in range(cp + 1)]
+    return slice(edges[rank], edges[rank + 1])
