@@ -237,3 +237,37 @@ def test_jepa_term_under_cp_equals_one_process(tmp_path, cp):
     assert len(worst) == 4
     for name, err in worst.items():  # the distance itself runs in float32 (jepa_distance_sum)
         assert err < 1e-6, (name, err)
+
+
+def _cp_flex_check(cfg: dict) -> dict:
+    """The FlexAttention form of the all-gather attention (forward: FlexAttention has no CPU
+    backward) against the dense-mask form, float32."""
+    import torch.distributed as dist
+
+    from titan_jepa.parallel.context_parallel import AllGatherAttention, cp_mask, flex_block_mask, shard
+
+    dist.init_process_group("gloo")
+    rank, cp = dist.get_rank(), dist.get_world_size()
+    worst = {}
+    for kind in ("causal", "documents", "shared_prefix"):
+        meta = _meta(kind)
+        g = torch.Generator().manual_seed(4)
+        q = torch.randn(B, HQ, S, D, generator=g)
+        k, v = (torch.randn(B, HKV, S, D, generator=g) for _ in range(2))
+        sh = shard(meta, S, cp, "head_tail")
+        mine = sh.index[rank]
+        with torch.no_grad():
+            dense = AllGatherAttention.apply(q[:, :, mine], k[:, :, mine], v[:, :, mine], cp_mask(meta, sh, rank), None)
+            flex = AllGatherAttention.apply(q[:, :, mine], k[:, :, mine], v[:, :, mine],
+                                            flex_block_mask(meta, sh, rank), None)
+        t = torch.tensor(float((dense - flex).abs().max()), dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        worst[kind] = float(t)
+    return worst
+
+
+def test_flex_form_of_the_all_gather_attention_equals_the_dense_one(tmp_path):
+    worst = launch(2, {}, tmp_path, fn=_cp_flex_check)
+    assert len(worst) == 3
+    for kind, err in worst.items():
+        assert err < 1e-5, (kind, err)

@@ -160,26 +160,65 @@ def local_attention(q, k, v, allowed: torch.Tensor) -> torch.Tensor:
     return out.masked_fill(empty, 0.0)
 
 
+_FLEX = None
+
+
+def flex_block_mask(meta: MaskMeta, sharding: Sharding, rank: int, device=None, block_size: int = 128):
+    """The FlexAttention form of ``cp_mask``: a BlockMask over this rank's queries x all keys
+    in gathered order, the rule evaluated on their global indices (blocks no pair of which
+    the rule allows are skipped)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    q_glob, k_glob = sharding.index[rank].to(device), sharding.key_order.to(device)
+    seg, ctx_seg, ctx_len, pos = meta.segment_ids, meta.context_segment, meta.context_len, meta.positions
+
+    def mask_mod(b, h, q, k):
+        qg, kg = q_glob[q], k_glob[k]
+        allowed = qg >= kg
+        if seg is not None:
+            allowed = allowed & (seg[b, qg] == seg[b, kg])
+            if ctx_seg is not None:
+                allowed = allowed | ((ctx_seg[b, qg] == seg[b, kg]) & (pos[b, kg] < ctx_len[b, qg]))
+        return allowed
+
+    batch = None if seg is None else seg.shape[0]
+    return create_block_mask(mask_mod, batch, None, q_glob.numel(), k_glob.numel(), device=device,
+                             BLOCK_SIZE=block_size)
+
+
+def _attend(q, k, v, mask) -> torch.Tensor:
+    """Local queries against all keys: SDPA under a dense ``mask``, or FlexAttention under a
+    BlockMask (compiled; a fully masked query row gives 0 there too)."""
+    if isinstance(mask, torch.Tensor):
+        return local_attention(q, k, v, mask)
+    global _FLEX
+    if _FLEX is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _FLEX = torch.compile(flex_attention, dynamic=False)
+    return _FLEX(q, k, v, block_mask=mask, enable_gqa=k.shape[1] != q.shape[1])
+
+
 class AllGatherAttention(torch.autograd.Function):
-    """out = attention(q_local, all_gather(k), all_gather(v)) under ``allowed``; see the
-    module docstring for what the backward recomputes."""
+    """out = attention(q_local, all_gather(k), all_gather(v)) under ``mask`` (dense, or a
+    FlexAttention BlockMask); see the module docstring for what the backward recomputes."""
 
     @staticmethod
-    def forward(ctx, q, k, v, allowed, group):
+    def forward(ctx, q, k, v, mask, group):
         with torch.no_grad():
-            out = local_attention(q, _gather_seq(k, group), _gather_seq(v, group), allowed)
-        ctx.save_for_backward(q, k, v, allowed)
-        ctx.group = group
+            out = _attend(q, _gather_seq(k, group), _gather_seq(v, group), mask)
+        ctx.save_for_backward(q, k, v)
+        ctx.mask, ctx.group = mask, group
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, allowed = ctx.saved_tensors
+        q, k, v = ctx.saved_tensors
         with torch.no_grad():  # the gather again (kept from the forward it would hold S-long K/V)
             kk, vv = _gather_seq(k, ctx.group), _gather_seq(v, ctx.group)
         with torch.enable_grad():
             qd, kk, vv = (t.detach().requires_grad_() for t in (q, kk, vv))
-            out = local_attention(qd, kk, vv, allowed)
+            out = _attend(qd, kk, vv, ctx.mask)
             dq, dk, dv = torch.autograd.grad(out, (qd, kk, vv), grad_out)
         return dq, _reduce_scatter_seq(dk, ctx.group), _reduce_scatter_seq(dv, ctx.group), None, None
 
