@@ -53,6 +53,7 @@ from titan_jepa.parallel.collectives import make_all_gather, rank_world
 from titan_jepa.parallel.mesh import ParallelDims, build_mesh, dp_info, init_distributed
 from titan_jepa.parallel.parallelize import clip_grad_norm_, parallelize, parallelize_heads, write_sharded
 from titan_jepa.parallel.pipeline import build_pipeline
+from titan_jepa.parallel.context_parallel import CPRunner, apply_cp
 from titan_jepa.parallel.schedule import LocalRunner
 from titan_jepa.preemption import Preemption
 from titan_jepa.profiling import StepProfiler
@@ -87,9 +88,9 @@ def forward_backward(runner, objectives: Objectives, micro_batches: list, dp, ke
 
     def loss_fn(outputs, mb):
         result = objectives(outputs, mb, counts, keep)
-        # FSDP averages gradients over the dp ranks; scaling by dp.size makes the result the
-        # gradient of the global loss
-        return result.loss * dp.size, result
+        # FSDP averages gradients over the dp ranks (and the cp ranks, whose losses are parts
+        # of one sum); scaling by their number makes the result the gradient of the global loss
+        return result.loss * dp.size * getattr(runner, "loss_scale", 1), result
 
     flop_counter = FlopCounterMode(display=False) if count_flops else None
     with flop_counter or contextlib.nullcontext():
@@ -180,8 +181,9 @@ def setup(cfg: JobConfig, hooks: TrainHooks, objectives: list, rank: int, world:
     check_initial_load(cfg)  # the initial weights exist and are whole
     if rank == 0:
         write_config(cfg, cfg.run_folder)
+    cp = f" x cp {dims.cp}" if dims.cp > 1 else ""
     logger.info(f"world {world} on {device.type}: pp {dims.pp} x dp_replicate {dims.dp_replicate} x dp_shard "
-                f"{dims.dp_shard} x tp {dims.tp}; gradient accumulation {grad_accum}")
+                f"{dims.dp_shard}{cp} x tp {dims.tp}; gradient accumulation {grad_accum}")
 
     # ---- data: one loader per batch slot, so data order ignores the layout ------------
     loaders = build_loaders(cfg, tokenizer, objectives, dp, grad_accum, device, rank)
@@ -200,6 +202,13 @@ def setup(cfg: JobConfig, hooks: TrainHooks, objectives: list, rank: int, world:
                 f"{a.n_kv_heads} heads, vocab {a.vocab_size}): {a.num_params() / 1e6:,.1f}M parameters")
     if dims.pp > 1:  # [parallelism] pp: this rank's stages, each parallelised like a whole model
         model, runner = build_pipeline(make_model, dims, mesh, cfg, device)
+    elif dims.cp > 1:  # [parallelism] cp: each row split over the cp ranks, K/V all-gathered
+        model = make_model()
+        apply_cp(model, mesh["cp"].get_group())
+        model = parallelize(model, dims, mesh, cfg)
+        p = cfg.parallelism
+        runner = CPRunner(model, mesh["cp"].get_group(), mesh["cp"].get_local_rank(), dims.cp, p.cp_balancer,
+                          p.cp_chunks_per_rank)
     else:
         model = parallelize(make_model(), dims, mesh, cfg)
         runner = LocalRunner(model, head_on_targets=dims.tp == 1,
@@ -227,7 +236,7 @@ def setup(cfg: JobConfig, hooks: TrainHooks, objectives: list, rank: int, world:
                             model_args.flops_per_token(cfg.training.seq_len), device, m.gpu_peak_flops,
                             total_steps=cfg.training.steps,
                             tokens_per_step=cfg.training.global_batch_size * cfg.training.seq_len,
-                            wandb=wandb, model_parallel_size=dims.tp * dims.pp)
+                            wandb=wandb, model_parallel_size=dims.tp * dims.pp * dims.cp)
     same_flop = SameFlopTracker(model_args, cfg.checkpoint.interval)
     tokens = tokenizer.tokens_record()
     template = getattr(tokenizer.hf_chat_template, "source", None)

@@ -134,11 +134,13 @@ class Validator:
                 break
             weights = [0.0 if mb is None else 1.0 for mb in mbs]
             mbs = [(mb or self._filler).to(device) for mb in mbs]
-            weight_of = {id(mb): w for mb, w in zip(mbs, weights)}
+            # by the count vector's identity: a runner may hand the loss a view of the micro-batch
+            # (context parallelism: this rank's tokens), which keeps its count vector
+            weight_of = {id(mb.count_vector): w for mb, w in zip(mbs, weights)}
 
             def loss_fn(outputs, mb):  # each micro-batch's own counts: its sums, undivided
                 result = objective(outputs, mb, mb.count_vector.clamp(min=1))
-                return torch.zeros((), device=device), result.sums * weight_of[id(mb)]
+                return torch.zeros((), device=device), result.sums * weight_of[id(mb.count_vector)]
 
             sums = torch.zeros(len(objective.sum_names), dtype=torch.float64, device=device)
             for mb_sums in runner.run(mbs, loss_fn, backward=False):

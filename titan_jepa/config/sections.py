@@ -128,6 +128,10 @@ class Parallelism(Section):
     dp_replicate: int = 1  # HSDP replica groups (usually nodes)
     dp_shard: int = -1  # FSDP shard group size; -1: what remains of the world size
     tp: int = 1  # tensor (and sequence) parallel degree
+    # context parallel (parallel/context_parallel.py): each row split over cp ranks, K/V all-gathered
+    cp: int = 1
+    cp_balancer: Literal["head_tail", "cost"] = "head_tail"  # cost: for sparse (packed, LLM-JEPA) masks
+    cp_chunks_per_rank: int = 4  # the cost balancer's chunks per rank
     fsdp_reshard_after_forward: Literal["default", "always", "never"] = "default"
     comm_timeout_s: int = 600
     # pipeline parallelism (titan_jepa/parallel/pipeline.py)
@@ -140,6 +144,8 @@ class Parallelism(Section):
     def check(self) -> None:
         if self.dp_replicate < 1 or self.tp < 1 or (self.dp_shard < 1 and self.dp_shard != -1):
             raise ConfigError("parallelism degrees must be >= 1 (dp_shard may be -1: the rest of the world size)")
+        if self.cp < 1 or self.cp_chunks_per_rank < 1:
+            raise ConfigError("parallelism.cp and parallelism.cp_chunks_per_rank must be >= 1")
         if self.pp < 1 or self.pp_stages_per_rank < 1:
             raise ConfigError("parallelism.pp and parallelism.pp_stages_per_rank must be >= 1")
         if self.pp_microbatches < 1 and self.pp_microbatches != -1:

@@ -304,3 +304,54 @@ def sample_block(m: int, cp: int, rank: int) -> slice:
     sample's distance once over the group; the blocks cover 0..m in rank order)."""
     edges = [m * r // cp for r in range(cp + 1)]
     return slice(edges[rank], edges[rank + 1])
+
+
+# ---- the runner: a step's micro-batches under CP ---------------------------------------------
+class CPRunner:
+    """``LocalRunner`` for a model under context parallelism (``apply_cp``): each
+    micro-batch's rows are sharded over the CP group (``parallelism.cp_balancer``), the model
+    runs on this rank's tokens and per-document positions with the mask on global indices,
+    and the objectives see the local tokens' labels. Each rank's loss is its part of the
+    step's sums: the sums are added over the group (``share``), and FSDP, which shards over
+    dp_shard x cp, averages gradients over the cp ranks too (``loss_scale``)."""
+
+    grad_group = None  # the gradient norm: FSDP's DTensors already span the cp ranks
+
+    def __init__(self, model, group, rank: int, cp: int, balancer: str = "head_tail", chunks_per_rank: int = 4):
+        self.model, self.group, self.rank, self.cp = model, group, rank, cp
+        self.balancer, self.chunks_per_rank = balancer, chunks_per_rank
+        self.loss_scale = cp
+
+    def local_batch(self, mb):
+        """(this rank's view of micro-batch ``mb``, the whole rows' mask metadata, the sharding)."""
+        from dataclasses import replace
+
+        bsz, seq = mb.tokens.shape
+        meta = MaskMeta(mb.segment_ids, mb.positions, mb.context_segment, mb.context_len)
+        sh = shard(meta, seq, self.cp, self.balancer, self.chunks_per_rank)
+        positions = mb.positions if mb.positions is not None else \
+            torch.arange(seq, device=mb.tokens.device).expand(bsz, seq)
+        local = replace(mb, tokens=sh.local(mb.tokens, self.rank), labels=sh.local(mb.labels, self.rank),
+                        positions=sh.local(positions, self.rank), segment_ids=None, context_segment=None,
+                        context_len=None, targets_at=None, tokens_at=None)
+        return local, meta, sh
+
+    def run(self, micro_batches: list, loss_fn, backward: bool = True) -> list:
+        results = []
+        for mb in micro_batches:
+            local, meta, sh = self.local_batch(mb)
+            mask = cp_mask(meta, sh, self.rank, mb.tokens.device)
+            outputs = self.model(local.tokens, positions=local.positions, prepared_mask=mask)
+            loss, result = loss_fn(outputs, local)
+            if backward:
+                loss.backward()
+            results.append(result)
+        return results
+
+    def share(self, sums: torch.Tensor) -> torch.Tensor:
+        """The step's sums over the CP group (each rank summed its own tokens)."""
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=self.group)
+        return sums
+
+    def init_buffers(self, device) -> None:
+        """Nothing beyond the model's own."""

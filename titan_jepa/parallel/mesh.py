@@ -21,25 +21,28 @@ class ParallelDims:
     tp: int
     world_size: int
     pp: int = 1  # pipeline stages groups (titan_jepa/parallel/pipeline.py)
+    cp: int = 1  # context parallel ranks per row (titan_jepa/parallel/context_parallel.py)
 
     @classmethod
     def from_config(cls, cfg: JobConfig, world_size: int) -> "ParallelDims":
         p = cfg.parallelism
         dp_shard = p.dp_shard
         if dp_shard == -1:
-            rest = p.dp_replicate * p.tp * p.pp
+            rest = p.dp_replicate * p.tp * p.pp * p.cp
             if world_size % rest:
                 pp = " * parallelism.pp" if p.pp > 1 else ""
+                cp = " * parallelism.cp" if p.cp > 1 else ""
                 raise ConfigError(
                     f"world size {world_size} is not divisible by parallelism.dp_replicate * "
-                    f"parallelism.tp{pp} = {rest}; change the degrees or the number of processes")
+                    f"parallelism.tp{pp}{cp} = {rest}; change the degrees or the number of processes")
             dp_shard = world_size // rest
-        dims = cls(p.dp_replicate, dp_shard, p.tp, world_size, p.pp)
-        product = dims.pp * dims.dp_replicate * dims.dp_shard * dims.tp
+        dims = cls(p.dp_replicate, dp_shard, p.tp, world_size, p.pp, p.cp)
+        product = dims.pp * dims.dp_replicate * dims.dp_shard * dims.cp * dims.tp
         if product != world_size:
             pp = f"pp={dims.pp} x " if dims.pp > 1 else ""
+            cp = f" x cp={dims.cp}" if dims.cp > 1 else ""
             raise ConfigError(
-                f"parallelism degrees {pp}dp_replicate={dims.dp_replicate} x dp_shard={dims.dp_shard} x "
+                f"parallelism degrees {pp}dp_replicate={dims.dp_replicate} x dp_shard={dims.dp_shard}{cp} x "
                 f"tp={dims.tp} = {product} but the world size is {world_size}; set "
                 f"parallelism.dp_shard = -1 to use the rest of the world")
         return dims
@@ -50,7 +53,8 @@ class ParallelDims:
 
     @property
     def fsdp_enabled(self) -> bool:
-        return self.dp > 1
+        """FSDP shards over dp_shard x cp (the cp ranks of a row hold parts of one gradient)."""
+        return self.dp > 1 or self.cp > 1
 
     def check(self, cfg: JobConfig, args: ModelArgs) -> int:
         """Check the degrees against the model and batch; returns gradient-accumulation steps."""
@@ -76,7 +80,36 @@ class ParallelDims:
         grad_accum = t.global_batch_size // per_step
         if self.pp > 1:
             self._check_pp(cfg, args, grad_accum)
+        if self.cp > 1:
+            self._check_cp(cfg, args)
         return grad_accum
+
+    def _check_cp(self, cfg: JobConfig, args: ModelArgs) -> None:
+        """What context parallelism runs with today (docs/context_parallel.md), and its shapes."""
+        from titan_jepa.parallel.context_parallel import CPShapeError, check_seq_len
+
+        p = cfg.parallelism
+        try:
+            check_seq_len(cfg.training.seq_len, self.cp, self.tp)
+        except CPShapeError as e:
+            raise ConfigError(str(e)) from None
+        unit = self.cp * p.cp_chunks_per_rank
+        if p.cp_balancer == "cost" and cfg.training.seq_len % unit:
+            raise ConfigError(f"training.seq_len = {cfg.training.seq_len} does not divide into cp x cp_chunks_per_rank "
+                              f"= {unit} chunks (parallelism.cp_balancer = 'cost'); change one of them")
+        unsupported = [(self.pp > 1, "parallelism.pp > 1", "parallelism.pp = 1"),
+                       (self.tp > 1, "parallelism.tp > 1", "parallelism.tp = 1"),
+                       (args.attn_backend != "sdpa", f"model.attn_backend = '{args.attn_backend}'",
+                        "model.attn_backend = 'sdpa'"),
+                       (cfg.compile.enable, "compile.enable", "compile.enable = false"),
+                       (cfg.jepa.enable, "jepa.enable", "jepa.enable = false"),
+                       (cfg.stp.enable, "stp.enable", "stp.enable = false"),
+                       (cfg.validation.enable and bool(cfg.validation.eval_scorer), "validation.eval_scorer",
+                        "validation.eval_scorer = \"\"")]
+        for bad, what, fix in unsupported:
+            if bad:
+                raise ConfigError(f"parallelism.cp = {self.cp} does not run with {what} yet (context parallelism "
+                                  f"trains next-token only so far, docs/context_parallel.md); set {fix} or cp = 1")
 
     def _check_pp(self, cfg: JobConfig, args: ModelArgs, grad_accum: int) -> None:
         """Pipeline degrees against the model and the step's micro-batches (one per local batch)."""
@@ -159,12 +192,14 @@ def build_mesh(dims: ParallelDims, device_type: str) -> tuple[DeviceMesh | None,
     sit on different nodes, while tp stays innermost (within a node)."""
     if dims.world_size == 1:
         return None, None
+    shape, names = (dims.dp_replicate, dims.dp_shard, dims.tp), ("dp_replicate", "dp_shard", "tp")
+    if dims.cp > 1:  # between dp_shard and tp: [pp, dp_replicate, dp_shard, cp, tp]
+        shape, names = shape[:2] + (dims.cp,) + shape[2:], names[:2] + ("cp",) + names[2:]
     if dims.pp > 1:
-        mesh = init_device_mesh(device_type, (dims.pp, dims.dp_replicate, dims.dp_shard, dims.tp),
-                                mesh_dim_names=("pp", "dp_replicate", "dp_shard", "tp"))
-    else:
-        mesh = init_device_mesh(device_type, (dims.dp_replicate, dims.dp_shard, dims.tp),
-                                mesh_dim_names=("dp_replicate", "dp_shard", "tp"))
+        shape, names = (dims.pp,) + shape, ("pp",) + names
+    mesh = init_device_mesh(device_type, shape, mesh_dim_names=names)
+    if dims.cp > 1:  # FSDP's shard dimension (parallelize._fsdp_mesh)
+        mesh["dp_shard", "cp"]._flatten("dp_shard_cp")
     return mesh, mesh["dp_replicate", "dp_shard"]._flatten("dp")
 
 

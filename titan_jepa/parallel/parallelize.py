@@ -186,7 +186,8 @@ def parallelize(model: nn.Module, dims: ParallelDims, mesh: DeviceMesh | None, c
 
 
 def _fsdp_mesh(dims: ParallelDims, mesh: DeviceMesh) -> DeviceMesh:
-    return mesh["dp_replicate", "dp_shard"] if dims.dp_replicate > 1 else mesh["dp_shard"]
+    shard = "dp_shard_cp" if dims.cp > 1 else "dp_shard"  # the cp ranks of a row share its gradient
+    return mesh["dp_replicate", shard] if dims.dp_replicate > 1 else mesh[shard]
 
 
 def parallelize_heads(heads: nn.Module, dims: ParallelDims, mesh: DeviceMesh | None, cfg: JobConfig) -> nn.Module:
