@@ -273,20 +273,32 @@ def test_flex_form_of_the_all_gather_attention_equals_the_dense_one(tmp_path):
         assert err < 1e-5, (kind, err)
 
 
-@pytest.mark.parametrize("world,parallelism,data", [
-    (2, {"cp": 2}, "text"),
-    (2, {"cp": 2, "cp_balancer": "cost"}, "chat"),
-    (4, {"cp": 2, "dp_shard": 2}, "chat"),
-], ids=["cp2-documents", "cp2-cost-chat", "dp_shard2-cp2-chat"])
-def test_next_token_training_under_cp_equals_one_process(demo_dir, tmp_path, world, parallelism, data):
-    """[parallelism] cp in the training loop: 5 AdamW steps of next-token on packed documents
-    or chat rows (per-document positions, padding), the losses equal one process's."""
+@pytest.mark.parametrize("world,parallelism,data,jepa", [
+    (2, {"cp": 2}, "text", None),
+    (2, {"cp": 2, "cp_balancer": "cost"}, "chat", None),
+    (4, {"cp": 2, "dp_shard": 2}, "chat", None),
+    (2, {"cp": 2}, "chat", {"k": 2}),
+    (2, {"cp": 2, "cp_balancer": "cost"}, "chat", {"k": 1, "views": "shared_prefix"}),
+    (4, {"cp": 2, "dp_shard": 2}, "chat", {"k": 1, "distance": "infonce"}),  # against dp_shard 2: its negatives
+], ids=["cp2-documents", "cp2-cost-chat", "dp_shard2-cp2-chat", "cp2-jepa-separate", "cp2-cost-jepa-shared_prefix",
+        "dp_shard2-cp2-jepa-infonce"])
+def test_training_under_cp_equals_one_process(demo_dir, tmp_path, world, parallelism, data, jepa):
+    """[parallelism] cp in the training loop: 5 AdamW steps of next-token, or next-token +
+    LLM-JEPA (separate views with 2 predictor tokens, shared-prefix, InfoNCE over dp x cp),
+    on packed documents or chat rows (per-document positions, padding, views split across
+    ranks), the losses equal one process's (InfoNCE: dp_shard 2's, whose negatives span the
+    two dp ranks' samples where one process sees one micro-batch's)."""
     from helpers import tiny_config
 
     sections = {"training": {"seq_len": 128}}
     if data == "chat":
         sections["data"] = {"kind": "chat", "path": str(demo_dir / "regex_train.jsonl")}
-    one = launch(1, tiny_config(tmp_path / "one", demo_dir, **sections), tmp_path)
+    if jepa:
+        sections["jepa"] = {"enable": True, **jepa}
+    if jepa and jepa.get("distance") == "infonce":
+        one = launch(2, tiny_config(tmp_path / "one", demo_dir, parallelism={"dp_shard": 2}, **sections), tmp_path)
+    else:
+        one = launch(1, tiny_config(tmp_path / "one", demo_dir, **sections), tmp_path)
     got = launch(world, tiny_config(tmp_path / "cp", demo_dir, parallelism=parallelism, **sections), tmp_path)
     assert len(got) == 5 and got[-1] < got[0]
     assert got == pytest.approx(one, rel=2e-5), (got, one)
@@ -302,7 +314,6 @@ def test_cp_refuses_what_it_does_not_run_yet_in_one_line(demo_dir, tmp_path):
     cases = {
         ("training", "seq_len", 102): "training.seq_len = 102 does not divide by tp x 2 x cp = 1 x 2 x 2 = 4; use "
                                       "training.seq_len = 100 or 104",
-        ("jepa", "enable", True): "parallelism.cp = 2 does not run with jepa.enable yet",
         ("stp", "enable", True): "parallelism.cp = 2 does not run with stp.enable yet",
         ("compile", "enable", True): "parallelism.cp = 2 does not run with compile.enable yet",
     }

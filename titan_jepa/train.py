@@ -229,6 +229,9 @@ def setup(cfg: JobConfig, hooks: TrainHooks, objectives: list, rank: int, world:
     scheduler = build_lr_scheduler(optimizer, cfg)
     params = [p for m in (model, heads) if m is not None for p in m.parameters() if p.requires_grad]
     gather = make_all_gather(dp.group) if dp.size > 1 else None  # InfoNCE's negatives, diagnostics
+    gather_rank = dp.rank
+    if dims.cp > 1:  # each cp rank holds a block of the samples: the all-gather spans dp x cp
+        gather, gather_rank = make_all_gather(mesh["dp_cp"].get_group()), mesh["dp_cp"].get_local_rank()
     m = cfg.metrics
     wandb = (dict(project=m.wandb_project, run_name=m.wandb_run_name or cfg.job.name, tags=m.wandb_tags,
                   config=cfg.to_dict()) if m.enable_wandb else None)
@@ -244,7 +247,7 @@ def setup(cfg: JobConfig, hooks: TrainHooks, objectives: list, rank: int, world:
                                 heads=heads, before_rename=hooks.before_checkpoint_rename, tokens=tokens,
                                 contract=make_contract(cfg, model_args, tokens, template))
     return Run(cfg, rank, world, device, dims, dp, model_args, loaders, validator, model, runner, heads, params,
-               Objectives(objectives, heads, gather, dp.rank), gather, optimizer, scheduler, metrics, same_flop,
+               Objectives(objectives, heads, gather, gather_rank), gather, optimizer, scheduler, metrics, same_flop,
                checkpointer, flop_counter_steps)
 
 

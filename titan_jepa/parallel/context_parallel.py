@@ -299,6 +299,22 @@ def rows_at(hidden_local: torch.Tensor, idx: torch.Tensor, sharding: Sharding, r
     return _SumOverGroup.apply(rows, group)
 
 
+class GatheredRows:
+    """``ModelOutputs.hidden`` under CP. Indexed with (rows, global positions) index tensors of
+    M items, as LLM-JEPA's ``view_embeddings`` reads it, it gathers those M rows of the whole
+    sequence (``rows_at``, the same M on every rank of the group) and returns this rank's
+    ``sample_block`` of them: each item's term is then computed on one rank of the group. Other
+    reads of the hidden states (STP's spans) are not served yet: the config refuses them."""
+
+    def __init__(self, local: torch.Tensor, sharding: Sharding, rank: int, group):
+        self.local, self.sharding, self.rank, self.group = local, sharding, rank, group
+
+    def __getitem__(self, key):
+        rows, cols = key
+        got = rows_at(self.local, torch.stack((rows, cols), 1), self.sharding, self.rank, self.group)
+        return got[sample_block(got.shape[0], self.sharding.cp, self.rank)]
+
+
 def sample_block(m: int, cp: int, rank: int) -> slice:
     """The contiguous block of ``m`` samples whose loss terms rank ``rank`` computes (each
     sample's distance once over the group; the blocks cover 0..m in rank order)."""
@@ -311,7 +327,9 @@ class CPRunner:
     """``LocalRunner`` for a model under context parallelism (``apply_cp``): each
     micro-batch's rows are sharded over the CP group (``parallelism.cp_balancer``), the model
     runs on this rank's tokens and per-document positions with the mask on global indices,
-    and the objectives see the local tokens' labels. Each rank's loss is its part of the
+    and the objectives see the local tokens' labels and hidden states they index by global
+    position (``GatheredRows``: each rank gets its block of LLM-JEPA's samples); their
+    all-gather (InfoNCE's negatives, diagnostics) spans dp x cp. Each rank's loss is its part of the
     step's sums: the sums are added over the group (``share``), and FSDP, which shards over
     dp_shard x cp, averages gradients over the cp ranks too (``loss_scale``)."""
 
@@ -342,6 +360,8 @@ class CPRunner:
             local, meta, sh = self.local_batch(mb)
             mask = cp_mask(meta, sh, self.rank, mb.tokens.device)
             outputs = self.model(local.tokens, positions=local.positions, prepared_mask=mask)
+            # the objectives read view embeddings by global position, wherever they live
+            outputs = type(outputs)(outputs.logits, GatheredRows(outputs.hidden, sh, self.rank, self.group))
             loss, result = loss_fn(outputs, local)
             if backward:
                 loss.backward()

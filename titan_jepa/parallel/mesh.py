@@ -102,14 +102,13 @@ class ParallelDims:
                        (args.attn_backend != "sdpa", f"model.attn_backend = '{args.attn_backend}'",
                         "model.attn_backend = 'sdpa'"),
                        (cfg.compile.enable, "compile.enable", "compile.enable = false"),
-                       (cfg.jepa.enable, "jepa.enable", "jepa.enable = false"),
                        (cfg.stp.enable, "stp.enable", "stp.enable = false"),
                        (cfg.validation.enable and bool(cfg.validation.eval_scorer), "validation.eval_scorer",
                         "validation.eval_scorer = \"\"")]
         for bad, what, fix in unsupported:
             if bad:
                 raise ConfigError(f"parallelism.cp = {self.cp} does not run with {what} yet (context parallelism "
-                                  f"trains next-token only so far, docs/context_parallel.md); set {fix} or cp = 1")
+                                  f"trains next-token and LLM-JEPA so far, docs/context_parallel.md); set {fix} or cp = 1")
 
     def _check_pp(self, cfg: JobConfig, args: ModelArgs, grad_accum: int) -> None:
         """Pipeline degrees against the model and the step's micro-batches (one per local batch)."""
@@ -198,8 +197,9 @@ def build_mesh(dims: ParallelDims, device_type: str) -> tuple[DeviceMesh | None,
     if dims.pp > 1:
         shape, names = (dims.pp,) + shape, ("pp",) + names
     mesh = init_device_mesh(device_type, shape, mesh_dim_names=names)
-    if dims.cp > 1:  # FSDP's shard dimension (parallelize._fsdp_mesh)
+    if dims.cp > 1:  # FSDP's shard dimension (parallelize._fsdp_mesh), the objectives' all-gather
         mesh["dp_shard", "cp"]._flatten("dp_shard_cp")
+        mesh["dp_replicate", "dp_shard", "cp"]._flatten("dp_cp")
     return mesh, mesh["dp_replicate", "dp_shard"]._flatten("dp")
 
 
