@@ -280,8 +280,9 @@ def test_flex_form_of_the_all_gather_attention_equals_the_dense_one(tmp_path):
     (2, {"cp": 2}, "chat", {"k": 2}),
     (2, {"cp": 2, "cp_balancer": "cost"}, "chat", {"k": 1, "views": "shared_prefix"}),
     (4, {"cp": 2, "dp_shard": 2}, "chat", {"k": 1, "distance": "infonce"}),  # against dp_shard 2: its negatives
+    (4, {"cp": 4, "cp_balancer": "cost", "cp_chunks_per_rank": 2}, "chat", {"k": 1}),
 ], ids=["cp2-documents", "cp2-cost-chat", "dp_shard2-cp2-chat", "cp2-jepa-separate", "cp2-cost-jepa-shared_prefix",
-        "dp_shard2-cp2-jepa-infonce"])
+        "dp_shard2-cp2-jepa-infonce", "cp4-cost-jepa"])
 def test_training_under_cp_equals_one_process(demo_dir, tmp_path, world, parallelism, data, jepa):
     """[parallelism] cp in the training loop: 5 AdamW steps of next-token, or next-token +
     LLM-JEPA (separate views with 2 predictor tokens, shared-prefix, InfoNCE over dp x cp),
