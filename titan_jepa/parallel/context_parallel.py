@@ -23,6 +23,10 @@ such as packed LLM-JEPA rows) cuts the row into ``chunks_per_rank`` x cp chunks,
 chunk by the (query, key) pairs its queries may attend to, and deals them to the ranks
 heaviest first (each rank gets the same number of chunks, so the same number of tokens).
 ``balance`` reports the max/mean attention cost over the ranks of a sharding.
+
+``CPRunner`` runs a step's micro-batches under CP (train.py uses it for ``[parallelism] cp >
+1``); ``GatheredRows`` lets the objectives read hidden states by global position (LLM-JEPA's
+view embeddings), each rank computing its block of the samples.
 """
 
 from __future__ import annotations
