@@ -273,30 +273,42 @@ def test_flex_form_of_the_all_gather_attention_equals_the_dense_one(tmp_path):
         assert err < 1e-5, (kind, err)
 
 
-@pytest.mark.parametrize("world,parallelism,data,jepa", [
+@pytest.mark.parametrize("world,parallelism,data,objective", [
     (2, {"cp": 2}, "text", None),
     (2, {"cp": 2, "cp_balancer": "cost"}, "chat", None),
     (4, {"cp": 2, "dp_shard": 2}, "chat", None),
-    (2, {"cp": 2}, "chat", {"k": 2}),
-    (2, {"cp": 2, "cp_balancer": "cost"}, "chat", {"k": 1, "views": "shared_prefix"}),
-    (4, {"cp": 2, "dp_shard": 2}, "chat", {"k": 1, "distance": "infonce"}),  # against dp_shard 2: its negatives
-    (4, {"cp": 4, "cp_balancer": "cost", "cp_chunks_per_rank": 2}, "chat", {"k": 1}),
+    (2, {"cp": 2}, "chat", {"jepa": {"k": 2}}),
+    (2, {"cp": 2, "cp_balancer": "cost"}, "chat", {"jepa": {"k": 1, "views": "shared_prefix"}}),
+    (4, {"cp": 2, "dp_shard": 2}, "chat", {"jepa": {"k": 1, "distance": "infonce"}}),  # vs dp_shard 2: its negatives
+    (4, {"cp": 4, "cp_balancer": "cost", "cp_chunks_per_rank": 2}, "chat", {"jepa": {"k": 1}}),
+    (2, {"cp": 2}, "text", {"stp": {"mode": "random_span", "spans_per_sample": 2, "linear_predictor": True,
+                                    "lambda": 0.5}}),
+    (4, {"cp": 4}, "chat", {"stp": {"mode": "random_span_mask", "lambda": 0.5}}),
+    (2, {"cp": 2, "cp_balancer": "cost"}, "text", {"stp": {"mode": "curvature", "lambda": 0.5}}),
+    (4, {"cp": 2, "tp": 2}, "chat", None),
+    (4, {"cp": 2, "tp": 2, "cp_balancer": "cost"}, "chat", {"jepa": {"k": 1}}),
+    (4, {"cp": 2, "pp": 2}, "chat", None),
+    (4, {"cp": 2, "pp": 2, "pp_schedule": "Interleaved1F1B", "pp_stages_per_rank": 2}, "chat", {"jepa": {"k": 1}}),
 ], ids=["cp2-documents", "cp2-cost-chat", "dp_shard2-cp2-chat", "cp2-jepa-separate", "cp2-cost-jepa-shared_prefix",
-        "dp_shard2-cp2-jepa-infonce", "cp4-cost-jepa"])
-def test_training_under_cp_equals_one_process(demo_dir, tmp_path, world, parallelism, data, jepa):
-    """[parallelism] cp in the training loop: 5 AdamW steps of next-token, or next-token +
-    LLM-JEPA (separate views with 2 predictor tokens, shared-prefix, InfoNCE over dp x cp),
-    on packed documents or chat rows (per-document positions, padding, views split across
-    ranks), the losses equal one process's (InfoNCE: dp_shard 2's, whose negatives span the
-    two dp ranks' samples where one process sees one micro-batch's)."""
+        "dp_shard2-cp2-jepa-infonce", "cp4-cost-jepa", "cp2-stp-random_span", "cp4-stp-random_span_mask",
+        "cp2-cost-stp-curvature", "cp2-tp2-chat", "cp2-tp2-cost-jepa",
+        "cp2-pp2-chat", "cp2-pp2-interleaved-jepa"])
+def test_training_under_cp_equals_one_process(demo_dir, tmp_path, world, parallelism, data, objective):
+    """[parallelism] cp in the training loop: 5 AdamW steps of next-token, next-token +
+    LLM-JEPA (separate views with 2 predictor tokens, shared-prefix, InfoNCE over dp x cp) or
+    next-token + STP (spans and their masked views crossing the chunk boundaries, the linear
+    predictor, curvature triples), on packed documents or chat rows (per-document positions,
+    padding, views split across ranks), the losses equal one process's (InfoNCE: dp_shard
+    2's, whose negatives span the two dp ranks' samples where one process sees one
+    micro-batch's)."""
     from helpers import tiny_config
 
     sections = {"training": {"seq_len": 128}}
     if data == "chat":
         sections["data"] = {"kind": "chat", "path": str(demo_dir / "regex_train.jsonl")}
-    if jepa:
-        sections["jepa"] = {"enable": True, **jepa}
-    if jepa and jepa.get("distance") == "infonce":
+    for name, keys in (objective or {}).items():
+        sections[name] = {"enable": True, **keys}
+    if objective and objective.get("jepa", {}).get("distance") == "infonce":
         one = launch(2, tiny_config(tmp_path / "one", demo_dir, parallelism={"dp_shard": 2}, **sections), tmp_path)
     else:
         one = launch(1, tiny_config(tmp_path / "one", demo_dir, **sections), tmp_path)
@@ -315,7 +327,6 @@ def test_cp_refuses_what_it_does_not_run_yet_in_one_line(demo_dir, tmp_path):
     cases = {
         ("training", "seq_len", 102): "training.seq_len = 102 does not divide by tp x 2 x cp = 1 x 2 x 2 = 4; use "
                                       "training.seq_len = 100 or 104",
-        ("stp", "enable", True): "parallelism.cp = 2 does not run with stp.enable yet",
         ("compile", "enable", True): "parallelism.cp = 2 does not run with compile.enable yet",
     }
     for (section, key, value), message in cases.items():
@@ -369,3 +380,32 @@ def test_validation_under_cp_equals_one_process(demo_dir, tmp_path):
 
     one, cp = val_loss(1, "one", {}), val_loss(2, "cp", {"cp": 2})
     assert len(one) == 1 and cp == pytest.approx(one, rel=2e-5)
+
+
+def test_generation_eval_under_cp_equals_one_process(demo_dir, tmp_path):
+    """validation.eval_scorer at cp 2: the lines are shared over dp x cp (the KV-cache decoder
+    needs no CP), each scored once; the accuracy after memorising 8 short answers equals one
+    process's, and so does the validation loss of the same run."""
+    import json
+
+    from helpers import tiny_config
+
+    rows = [json.loads(x) for x in (demo_dir / "regex_train.jsonl").read_text().splitlines()]
+    data = tmp_path / "short.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in [r for r in rows if len(r["messages"][-1]["content"]) <= 5][:8]))
+
+    def val(world, name, parallelism):
+        cfg = tiny_config(tmp_path, demo_dir, data={"kind": "chat", "path": str(data)}, parallelism=parallelism,
+                          training={"steps": 20, "global_batch_size": 4, "local_batch_size": 4},
+                          validation={"enable": True, "path": str(data), "freq": 10, "steps": 1,
+                                      "eval_scorer": "exact", "eval_samples": 7, "eval_max_new_tokens": 8})
+        cfg["job"]["name"] = name
+        launch(world, cfg, tmp_path)
+        rows = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return [(r["val/loss"], r["val/accuracy"], r["val/eval_samples"]) for r in rows if "val/accuracy" in r]
+
+    one, cp = val(1, "one", {}), val(2, "cp", {"cp": 2})
+    assert len(one) == 2 and one[-1][1] > 0, one
+    assert [r[2] for r in cp] == [7, 7]  # 7 lines over 2 ranks (shares padded to 4): each once
+    assert [r[1] for r in cp] == [r[1] for r in one]
+    assert [r[0] for r in cp] == pytest.approx([r[0] for r in one], rel=2e-5)

@@ -161,6 +161,31 @@ def test_plan_8b_at_64_and_8_ranks(tmp_path):
     assert "world size 12 is not divisible" in bad["error"]
 
 
+def test_plan_counts_context_parallelism():
+    """cp divides the activations and the head (a rank holds S / cp tokens of each row) and
+    adds one layer's gathered K/V with their gradients (expanded to every head for CUDA's masked
+    kernel) and the dense mask on global indices; the 128k config fits an H200 within 80 %."""
+    cfg128 = "train_configs/llama3_8b_128k_h200.toml"
+    cp8, one16k, cp4 = _plan_cases([
+        [cfg128, 8, 0, []],
+        [cfg128, 8, 0, ["--parallelism.cp", "1", "--parallelism.dp_shard", "8", "--training.seq_len", "16384"]],
+        [cfg128, 8, 0, ["--parallelism.cp", "4", "--parallelism.dp_shard", "2"]],
+    ])
+    seq, kv, heads = 131072, 8 * 128, 32 * 128
+    assert (cp8["cp"], cp8["dp_shard"], cp8["tokens_per_microbatch"]) == (8, 1, seq // 8)
+    # the same tokens per rank as 16k tokens without cp; the same FSDP shards (dp_shard x cp = 8)
+    assert cp8["activation_bytes"] == one16k["activation_bytes"]
+    assert cp8["logits_bytes"] == one16k["logits_bytes"]
+    assert cp8["param_bytes"] == one16k["param_bytes"] and one16k["cp_mask_bytes"] == 0
+    assert cp8["cp_gather_bytes"] == 4 * seq * (kv + heads) * 2
+    assert cp8["cp_mask_bytes"] == (seq // 8) * seq * (1 + 2)  # 2 GiB of booleans + a bf16 copy
+    assert cp4["cp_mask_bytes"] == 2 * cp8["cp_mask_bytes"] and cp4["activation_bytes"] > cp8["activation_bytes"]
+    assert cp8["fits"] and cp8["total_bytes"] < 0.8 * cp8["gpu_bytes"]
+    assert cp8["total_bytes"] == sum(cp8[k] for k in ("param_bytes", "grad_bytes", "optimizer_bytes",
+                                                       "fsdp_transient_bytes", "activation_bytes",
+                                                       "cp_gather_bytes", "cp_mask_bytes"))
+
+
 def test_plan_cli_errors_are_one_line():
     out = subprocess.run([sys.executable, "-m", "titan_jepa.plan", "--config",
                           "train_configs/llama3_8b_h200.toml", "--world-size", "8", "--trainig.steps", "3"],

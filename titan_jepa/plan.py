@@ -60,6 +60,16 @@ Byte accounting for one rank:
   min(M V, (V - 1) pp + 2 (pp - 1 - rank) + 1) with V stages per rank (Megatron's warm-up
   count; an estimate for zero bubble, which also defers weight gradients), each chunk
   counted at the mean chunk size of the rank's stages.
+* context parallelism (``cp > 1``): each rank holds B x S / cp tokens of every micro-batch,
+  so the activations and the head above are counted at T = local_batch_size x seq_len / cp.
+  Two more terms: the all-gather attention's transient, one layer at a time (the backward
+  gathers K and V again, 2 B S hk e / t, and holds their whole-row gradients before the
+  reduce-scatter, as many again; on CUDA the masked SDPA kernel takes no grouped-query
+  form, so K, V and their gradients are also expanded to all heads, 4 B S h e / t), and the
+  attention mask the sdpa path builds once per micro-batch on global indices, B x (S/cp) x S
+  booleans kept for the step, plus the additive copy SDPA makes of it in each call
+  (B x (S/cp) x S x e). The mask grows with S^2 / cp: at 128k tokens and cp 8 it is 2 GiB of
+  booleans per row (FlexAttention's BlockMask, which CP does not run yet, would be a few MiB).
 * fits: the total against the GPU's memory less a 10 % reserve (CUDA context, NCCL
   buffers, allocator fragmentation).
 
@@ -128,6 +138,9 @@ class Plan:
     stages: list[int] = field(default_factory=list)  # the pipeline stages this rank runs
     layers: list[int] = field(default_factory=list)  # the Transformer layers this rank holds
     in_flight_microbatches: int = 1  # micro-batch chunks whose activations are kept at the peak
+    cp: int = 1
+    cp_gather_bytes: int = 0  # the all-gather attention's transient (one layer)
+    cp_mask_bytes: int = 0  # the dense attention mask on global indices, and SDPA's additive copy
 
 
 def _unique_params(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
@@ -246,13 +259,18 @@ def in_flight_chunks(schedule: str, pp: int, pp_rank: int, stages_per_rank: int,
     return min(microbatches * v, (v - 1) * pp + 2 * (pp - 1 - pp_rank) + 1)
 
 
+def rank_tokens(cfg: JobConfig, cp: int = 1) -> int:
+    """The tokens of one micro-batch a rank holds: local_batch_size x seq_len / cp."""
+    return cfg.training.local_batch_size * cfg.training.seq_len // cp
+
+
 def activation_bytes(args: ModelArgs, cfg: JobConfig, tp: int, layers: list[int] | None = None,
-                     head: bool = True, in_flight: int = 1) -> int:
+                     head: bool = True, in_flight: int = 1, cp: int = 1) -> int:
     """Estimate of the activations kept for backward (see the module doc): ``in_flight``
     micro-batches through ``layers`` (default all) and, with ``head``, the output."""
     layers = range(args.n_layers) if layers is None else layers
     e = DTYPES[cfg.training.mixed_precision_param].itemsize
-    tokens = cfg.training.local_batch_size * cfg.training.seq_len
+    tokens = rank_tokens(cfg, cp)
     h, hk, f = args.dim, args.n_kv_heads * args.head_dim, args.ffn_hidden_dim
     full_block = tokens * e * (7 * h + 3 * hk + 4 * f) // tp
     ckpt_block = tokens * e * h // tp
@@ -263,17 +281,31 @@ def activation_bytes(args: ModelArgs, cfg: JobConfig, tp: int, layers: list[int]
         any_ckpt |= ckpt
         total += ckpt_block if ckpt else full_block
     if head:
-        total += head_activation_bytes(args, cfg, tp)
+        total += head_activation_bytes(args, cfg, tp, cp)
     # the block being recomputed in backward: one at a time
     return in_flight * total + (full_block if any_ckpt else 0)
 
 
-def head_activation_bytes(args: ModelArgs, cfg: JobConfig, tp: int) -> int:
+def head_activation_bytes(args: ModelArgs, cfg: JobConfig, tp: int, cp: int = 1) -> int:
     """One micro-batch's logits, their float32 copy and float32 log-probabilities on one
     rank: T x ceil(V / tp) x (e + 8) bytes (vocab-sharded under TP, see the module doc)."""
     e = DTYPES[cfg.training.mixed_precision_param].itemsize
-    tokens = cfg.training.local_batch_size * cfg.training.seq_len
-    return tokens * -(-args.vocab_size // tp) * (e + 8)
+    return rank_tokens(cfg, cp) * -(-args.vocab_size // tp) * (e + 8)
+
+
+def cp_bytes(args: ModelArgs, cfg: JobConfig, tp: int, cp: int) -> tuple[int, int]:
+    """(the all-gather attention's transient for one layer, the dense mask's bytes) on one
+    rank under context parallelism (see the module doc); (0, 0) without it."""
+    if cp == 1:
+        return 0, 0
+    e = DTYPES[cfg.training.mixed_precision_param].itemsize
+    b, seq = cfg.training.local_batch_size, cfg.training.seq_len
+    hk, h = args.n_kv_heads * args.head_dim // tp, args.n_heads * args.head_dim // tp
+    gather = 4 * b * seq * hk * e  # K and V gathered again in the backward, their whole-row gradients
+    if args.n_kv_heads < args.n_heads:
+        gather += 4 * b * seq * h * e  # expanded to every head for CUDA's masked kernel, and their gradients
+    mask = b * (seq // cp) * seq * (1 + e)  # booleans kept for the step + SDPA's additive copy in a call
+    return gather, mask
 
 
 def plan(cfg: JobConfig, world_size: int, rank: int = 0, gpu: str = "H200") -> Plan:
@@ -317,21 +349,24 @@ def plan(cfg: JobConfig, world_size: int, rank: int = 0, gpu: str = "H200") -> P
     if pp:
         # a chunk holds one stage's layers; the rank's stages share its in-flight chunks
         per_chunk = activation_bytes(args, cfg, dims.tp, pp["layers"], head=model.output is not None,
-                                     in_flight=1) / len(pp["stages"])
+                                     in_flight=1, cp=dims.cp) / len(pp["stages"])
         act = int(per_chunk * pp["in_flight_microbatches"])
     else:
-        act = activation_bytes(args, cfg, dims.tp)
-    total = sb["param_bytes"] + sb["grad_bytes"] + sb["optimizer_bytes"] + transient + act
+        act = activation_bytes(args, cfg, dims.tp, cp=dims.cp)
+    gather, mask = cp_bytes(args, cfg, dims.tp, dims.cp)
+    # the masks of the micro-batches in flight (one per micro-batch: every stage reads it)
+    mask *= pp.get("in_flight_microbatches", 1)
+    total = sb["param_bytes"] + sb["grad_bytes"] + sb["optimizer_bytes"] + transient + act + gather + mask
     usable = int(GPUS[gpu] * (1 - RESERVE))
     return Plan(world_size=world_size, rank=rank, gpu=gpu, dp_replicate=dims.dp_replicate,
                 dp_shard=dims.dp_shard, tp=dims.tp, num_params=args.num_params(),
                 local_param_elems=sb["local_param_elems"], param_bytes=sb["param_bytes"],
                 grad_bytes=sb["grad_bytes"], optimizer_bytes=sb["optimizer_bytes"],
                 fsdp_transient_bytes=transient, activation_bytes=act,
-                logits_bytes=head_activation_bytes(args, cfg, dims.tp), total_bytes=total,
+                logits_bytes=head_activation_bytes(args, cfg, dims.tp, dims.cp), total_bytes=total,
                 gpu_bytes=GPUS[gpu], usable_bytes=usable, fits=total <= usable,
-                tokens_per_microbatch=cfg.training.local_batch_size * cfg.training.seq_len,
-                grad_accum=grad_accum, **pp)
+                tokens_per_microbatch=rank_tokens(cfg, dims.cp), grad_accum=grad_accum,
+                cp=dims.cp, cp_gather_bytes=gather, cp_mask_bytes=mask, **pp)
 
 
 def format_plan(p: Plan, cfg: JobConfig) -> str:
@@ -346,19 +381,21 @@ def format_plan(p: Plan, cfg: JobConfig) -> str:
         (f"activations, estimate ({p.tokens_per_microbatch} tokens, AC {acs})", p.activation_bytes),
     ]
     head = (f"  of which logits + fp32 loss copies (vocab / tp {p.tp})", p.logits_bytes)
-    width = max(len(r[0]) for r in [*rows, head]) + 2
+    cp_rows = [("CP: one layer's gathered K/V + their gradients", p.cp_gather_bytes),
+               ("CP: attention mask (bool + SDPA's additive copy)", p.cp_mask_bytes)] if p.cp > 1 else []
+    width = max(len(r[0]) for r in [*rows, head, *cp_rows]) + 2
     lines = [
         f"plan for rank {p.rank} of {p.world_size}: model {cfg.model.flavor} "
         f"({p.num_params / 1e9:.2f}B parameters), mesh pp {p.pp} x dp_replicate {p.dp_replicate} x dp_shard "
-        f"{p.dp_shard} x tp {p.tp}",
-        f"micro-batch {t.local_batch_size} x {t.seq_len} tokens, gradient accumulation "
+        f"{p.dp_shard}{f' x cp {p.cp}' if p.cp > 1 else ''} x tp {p.tp}",
+        f"micro-batch {t.local_batch_size} x {t.seq_len} tokens{f' ({p.tokens_per_microbatch} on this rank)' if p.cp > 1 else ''}, gradient accumulation "
         f"{p.grad_accum}, param dtype {pdt}, local parameter elements {p.local_param_elems:,}",
     ]
     if p.pp > 1:
         lines.append(f"pipeline {p.pp_schedule}: this rank runs stage(s) {p.stages} "
                      f"({len(p.layers)} layers), {p.in_flight_microbatches} micro-batch chunk(s) in flight at the peak")
     lines += ["", f"{'per rank':<{width}}{'GiB':>10}{'bytes':>18}"]
-    for name, b in [*rows, head]:
+    for name, b in [*rows, head, *cp_rows]:
         lines.append(f"{name:<{width}}{b / GiB:>10.2f}{b:>18,}")
     lines.append("-" * (width + 28))
     lines.append(f"{'total':<{width}}{p.total_bytes / GiB:>10.2f}{p.total_bytes:>18,}")
@@ -367,8 +404,8 @@ def format_plan(p: Plan, cfg: JobConfig) -> str:
                  f"after a {RESERVE:.0%} reserve: {verdict} "
                  f"({100 * p.total_bytes / p.usable_bytes:.0f}% of usable)")
     if not p.fits:
-        lines.append("to fit: more data-parallel shards (dp_shard), tp > 1, pp > 1, activation_checkpoint.mode "
-                     "= 'full', or a smaller local_batch_size / seq_len")
+        lines.append("to fit: more data-parallel shards (dp_shard), tp > 1, pp > 1, cp > 1 (long rows), "
+                     "activation_checkpoint.mode = 'full', or a smaller local_batch_size / seq_len")
     return "\n".join(lines)
 
 

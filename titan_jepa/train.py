@@ -188,7 +188,8 @@ def setup(cfg: JobConfig, hooks: TrainHooks, objectives: list, rank: int, world:
     # ---- data: one loader per batch slot, so data order ignores the layout ------------
     loaders = build_loaders(cfg, tokenizer, objectives, dp, grad_accum, device, rank)
     # [validation]: its own loaders over validation.path, checked here, before the model
-    validator = (Validator(cfg, tokenizer, dp, model_args.max_seq_len, objectives)
+    validator = (Validator(cfg, tokenizer, dp, model_args.max_seq_len, objectives,
+                           eval_dp=dp_info(mesh["dp_cp"]) if dims.cp > 1 else None)
                  if cfg.validation.enable else None)
 
     # ---- model: built on the meta device, parallelised, then materialised ------------

@@ -27,7 +27,9 @@ shares are padded to one size with weight-zero repeats), prompted as titan_jepa/
 generator in batches of ``eval_batch_size``. Every batch decodes exactly
 ``eval_max_new_tokens`` tokens (a row's answer ends at its first stop token), so every
 rank runs the same number of forward calls on the FSDP-sharded model. The scorer's
-correct counts are summed over the group: ``val/accuracy``. Tensor parallelism is not
+correct counts are summed over the group: ``val/accuracy``. Under context parallelism the
+lines are shared over dp x cp: the KV-cache decoder runs the whole prompt on its rank (no
+all-gather attention), so the cp ranks decode lines of their own. Tensor parallelism is not
 supported here (config.py says so); evaluate TP runs' checkpoints with titan_jepa.eval.
 """
 
@@ -77,7 +79,9 @@ def validation_config(cfg):
 
 
 class Validator:
-    def __init__(self, cfg, tokenizer, dp, max_seq_len: int, objectives: list):
+    def __init__(self, cfg, tokenizer, dp, max_seq_len: int, objectives: list, eval_dp=None):
+        """``eval_dp``: the group generation eval shares its lines over (default ``dp``; under
+        context parallelism dp x cp: decoding needs no CP, so each cp rank takes its own lines)."""
         self.cfg, self.tok, self.dp, self.objectives = cfg, tokenizer, dp, objectives
         v = cfg.validation
         self.freq, self.steps, self.last_step = v.freq, v.steps, cfg.training.steps
@@ -97,7 +101,7 @@ class Validator:
                                     f"{self.num_slots} (global_batch_size / local_batch_size); use a larger "
                                     f"validation set")
             self._filler = firsts[0]
-        self.generation = GenerationEval(cfg, tokenizer, dp, max_seq_len) if v.eval_scorer else None
+        self.generation = GenerationEval(cfg, tokenizer, eval_dp or dp, max_seq_len) if v.eval_scorer else None
 
     def _loader(self, slot: int):
         return build_dataloader(self.data_cfg, self.tok, dp_rank=slot, dp_world=self.num_slots,

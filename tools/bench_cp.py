@@ -9,9 +9,9 @@ best-fit packing at each --seq and prints, per cp, the max/mean over the ranks o
 (query, key) pairs their queries may attend to under head-tail and the cost balancer
 (parallel/context_parallel.py): 1.00 is perfect balance; the slowest rank sets the pace.
 
-The timing runs the model alone (titan_jepa/models/llama.py with CPAttention; not the
-training loop, which does not run CP yet) on one packed row of --seq tokens of random ids
-with documents of 256 to 1,024 tokens, cp gloo processes of 1 thread each for cp > 1 and
+The timing runs the model alone (titan_jepa/models/llama.py with CPAttention, as the
+training loop's CPRunner does, without the optimizer and the loader) on one packed row of
+--seq tokens of random ids with documents of 256 to 1,024 tokens, cp gloo processes of 1 thread each for cp > 1 and
 1 thread for cp = 1, a few rounds after a warm-up: seconds per step (the slowest rank),
 tokens/s per rank, the share of the step spent in the K/V all-gathers (forward and the
 backward's re-gather), and the peak memory per rank (torch.profiler's allocation records).

@@ -43,6 +43,19 @@ class DataContext:
     bad: Any
 
 
+def hidden_at(hidden, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """(M, D): the final hidden states at (rows[i], cols[i]) of the whole rows. ``hidden`` is
+    the model's (B, S, D) tensor, or a reader of rows held by a group of processes (context
+    parallelism's ``GatheredRows``: ``.at(rows, cols)``, the same M rows on each)."""
+    return hidden[rows, cols] if isinstance(hidden, torch.Tensor) else hidden.at(rows, cols)
+
+
+def own_items(hidden, m: int) -> slice:
+    """Which of a micro-batch's ``m`` loss items this process computes: all of them, unless
+    the hidden states are a group's reader (then its block: each item once over the group)."""
+    return slice(0, m) if isinstance(hidden, torch.Tensor) else hidden.own_items(m)
+
+
 @dataclass
 class Term:
     """One objective on one micro-batch: ``loss_sum`` over its items (the gradient flows

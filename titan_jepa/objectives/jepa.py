@@ -24,14 +24,12 @@ import torch.nn.functional as F
 
 from titan_jepa.data.special_tokens import predictor_names
 from titan_jepa.data.views import JepaViews
-from titan_jepa.objectives.base import Objective, Term
+from titan_jepa.objectives.base import Objective, Term, hidden_at, own_items
 
 
 def view_embeddings(hidden: torch.Tensor, pred_idx: torch.Tensor, target_idx: torch.Tensor):
     """hidden (B, S, D); indices (M, 2) of (row, column) -> two (M, D) tensors."""
-    pred = hidden[pred_idx[:, 0], pred_idx[:, 1]]
-    target = hidden[target_idx[:, 0], target_idx[:, 1]]
-    return pred, target
+    return hidden_at(hidden, pred_idx[:, 0], pred_idx[:, 1]), hidden_at(hidden, target_idx[:, 0], target_idx[:, 1])
 
 
 def jepa_distance_sum(pred: torch.Tensor, target: torch.Tensor, distance: str,
@@ -146,6 +144,8 @@ class Jepa(Objective):
     def loss(self, outputs, batch, heads, gather=None, rank=0) -> Term:
         rec = batch.record(self.name)
         pred, target = view_embeddings(outputs.hidden, rec.pred, rec.target)
+        mine = own_items(outputs.hidden, pred.shape[0])
+        pred, target = pred[mine], target[mine]
         total = jepa_distance_sum(pred, target, self.cfg.distance, self.cfg.infonce_temperature, gather, rank)
         return Term(total, {"cos": cosine_sum(pred, target)}, {"pred": pred.detach(), "target": target.detach()})
 

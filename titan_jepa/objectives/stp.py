@@ -27,17 +27,22 @@ from torch import nn
 
 from titan_jepa.data.spans import MaskViews, StpSpans, mask_view_spans, stp_spans
 from titan_jepa.data.special_tokens import MASK_TOKEN
-from titan_jepa.objectives.base import Objective, Term
+from titan_jepa.objectives.base import Objective, Term, hidden_at, own_items
 
 PREDICTOR = "stp_predictor"  # the name of the head (and of its checkpoint entries)
 
 
+def _flat_rows(hidden, index: torch.Tensor) -> torch.Tensor:
+    """(T, D) float32 hidden states at flat indices (row * S + column)."""
+    seq = hidden.shape[1]
+    return hidden_at(hidden, index // seq, index % seq).float()
+
+
 def pair_vectors(hidden: torch.Tensor, spans: StpSpans) -> tuple[torch.Tensor, torch.Tensor]:
     """(target, predicting) vectors, each (P, D), from hidden (B, S, D)."""
-    flat = hidden.flatten(0, 1).float()
     n = spans.weight.shape[0]
-    terms = flat[spans.index] * spans.coef[:, None]
-    vec = torch.zeros(2 * n, flat.shape[1], dtype=flat.dtype, device=flat.device)
+    terms = _flat_rows(hidden, spans.index) * spans.coef[:, None]
+    vec = torch.zeros(2 * n, terms.shape[1], dtype=terms.dtype, device=terms.device)
     vec = vec.index_add(0, spans.slot, terms).view(n, 2, -1)
     return vec[:, 0], vec[:, 1]
 
@@ -51,9 +56,10 @@ def tube_loss_sum(target: torch.Tensor, predicting: torch.Tensor, weight: torch.
 
 
 def curvature_sum(hidden: torch.Tensor, triples: torch.Tensor) -> torch.Tensor:
-    """Sum over triples (i-2, i-1, i) of the angle between the two successive steps."""
-    flat = hidden.flatten(0, 1).float()
-    a, b, c = flat[triples[:, 0]], flat[triples[:, 1]], flat[triples[:, 2]]
+    """Sum over triples (i-2, i-1, i) of the angle between the two successive steps (this
+    process's share of them, ``own_items``)."""
+    mine = own_items(hidden, triples.shape[0])
+    a, b, c = (_flat_rows(hidden, triples[:, j])[mine] for j in range(3))
     cos = F.cosine_similarity(c - b, b - a, dim=-1)
     # clamp inside (-1, 1): acos has an infinite gradient at the ends
     return torch.acos(cos.clamp(-1 + 1e-6, 1 - 1e-6)).sum()
@@ -94,8 +100,9 @@ class Stp(Objective):
         if self.cfg.mode == "curvature":
             return Term(curvature_sum(outputs.hidden, spans.triples))
         target, predicting = pair_vectors(outputs.hidden, spans)
+        mine = own_items(outputs.hidden, target.shape[0])
         predictor = heads[PREDICTOR] if heads is not None and PREDICTOR in heads else None
-        return Term(tube_loss_sum(target, predicting, spans.weight, predictor))
+        return Term(tube_loss_sum(target[mine], predicting[mine], spans.weight[mine], predictor))
 
     def head_flops(self, items: float, dim: int) -> float:
         return 6.0 * dim * dim * items if self.cfg.linear_predictor else 0.0

@@ -38,6 +38,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from titan_jepa.models.attention import MaskMeta, pairs_allowed
+from titan_jepa.parallel.loss_parallel import loss_context
 
 BALANCERS = ("head_tail", "cost")
 
@@ -160,7 +161,13 @@ def local_attention(q, k, v, allowed: torch.Tensor) -> torch.Tensor:
     with no allowed key gives 0 (and no NaN, forward or backward)."""
     empty = ~allowed.any(-1, keepdim=True)  # such rows attend to key 0, then give 0 (no host read)
     allowed = allowed | (empty & (torch.arange(allowed.shape[-1], device=allowed.device) == 0))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=k.shape[1] != q.shape[1])
+    gqa = k.shape[1] != q.shape[1]
+    if gqa and q.device.type == "cuda":
+        # CUDA's masked (memory-efficient) kernel takes no enable_gqa: with it SDPA would fall
+        # back to the math kernel and its (S/cp) x S scores per head; expand k/v instead
+        k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
+        gqa = False
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=gqa)
     return out.masked_fill(empty, 0.0)
 
 
@@ -290,7 +297,7 @@ def rows_at(hidden_local: torch.Tensor, idx: torch.Tensor, sharding: Sharding, r
     """(M, D): the whole rows' hidden states at ``idx`` (M, 2) of (row, global position), on
     every rank of the group: each rank reads the positions it holds (``hidden_local`` is its
     (B, S/cp, D)), the rest are zeros, and the group sums them (differentiably). LLM-JEPA's
-    view embeddings under CP: its distance then runs on these as on one process."""
+    view embeddings and STP's span rows under CP: their terms then run on these as on one process."""
     seq = sharding.index.numel()
     owner = torch.empty(seq, dtype=torch.int64, device=idx.device)
     where = torch.empty(seq, dtype=torch.int64, device=idx.device)
@@ -304,19 +311,24 @@ def rows_at(hidden_local: torch.Tensor, idx: torch.Tensor, sharding: Sharding, r
 
 
 class GatheredRows:
-    """``ModelOutputs.hidden`` under CP. Indexed with (rows, global positions) index tensors of
-    M items, as LLM-JEPA's ``view_embeddings`` reads it, it gathers those M rows of the whole
-    sequence (``rows_at``, the same M on every rank of the group) and returns this rank's
-    ``sample_block`` of them: each item's term is then computed on one rank of the group. Other
-    reads of the hidden states (STP's spans) are not served yet: the config refuses them."""
+    """``ModelOutputs.hidden`` under CP, read through objectives/base.py's ``hidden_at`` and
+    ``own_items``: ``at(rows, cols)`` gathers those M rows of the whole sequence on every rank
+    of the group (``rows_at``), and ``own_items(m)`` is this rank's ``sample_block``, so each
+    item's term (LLM-JEPA's samples, STP's pairs or triples) is computed on one rank.
+    ``shape`` is the whole rows' (B, S, D)."""
 
     def __init__(self, local: torch.Tensor, sharding: Sharding, rank: int, group):
         self.local, self.sharding, self.rank, self.group = local, sharding, rank, group
 
-    def __getitem__(self, key):
-        rows, cols = key
-        got = rows_at(self.local, torch.stack((rows, cols), 1), self.sharding, self.rank, self.group)
-        return got[sample_block(got.shape[0], self.sharding.cp, self.rank)]
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.local.shape[0], self.sharding.index.numel(), self.local.shape[2]))
+
+    def at(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        return rows_at(self.local, torch.stack((rows, cols), 1), self.sharding, self.rank, self.group)
+
+    def own_items(self, m: int) -> slice:
+        return sample_block(m, self.sharding.cp, self.rank)
 
 
 def sample_block(m: int, cp: int, rank: int) -> slice:
@@ -363,14 +375,33 @@ class CPRunner:
         for mb in micro_batches:
             local, meta, sh = self.local_batch(mb)
             mask = cp_mask(meta, sh, self.rank, mb.tokens.device)
-            outputs = self.model(local.tokens, positions=local.positions, prepared_mask=mask)
-            # the objectives read view embeddings by global position, wherever they live
-            outputs = type(outputs)(outputs.logits, GatheredRows(outputs.hidden, sh, self.rank, self.group))
-            loss, result = loss_fn(outputs, local)
-            if backward:
-                loss.backward()
+            with loss_context(self.model):  # loss parallel under TP (vocab-sharded logits)
+                outputs = self.model(local.tokens, positions=local.positions, prepared_mask=mask)
+                # the objectives read hidden states by global position, wherever they live
+                outputs = type(outputs)(outputs.logits, self.gathered(outputs.hidden, sh))
+                loss, result = loss_fn(outputs, local)
+                if backward:
+                    loss.backward()
             results.append(result)
         return results
+
+    def gathered(self, hidden_local: torch.Tensor, sharding: Sharding) -> GatheredRows:
+        return GatheredRows(hidden_local, sharding, self.rank, self.group)
+
+    def shard_micro_batches(self, micro_batches: list) -> tuple[list, dict[str, torch.Tensor], list[Sharding]]:
+        """For a pipeline schedule (parallel/pipeline.py): this rank's view of each micro-batch,
+        the stages' keyword inputs concatenated on the batch dimension (the local positions and
+        each micro-batch's mask on global indices, which the schedule splits back), and the
+        shardings."""
+        views, positions, masks, shardings = [], [], [], []
+        for mb in micro_batches:
+            local, meta, sh = self.local_batch(mb)
+            mask = cp_mask(meta, sh, self.rank, mb.tokens.device)
+            views.append(local)
+            positions.append(local.positions)
+            masks.append(mask.expand(local.tokens.shape[0], *mask.shape[1:]))
+            shardings.append(sh)
+        return views, {"positions": torch.cat(positions), "prepared_mask": torch.cat(masks)}, shardings
 
     def share(self, sums: torch.Tensor) -> torch.Tensor:
         """The step's sums over the CP group (each rank summed its own tokens)."""

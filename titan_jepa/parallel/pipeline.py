@@ -46,6 +46,7 @@ from torch.distributed.pipelining import (
 from titan_jepa.config import JobConfig
 from titan_jepa.config.dtypes import DTYPES
 from titan_jepa.models.llama import ModelOutputs, Transformer
+from titan_jepa.parallel.context_parallel import CPRunner, apply_cp
 from titan_jepa.parallel.loss_parallel import loss_context
 from titan_jepa.parallel.mesh import ParallelDims
 from titan_jepa.parallel.parallelize import parallelize
@@ -89,10 +90,16 @@ def mask_inputs(micro_batches: list) -> dict[str, torch.Tensor]:
 
 
 class PipelineRunner:
-    """This rank's stages and the schedule that runs a step's micro-batches through them."""
+    """This rank's stages and the schedule that runs a step's micro-batches through them.
+    ``cp`` (a ``CPRunner`` of the cp group, its model unused): every stage attends through the
+    all-gather attention, each micro-batch is sharded over the cp ranks before the schedule
+    splits it, and the last stage's objectives read hidden states by global position."""
 
     def __init__(self, stages: list[tuple[int, Transformer]], num_stages: int, pp_group, schedule: str,
-                 n_microbatches: int, device: torch.device, examples: dict[str, torch.Tensor]):
+                 n_microbatches: int, device: torch.device, examples: dict[str, torch.Tensor], cp=None):
+        self.cp = cp
+        self._shardings: list = []
+        self.loss_scale = cp.loss_scale if cp is not None else 1
         self.parts = [part for _, part in stages]
         self.stage_indices = [s for s, _ in stages]
         self.pp_group = pp_group
@@ -114,8 +121,11 @@ class PipelineRunner:
         self.schedule = cls(first, n_microbatches=n_microbatches, loss_fn=self._schedule_loss, scale_grads=False)
 
     def _schedule_loss(self, outputs, target: torch.Tensor) -> torch.Tensor:
-        mb = self._batches[int(target.reshape(-1)[0])]  # the schedule's micro-batch index (a CPU tensor)
-        loss, result = self._loss_fn(ModelOutputs(*outputs), mb)
+        i = int(target.reshape(-1)[0])  # the schedule's micro-batch index (a CPU tensor)
+        outputs = ModelOutputs(*outputs)
+        if self.cp is not None:  # the hidden states of this rank's tokens, read by global position
+            outputs = ModelOutputs(outputs.logits, self.cp.gathered(outputs.hidden, self._shardings[i]))
+        loss, result = self._loss_fn(outputs, self._batches[i])
         self._results.append(result)
         return loss
 
@@ -123,16 +133,19 @@ class PipelineRunner:
         """The step's micro-batches through the stages (forward and backward, or forward
         alone); ``loss_fn(outputs, micro_batch) -> (loss, result)`` runs on the last stage.
         Returns the results of this rank's last stage (none on the other ranks)."""
+        inputs = mask_inputs(micro_batches)
+        if self.cp is not None:  # each micro-batch sharded over the cp ranks, its mask on global indices
+            micro_batches, inputs, self._shardings = self.cp.shard_micro_batches(micro_batches)
         self._loss_fn, self._batches, self._results = loss_fn, micro_batches, []
         tokens = torch.cat([mb.tokens for mb in micro_batches])
         target = torch.arange(len(micro_batches))  # stays on the CPU: read by _schedule_loss
         args = (tokens,) if self.has_first else ()
         with loss_context(self.parts[-1]):  # loss parallel under TP (on the rank with the head)
             if backward:
-                self.schedule.step(*args, target=target, return_outputs=False, **mask_inputs(micro_batches))
+                self.schedule.step(*args, target=target, return_outputs=False, **inputs)
             else:
-                self.schedule.eval(*args, target=target, **mask_inputs(micro_batches))
-        results, self._results, self._loss_fn, self._batches = self._results, [], None, []
+                self.schedule.eval(*args, target=target, **inputs)
+        results, self._results, self._loss_fn, self._batches, self._shardings = self._results, [], None, [], []
         return results
 
     @property
@@ -142,9 +155,9 @@ class PipelineRunner:
 
     def share(self, sums: torch.Tensor) -> torch.Tensor:
         """The step's loss sums on every pp rank: the last stage's ranks hold them, the others
-        zeros, summed over the pp group."""
+        zeros, summed over the pp group (and under CP over the cp group: each rank its tokens)."""
         dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=self.pp_group)
-        return sums
+        return self.cp.share(sums) if self.cp is not None else sums
 
     def init_buffers(self, device) -> None:
         """The stages' RoPE tables (non-persistent buffers, made after to_empty)."""
@@ -167,11 +180,13 @@ def build_pipeline(make_model: Callable[[], Transformer], dims: ParallelDims, me
         part = make_model()
         layers = layers or stage_layers(part.args.n_layers, num_stages, p.pp_layers_per_stage)
         part.prune(set(layers[s]), embedding=s == 0, head=s == num_stages - 1)
+        if dims.cp > 1:
+            apply_cp(part, mesh["cp"].get_group())
         stages.append((s, parallelize(part, dims, mesh, cfg)))
     model = Transformer.from_parts([part for _, part in stages])
     # what travels between stages (static shapes: no shape inference at the first step)
     act_dtype = DTYPES[cfg.training.mixed_precision_param] if dims.fsdp_enabled else torch.float32
-    bsz, seq, a = cfg.training.local_batch_size, cfg.training.seq_len, model.args
+    bsz, seq, a = cfg.training.local_batch_size, cfg.training.seq_len // dims.cp, model.args  # this rank's tokens
     examples = {
         "tokens": torch.empty(bsz, seq, dtype=torch.long, device="meta"),
         # the residual stream between blocks: sequence-sharded under TP (sequence parallel)
@@ -181,7 +196,11 @@ def build_pipeline(make_model: Callable[[], Transformer], dims: ParallelDims, me
         "logits": torch.empty(bsz, seq, a.vocab_size, dtype=act_dtype, device="meta", requires_grad=True),
     }
     n_micro = cfg.training.global_batch_size // (cfg.training.local_batch_size * dims.dp)
-    runner = PipelineRunner(stages, num_stages, pp_mesh.get_group(), p.pp_schedule, n_micro, device, examples)
+    cp = None
+    if dims.cp > 1:
+        cp_mesh = mesh["cp"]
+        cp = CPRunner(None, cp_mesh.get_group(), cp_mesh.get_local_rank(), dims.cp, p.cp_balancer, p.cp_chunks_per_rank)
+    runner = PipelineRunner(stages, num_stages, pp_mesh.get_group(), p.pp_schedule, n_micro, device, examples, cp)
     return model, runner
 
 
