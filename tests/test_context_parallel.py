@@ -153,29 +153,34 @@ def _cp_model_check(cfg: dict) -> dict:
         positions = meta.positions if meta.positions is not None else torch.arange(S).expand(B, S)
         extra = {} if meta.segment_ids is None else dict(
             segment_ids=meta.segment_ids, context_segment=meta.context_segment, context_len=meta.context_len)
-        ref = build_model(args, "cpu")
-        ref.init_weights(0)
-        ref.double()
-        logits = ref(tokens, positions=positions, **extra).logits
-        F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum").backward()
         for balancer in ("head_tail", "cost"):
             sh = shard(meta, S, cp, balancer, chunks_per_rank=3)
-            model = build_model(args, "cpu")
-            model.init_weights(0)
-            model.double()
-            apply_cp(model, None)
-            out = model(sh.local(tokens, rank), positions=sh.local(positions, rank),
-                        prepared_mask=cp_mask(meta, sh, rank)).logits
-            loss = F.cross_entropy(out.flatten(0, 1), sh.local(labels, rank).flatten(), ignore_index=-100,
-                                   reduction="sum")
-            loss.backward()
-            err = float((out - sh.local(logits, rank)).abs().max())
-            for (name, p), (_, p_ref) in zip(model.named_parameters(), ref.named_parameters()):
-                dist.all_reduce(p.grad)  # what FSDP's reduce does over the cp ranks
-                err = max(err, float((p.grad - p_ref.grad).abs().max() / p_ref.grad.abs().max()))
-            t = torch.tensor(err, dtype=torch.float64)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            worst[f"{kind}/{balancer}"] = float(t)
+            # as drawn, and with every label of rank 0's tokens ignored (its loss is empty; its
+            # tokens still get gradients through the keys and values the other ranks read)
+            rank0 = torch.zeros(B, S, dtype=torch.bool)
+            rank0[:, sh.index[0]] = True
+            for variant, lab in (("labels", labels), ("rank0_ignored", labels.masked_fill(rank0, -100))):
+                ref = build_model(args, "cpu")
+                ref.init_weights(0)
+                ref.double()
+                logits = ref(tokens, positions=positions, **extra).logits
+                F.cross_entropy(logits.flatten(0, 1), lab.flatten(), ignore_index=-100, reduction="sum").backward()
+                model = build_model(args, "cpu")
+                model.init_weights(0)
+                model.double()
+                apply_cp(model, None)
+                out = model(sh.local(tokens, rank), positions=sh.local(positions, rank),
+                            prepared_mask=cp_mask(meta, sh, rank)).logits
+                loss = F.cross_entropy(out.flatten(0, 1), sh.local(lab, rank).flatten(), ignore_index=-100,
+                                       reduction="sum")
+                loss.backward()
+                err = float((out - sh.local(logits, rank)).abs().max())
+                for (name, p), (_, p_ref) in zip(model.named_parameters(), ref.named_parameters()):
+                    dist.all_reduce(p.grad)  # what FSDP's reduce does over the cp ranks
+                    err = max(err, float((p.grad - p_ref.grad).abs().max() / p_ref.grad.abs().max()))
+                t = torch.tensor(err, dtype=torch.float64)
+                dist.all_reduce(t, op=dist.ReduceOp.MAX)
+                worst[f"{kind}/{balancer}/{variant}"] = float(t)
     return worst
 
 
@@ -183,7 +188,7 @@ def _cp_model_check(cfg: dict) -> dict:
                                       (4, ["jepa_views", "random"])])
 def test_model_under_cp_equals_one_process(tmp_path, cp, kinds):
     worst = launch(cp, {"kinds": kinds}, tmp_path, fn=_cp_model_check)
-    assert len(worst) == 2 * len(kinds)
+    assert len(worst) == 4 * len(kinds)
     for name, err in worst.items():
         assert err < 1e-10, (name, err)
 
@@ -218,7 +223,7 @@ def _cp_jepa_check(cfg: dict) -> dict:
             pred, target = (rows_at(h, i, sh, rank, None) for i in (pred_idx, target_idx))
             blocks = [sample_block(m, cp, r) for r in range(cp)]
             mine = blocks[rank]
-                    # InfoNCE's negatives: every rank's block of targets, as the objective's
+            # InfoNCE's negatives: every rank's block of targets, as the objective's
             # data-parallel all-gather gives them (parallel/collectives.py)
             loss = jepa_distance_sum(pred[mine], target[mine], distance, gather=make_all_gather(None), rank=rank)
             loss.backward()
