@@ -23,6 +23,7 @@ BENCH_NUMBERS = {  # section: the fields every configuration that ran must give 
     "c_jepa_overhead": ("step_s", "ratio_to_ntp"),
     "d_float8": ("tokens_per_s", "step_s"),
     "f_smollm2": ("step_s", "loss"),
+    "g_cp_attention": ("cp1_flex_out_rel", "cp1_sdpa_out_rel"),
 }
 
 
@@ -68,6 +69,8 @@ def test_smoke_bench_and_repro(tmp_path, gpu_machine_imports, smollm2_hf):
     c = [x for x in data["sections"]["c_jepa_overhead"]["configs"] if "skipped" not in x]
     assert [x["config"] for x in c] == ["next-token", "jepa separate", "jepa shared_prefix", "jepa_ratio 0.25"]
     assert c[0]["ratio_to_ntp"] == 1.0 and all(x["backend"] == "sdpa" for x in c)
+    g = data["sections"]["g_cp_attention"]["configs"]  # CP's attention at cp 1 = the model's (fp32 here)
+    assert [x["config"] for x in g] == ["S 256"] and g[0]["cp1_flex_out_rel"] < 1e-5 > g[0]["cp1_sdpa_out_rel"]
     d = data["sections"]["d_float8"]["configs"]
     assert d[0]["skipped"].startswith("skipped: torchao not importable")
     ran = sum(1 for n in BENCH_NUMBERS for x in data["sections"][n]["configs"] if "skipped" not in x)

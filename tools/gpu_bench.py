@@ -33,6 +33,13 @@ DIR defaults to $OUT, else outputs/gpu_bench. Sections, each with its own time b
        3-group and 2-group (4D mask) layouts with transformers' model (tools/bench_smollm2.py
        on the GPU, in bf16).
 
+  g    context parallelism's all-gather attention at cp = 1 (a one-rank group) against the
+       model's own attention on packed documents (32/8 heads of 128, the 8B's attention shape),
+       8k and 32k tokens, bf16: the FlexAttention form (BlockMask over local queries x gathered
+       keys) against the flex backend, and the sdpa form (dense mask on global indices)
+       against it: output and dq/dk/dv max relative differences, fwd+bwd time of each. CPU
+       smoke: 256 tokens, eager FlexAttention, the forward only.
+
 An error in one configuration or section is recorded with its traceback's tail and the
 rest still run. Each section stops starting configurations when its budget runs out
 (recorded as skipped, with the reason) and is interrupted by a watchdog (SIGALRM) when it
@@ -90,12 +97,12 @@ from titan_jepa.parallel.parallelize import apply_ac, apply_compile, apply_fsdp,
 
 SCHEMA = 1
 TOKENIZER = ROOT / "assets" / "tokenizer" / "tokenizer.model"
-SECTIONS = ("env", "a_flex_vs_sdpa", "b_throughput", "c_jepa_overhead", "d_float8", "f_smollm2")
-# the GPU run's section budgets in seconds, compilation included: 445 s in all (d: 5 s when
-# float8 cannot run), under the hard limit of 465 s from the process start (< 8 minutes). Time
-# a section leaves unused goes to the next ones (see section_budget).
-BUDGETS = {"env": 15, "a_flex_vs_sdpa": 60, "b_throughput": 170, "c_jepa_overhead": 80, "d_float8": 60,
-           "f_smollm2": 60}
+SECTIONS = ("env", "a_flex_vs_sdpa", "b_throughput", "c_jepa_overhead", "d_float8", "f_smollm2", "g_cp_attention")
+# the GPU run's section budgets in seconds, compilation included: 500 s in all, 445 s when
+# float8 cannot run (d: 5 s), under the hard limit of 465 s from the process start (< 8 minutes).
+# Time a section leaves unused goes to the next ones (see section_budget).
+BUDGETS = {"env": 15, "a_flex_vs_sdpa": 60, "b_throughput": 165, "c_jepa_overhead": 80, "d_float8": 60,
+           "f_smollm2": 60, "g_cp_attention": 60}
 SMOKE_BUDGETS = {name: 100 for name in SECTIONS}
 REPORT_MARGIN_S = 20  # kept free under the hard limit for the last report and the teardown
 FLEX_NO_CPU_BACKWARD = "skipped on CPU: FlexAttention has no CPU backward (forward compared only)"
@@ -194,6 +201,13 @@ BENCH_COLUMNS = {
     "c_jepa_overhead": [("config", "config"), ("backend", "attention"), ("rows_x_len", "rows x len"),
                         ("step_s", "step (s)"), ("ratio_to_ntp", "ratio to next-token"),
                         ("peak_mem_gib", "peak mem (GiB)"), ("skipped", "skipped / error")],
+    "g_cp_attention": [("config", "config"), ("cp1_flex_out_rel", "cp1 flex: out rel. diff"),
+                       ("cp1_flex_grad_rel", "cp1 flex: max dq/dk/dv rel. diff"),
+                       ("cp1_sdpa_out_rel", "cp1 sdpa: out rel. diff"),
+                       ("cp1_sdpa_grad_rel", "cp1 sdpa: max dq/dk/dv rel. diff"), ("reference_ms", "flex ms"),
+                       ("cp1_flex_ms", "cp1 flex ms"), ("cp1_sdpa_ms", "cp1 sdpa ms"),
+                       ("cp1_flex_vs_reference", "cp1 flex / flex"), ("peak_mem_gib", "peak mem (GiB)"),
+                       ("skipped", "skipped / error")],
     "e_peak_memory": [("section", "section"), ("config", "config"),
                       ("peak_mem_gib", "peak GiB (max_memory_allocated)"), ("note", "note")],
     "d_float8": [("config", "config"), ("tokens_per_s", "tokens/s/GPU"), ("step_s", "step (s)"),
@@ -794,8 +808,94 @@ def section_smollm2(ctx: Ctx, sec: dict, budget: Budget, report: Report) -> None
             report.write()
 
 
+def _documents_meta(seq: int, device, seed: int = 0):
+    """One packed row of documents of 256 to 4,096 tokens (MaskMeta: segment ids, positions)."""
+    from titan_jepa.models.attention import MaskMeta
+
+    g = torch.Generator().manual_seed(seed)
+    seg, pos, start, i = torch.zeros(1, seq, dtype=torch.int64), torch.zeros(1, seq, dtype=torch.int64), 0, 0
+    while start < seq:
+        n = min(int(torch.randint(256, 4097, (1,), generator=g)), seq - start)
+        seg[0, start:start + n], pos[0, start:start + n] = i, torch.arange(n)
+        start, i = start + n, i + 1
+    return MaskMeta(seg.to(device), pos.to(device))
+
+
+def section_cp_attention(ctx: Ctx, sec: dict, budget: Budget, report: Report) -> None:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from titan_jepa.models.attention import build_attention_backend
+    from titan_jepa.parallel import context_parallel as cpm
+
+    one_rank_mesh(ctx)  # the all-gather runs on a one-rank group (nccl on CUDA)
+    hq, hkv, hd = (32, 8, 128) if ctx.cuda else (4, 2, 16)
+    dtype = torch.bfloat16 if ctx.cuda else torch.float32
+    seqs = (8192, 32768) if ctx.cuda else (256,)
+    sec["notes"].append(f"q/k/v (1, heads, S, {hd}) with {hq}/{hkv} heads, {str(dtype).split('.')[-1]}, one packed row "
+                        f"of documents of 256-4,096 tokens; reference: the model's flex backend (BlockMask of the "
+                        f"whole row); cp1_flex: AllGatherAttention with flex_block_mask (head-tail sharding at "
+                        f"cp 1 is the identity); cp1_sdpa: AllGatherAttention with the dense cp_mask")
+    if not ctx.cuda:
+        sec["notes"].append("CPU smoke: eager flex_attention, forward only: " + FLEX_NO_CPU_BACKWARD)
+        cpm._FLEX = flex_attention
+    flex = build_attention_backend("flex")
+    if not ctx.cuda:
+        flex._flex = flex_attention
+    for seq in seqs:
+        name = f"S {seq}"
+        reason = budget.skip_reason(20 if ctx.cuda else 5)
+        if reason:
+            sec["configs"].append({"config": name, "skipped": reason})
+            continue
+        try:
+            ctx.reset_peak()
+            meta = _documents_meta(seq, ctx.device)
+            g = torch.Generator(device=ctx.device).manual_seed(1)
+            q, k, v = (torch.randn(1, h, seq, hd, generator=g, device=ctx.device, dtype=dtype)
+                       for h in (hq, hkv, hkv))
+            sh = cpm.head_tail(seq, 1)
+            masks = {"reference": flex.build_mask(meta, 1, seq, ctx.device),
+                     "cp1_flex": cpm.flex_block_mask(meta, sh, 0, ctx.device),
+                     "cp1_sdpa": cpm.cp_mask(meta, sh, 0, ctx.device)}
+            group = ctx.mesh.get_group()
+
+            def run(kind, backward=ctx.cuda):
+                qq, kk, vv = (t.detach().requires_grad_(backward) for t in (q, k, v))
+                if kind == "reference":
+                    out = flex.attend(qq, kk, vv, masks[kind])
+                else:
+                    out = cpm.AllGatherAttention.apply(qq, kk, vv, masks[kind], group)
+                if not backward:
+                    return out.detach(), None
+                out.float().pow(2).sum().backward()
+                return out.detach(), [t.grad for t in (qq, kk, vv)]
+
+            results = {kind: run(kind) for kind in masks}
+            rec = {"config": name}
+            ref_out, ref_grads = results["reference"]
+            for kind in ("cp1_flex", "cp1_sdpa"):
+                out, grads = results[kind]
+                rel = lambda a, b: float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp(min=1e-30))  # noqa: E731
+                rec[f"{kind}_out_rel"] = rel(out, ref_out)
+                if grads is not None:
+                    rec[f"{kind}_grad_rel"] = max(rel(a, b) for a, b in zip(grads, ref_grads))
+            if ctx.cuda:
+                times = median_step_times({kind: (lambda kind=kind: run(kind)) for kind in masks}, 3, ctx.sync)
+                rec.update({f"{kind}_ms": round(1e3 * t, 2) for kind, t in times.items()})
+                rec.update({f"{kind}_vs_reference": round(times[kind] / times["reference"], 3)
+                            for kind in ("cp1_flex", "cp1_sdpa")})
+            rec["peak_mem_gib"] = ctx.peak_gib()
+            sec["configs"].append(rec)
+            del q, k, v, masks, results
+        except Exception as e:  # noqa: BLE001
+            record_error(sec, name, e)
+        free_memory(ctx.device)
+        report.write()
+
+
 SECTION_FNS = {"env": section_env, "a_flex_vs_sdpa": section_flex_vs_sdpa, "b_throughput": section_throughput,
-               "c_jepa_overhead": section_jepa_overhead, "d_float8": section_float8, "f_smollm2": section_smollm2}
+               "c_jepa_overhead": section_jepa_overhead, "d_float8": section_float8, "f_smollm2": section_smollm2,
+               "g_cp_attention": section_cp_attention}
 
 
 def float8_unavailable(ctx: Ctx) -> str | None:
