@@ -79,6 +79,15 @@ def test_cost_balancer_is_a_permutation_and_balances_sparse_masks():
     assert balance(MaskMeta(), head_tail(S, 4)) == pytest.approx(1.0)  # head-tail: exact for causal
 
 
+def _max_over_ranks(err: float) -> float:
+    """The largest of every rank's ``err`` (each rank checks its own part)."""
+    import torch.distributed as dist
+
+    t = torch.tensor(err, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
+
+
 def _reference(q, k, v, w, meta):
     """One process: the whole rows, the dense mask; out and dq/dk/dv."""
     q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
@@ -115,9 +124,7 @@ def _cp_check(cfg: dict) -> dict:
             (out * w[:, :, mine]).sum().backward()
             err = max(float((a - b[:, :, mine]).abs().max())
                       for a, b in zip((out.detach(), ql.grad, kl.grad, vl.grad), ref))
-            t = torch.tensor(err, dtype=torch.float64)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            worst[f"{kind}/{balancer}"] = float(t)
+            worst[f"{kind}/{balancer}"] = _max_over_ranks(err)
     return worst
 
 
@@ -178,9 +185,7 @@ def _cp_model_check(cfg: dict) -> dict:
                 for (name, p), (_, p_ref) in zip(model.named_parameters(), ref.named_parameters()):
                     dist.all_reduce(p.grad)  # what FSDP's reduce does over the cp ranks
                     err = max(err, float((p.grad - p_ref.grad).abs().max() / p_ref.grad.abs().max()))
-                t = torch.tensor(err, dtype=torch.float64)
-                dist.all_reduce(t, op=dist.ReduceOp.MAX)
-                worst[f"{kind}/{balancer}/{variant}"] = float(t)
+                worst[f"{kind}/{balancer}/{variant}"] = _max_over_ranks(err)
     return worst
 
 
@@ -230,9 +235,7 @@ def _cp_jepa_check(cfg: dict) -> dict:
             total = loss.detach().clone()
             dist.all_reduce(total)
             err = max(abs(float(total - ref)), float((h.grad - sh.local(ref_h.grad, rank)).abs().max()))
-            t = torch.tensor(err, dtype=torch.float64)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            worst[f"{distance}/{balancer}"] = float(t)
+            worst[f"{distance}/{balancer}"] = _max_over_ranks(err)
     return worst
 
 
@@ -265,9 +268,7 @@ def _cp_flex_check(cfg: dict) -> dict:
             dense = AllGatherAttention.apply(q[:, :, mine], k[:, :, mine], v[:, :, mine], cp_mask(meta, sh, rank), None)
             flex = AllGatherAttention.apply(q[:, :, mine], k[:, :, mine], v[:, :, mine],
                                             flex_block_mask(meta, sh, rank), None)
-        t = torch.tensor(float((dense - flex).abs().max()), dtype=torch.float64)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        worst[kind] = float(t)
+        worst[kind] = _max_over_ranks(float((dense - flex).abs().max()))
     return worst
 
 

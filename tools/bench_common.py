@@ -80,3 +80,19 @@ def median_step_times(steps: dict[str, Callable[[], None]], rounds: int,
             if r:
                 times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def peak_bytes(step: Callable[[], object]) -> int:
+    """The most bytes one call of ``step`` holds allocated at once, above its start, from
+    torch.profiler's per-op memory records (the CPU has no allocator statistics)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    # every op's own allocations less its frees (children excluded), and the frees outside
+    # any op ("[memory]"), in start order: the running total's maximum
+    now = peak = 0
+    for e in sorted(prof.events(), key=lambda e: e.time_range.start):
+        now += e.self_cpu_memory_usage
+        peak = max(peak, now)
+    return peak

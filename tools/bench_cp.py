@@ -59,8 +59,7 @@ def _step_times(cfg: dict) -> dict:
     time and peak bytes, the maxima over ranks."""
     import torch.distributed as dist
     import torch.nn.functional as F
-    from torch.profiler import ProfilerActivity, profile
-
+    from bench_common import peak_bytes
     from titan_jepa.models.attention import MaskMeta
     from titan_jepa.models.llama import build_model, model_args_for
     from titan_jepa.parallel import context_parallel as cpm
@@ -114,12 +113,7 @@ def _step_times(cfg: dict) -> dict:
         step()
         times.append(time.perf_counter() - t0)
         gathers.append(gather_s[0])
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    now = peak = 0
-    for e in sorted(prof.events(), key=lambda e: e.time_range.start):
-        now += e.self_cpu_memory_usage
-        peak = max(peak, now)
+    peak = peak_bytes(step)
     res = torch.tensor([statistics.median(times), statistics.median(gathers), float(peak)], dtype=torch.float64)
     if cp > 1:
         dist.all_reduce(res, op=dist.ReduceOp.MAX)

@@ -28,41 +28,21 @@ from __future__ import annotations
 import argparse
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 import real_model_pair as rmp  # tools/ is sys.path[0] under python tools/x.py
-from bench_common import median_step_times
-
-
-def peak_bytes(step) -> int:
-    """The most bytes one call of ``step`` holds allocated at once, above its start."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    # every op's own allocations less its frees (children excluded), and the frees outside
-    # any op ("[memory]"), in start order: the running total's maximum
-    events = sorted(prof.events(), key=lambda e: e.time_range.start)
-    now = peak = 0
-    for e in events:
-        now += e.self_cpu_memory_usage
-        peak = max(peak, now)
-    return peak
+from bench_common import median_step_times, peak_bytes
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--hf-folder", default="models/SmolLM2-135M-Instruct")
-    ap.add_argument("--samples", type=int, default=8)
+    rmp.add_pair_args(ap)
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds (each variant once per round)")
     ap.add_argument("--only", choices=["ntp", "jepa"])
     ap.add_argument("--skip", nargs="*", default=[], choices=["shared_prefix", "2groups"],
                     help="leave out ours shared-prefix / the reference's 2-group layout (long runs)")
     ap.add_argument("--no-memory", action="store_true")
-    ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
-    pair = rmp.load_pair(a.hf_folder, a.samples)
+    pair = rmp.pair_from_args(a)
     steps, shapes, real = {}, {}, {}
     if a.only != "jepa":
         steps["ours next-token"], b = rmp.ours_step(pair, rmp.ntp_cfg(pair.cfg), False)

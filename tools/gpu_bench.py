@@ -277,6 +277,14 @@ class Budget:
                     f"this configuration needs about {need_s:.0f} s")
         return None
 
+    def skipped(self, sec: dict, need_s: float, *records: dict) -> bool:
+        """True (and ``records`` appended to the section's configurations, marked skipped
+        with the reason) when fewer than ``need_s`` seconds are left."""
+        reason = self.skip_reason(need_s)
+        if reason:
+            sec["configs"] += [{**r, "skipped": reason} for r in records]
+        return reason is not None
+
 
 def _on_alarm(signum, frame):
     raise SectionTimeout()
@@ -542,9 +550,7 @@ def section_flex_vs_sdpa(ctx: Ctx, sec: dict, budget: Budget, report: Report) ->
                             "forward only is compared: " + FLEX_NO_CPU_BACKWARD)
     for dtype in (torch.float32, torch.bfloat16):
         name = f"{str(dtype).split('.')[-1]} {'fwd+bwd' if ctx.cuda else 'fwd'}"
-        reason = budget.skip_reason(25 if ctx.cuda else 5)
-        if reason:
-            sec["configs"].append({"config": name, "skipped": reason})
+        if budget.skipped(sec, 25 if ctx.cuda else 5, {"config": name}):
             continue
         try:
             ctx.reset_peak()
@@ -597,9 +603,7 @@ def section_throughput(ctx: Ctx, sec: dict, budget: Budget, report: Report) -> N
                         "section's matmul, 'datasheet' = titan_jepa.metrics' table (989 TFLOP/s for H100/H200)")
     cfg = base_config(ctx)
     for flavor, need in plans:
-        reason = budget.skip_reason(need)
-        if reason:
-            sec["configs"] += [{"config": f"{flavor} {who}", "model": who, "skipped": reason} for who in ("ours", "hf")]
+        if budget.skipped(sec, need, *({"config": f"{flavor} {who}", "model": who} for who in ("ours", "hf"))):
             continue
         for seq in seqs:
             ours = hf = None
@@ -670,9 +674,7 @@ def section_jepa_overhead(ctx: Ctx, sec: dict, budget: Budget, report: Report) -
         sec["configs"].append({"config": "all variants", "backend": "flex", "skipped": FLEX_NO_CPU_BACKWARD.replace(
             " (forward compared only)", "")})
     for backend in backends:
-        reason = budget.skip_reason(35 if ctx.cuda else 5)
-        if reason:
-            sec["configs"] += [{"config": n, "backend": backend, "skipped": reason} for n in variants]
+        if budget.skipped(sec, 35 if ctx.cuda else 5, *({"config": n, "backend": backend} for n in variants)):
             continue
         model = None
         try:
@@ -712,9 +714,7 @@ def section_float8(ctx: Ctx, sec: dict, budget: Budget, report: Report) -> None:
     rows = []
     for f8 in (False, True):
         name = f"3B {'float8' if f8 else 'bf16'} seq {seq}"
-        reason = budget.skip_reason(30)
-        if reason:
-            sec["configs"].append({"config": name, "skipped": reason})
+        if budget.skipped(sec, 30, {"config": name}):
             continue
         model = None
         try:
@@ -766,9 +766,7 @@ def section_smollm2(ctx: Ctx, sec: dict, budget: Budget, report: Report) -> None
                         f"no optimizer; median of {rounds} interleaved rounds; ratio: ours / the named variant's "
                         f"step time (next-token: transformers' time / ours, i.e. the tokens/s ratio)")
     for backend, n in plans:
-        reason = budget.skip_reason(12 if ctx.cuda else 5)
-        if reason:
-            sec["configs"].append({"config": "all", "samples": n, "backend": backend, "skipped": reason})
+        if budget.skipped(sec, 12 if ctx.cuda else 5, {"config": "all", "samples": n, "backend": backend}):
             continue
         pair = None
         try:
@@ -843,9 +841,7 @@ def section_cp_attention(ctx: Ctx, sec: dict, budget: Budget, report: Report) ->
         flex._flex = flex_attention
     for seq in seqs:
         name = f"S {seq}"
-        reason = budget.skip_reason(20 if ctx.cuda else 5)
-        if reason:
-            sec["configs"].append({"config": name, "skipped": reason})
+        if budget.skipped(sec, 20 if ctx.cuda else 5, {"config": name}):
             continue
         try:
             ctx.reset_peak()

@@ -229,16 +229,11 @@ def table(results: dict[str, dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--hf-folder", default="models/SmolLM2-135M-Instruct")
-    ap.add_argument("--samples", type=int, default=8)
+    rmp.add_pair_args(ap)
     ap.add_argument("--jepa", action="store_true", help="LLM-JEPA separate views vs the reference's 3 groups")
     ap.add_argument("--steps", type=int, default=2, help="profiled steps per side (after one warm-up)")
-    ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
-    pair = rmp.load_pair(a.hf_folder, a.samples)
+    pair = rmp.pair_from_args(a)
     if a.jepa:
         ours, batch = rmp.ours_step(pair, pair.cfg, True)
         theirs, shape = rmp.hf_reference_step(pair, pair.cfg, 3)

@@ -113,6 +113,20 @@ def load_pair(folder: str, n_samples: int, data: Path = SYNTH, *, device="cpu", 
     return Pair(cfg, tok, records, ours.train(), hf.train(), margs)
 
 
+def add_pair_args(ap) -> None:
+    """The command-line options of the tools that load a pair (bench_smollm2, profile_ops)."""
+    ap.add_argument("--hf-folder", default="models/SmolLM2-135M-Instruct")
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+
+
+def pair_from_args(a) -> Pair:
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    return load_pair(a.hf_folder, a.samples)
+
+
 def ntp_cfg(cfg):
     return replace(cfg, jepa=replace(cfg.jepa, enable=False))
 
