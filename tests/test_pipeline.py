@@ -1,7 +1,8 @@
 """Pipeline parallelism (titan_jepa/parallel/pipeline.py) on gloo equals one process at the
 same global batch: next-token, LLM-JEPA (separate and shared_prefix), STP with its linear
-predictor, interleaved virtual stages, PP x FSDP2 and PP x TP; gradient norm and clipping;
-the initial weights; DCP checkpoints across layouts; the one-line config errors."""
+predictor, interleaved virtual stages, PP x FSDP2 and PP x TP, LoRA (adapters-only checkpoints
+resumed on another layout); gradient norm and clipping; the initial weights; DCP checkpoints
+across layouts; the one-line config errors."""
 
 import json
 
@@ -215,3 +216,34 @@ def test_plan_bytes_equal_a_real_pp2_run(demo_dir, tmp_path):
     assert zbv[0]["stages"] == [0, 3] and zbv[0]["local_param_elems"] - zbv[1]["local_param_elems"] == 2 * emb + args.dim
     # in flight: 1F1B's first stage keeps pp = 2 micro-batches, the last one
     assert [p["in_flight_microbatches"] for p in one_f1b] == [2, 1]
+
+
+def test_lora_under_pp_equals_one_and_resumes_across_layouts(demo_dir, tmp_path):
+    """[lora] under pp 2 (the adapters on both stages, the base loaded per stage from a
+    Hugging Face folder): the losses equal one process's; its adapters-only checkpoint
+    resumes on one process with the uninterrupted run's losses."""
+    from titan_jepa.checkpoint.hf import save_hf_checkpoint
+
+    args = model_args_for("debug")
+    base = build_model(args, device="cpu")
+    base.init_weights(seed=7)
+    save_hf_checkpoint(base.state_dict(), args, tmp_path / "hf")
+    lora = {"enable": True, "rank": 4, "alpha": 8.0, "target_modules": ["wq", "wv", "w2"]}
+
+    def cfg(name, parallelism, load_step=-1, link_from=None):
+        c = _cfg(tmp_path, demo_dir, lora=lora, parallelism=parallelism, optimizer={"lr": 1e-2},
+                 checkpoint={"enable": True, "interval": 3, "load_step": load_step,
+                             "initial_load_path": str(tmp_path / "hf"), "initial_load_format": "hf"})
+        c["job"]["name"] = name
+        if link_from:
+            (tmp_path / name / "checkpoint").mkdir(parents=True)
+            (tmp_path / name / "checkpoint" / "step-3").symlink_to(tmp_path / link_from / "checkpoint" / "step-3")
+        return c
+
+    one = launch(1, cfg("one", {}), tmp_path)
+    pp = launch(2, cfg("pp", {"pp": 2}), tmp_path)
+    assert len(one) == 5 and one[-1] < one[0]
+    assert pp == pytest.approx(one, rel=1e-4)
+    state = json.loads((tmp_path / "pp" / "checkpoint" / "step-3" / "train_state.json").read_text())
+    assert state["model_keys"] == "trainable"  # the adapters alone; the base comes from initial_load_path
+    assert launch(1, cfg("pp-to-one", {}, 3, "pp"), tmp_path) == pytest.approx(one[3:], rel=1e-4)
