@@ -20,7 +20,9 @@ from titan_jepa.errors import DataError, UserError, run_main
 # (title, metric keys tried in order, y label, log scale)
 PANELS = [
     ("loss", ("loss",), "loss", False),
+    ("next-token loss", ("ntp_loss", "loss"), "next-token loss", False),  # a next-token run's loss is it
     ("JEPA loss", ("jepa_loss",), "jepa loss", False),
+    ("JEPA cosine, Pred(Enc(Text)) vs Enc(Code)", ("jepa_cos",), "cosine", False),
     ("throughput", ("tokens_per_s",), "tokens/s per device", False),
     ("learning rate", ("lr",), "lr", False),
 ]
@@ -55,14 +57,22 @@ def read_metrics(path: Path) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
+def run_label(path: Path) -> str:
+    """A run's name: its folder for <run>/metrics.jsonl, else the file's own name less
+    ".metrics.jsonl" (a sweep's evals/<arm>_s<seed>.metrics.jsonl)."""
+    if path.name == "metrics.jsonl":
+        return path.parent.name or str(path)
+    return path.name.removesuffix(".jsonl").removesuffix(".metrics")
+
+
 def plot(paths: list[Path], out: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [(p.parent.name or str(p), read_metrics(p)) for p in paths]
-    fig, axes = plt.subplots(3, 2, figsize=(11, 10), constrained_layout=True)
+    runs = [(run_label(p), read_metrics(p)) for p in paths]
+    fig, axes = plt.subplots(4, 2, figsize=(11, 13), constrained_layout=True)
     for ax, (title, series, ylabel) in zip(axes.flat[len(PANELS):], MULTI_PANELS):
         drawn = False
         for i, (label, rows) in enumerate(runs):
@@ -84,12 +94,12 @@ def plot(paths: list[Path], out: Path) -> Path:
                     transform=ax.transAxes, color="gray")
     for ax, (title, keys, ylabel, log) in zip(axes.flat, PANELS):
         drawn = False
-        for label, rows in runs:
+        for i, (label, rows) in enumerate(runs):
             for key in keys:
                 pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
                 if pts:
                     steps, values = zip(*pts)
-                    ax.plot(steps, values, label=label, linewidth=1.2)
+                    ax.plot(steps, values, color=f"C{i}", label=label, linewidth=1.2)
                     drawn = True
                     break
         ax.set_title(title)
