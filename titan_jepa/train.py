@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch.utils.flop_counter import FlopCounterMode
 
 from titan_jepa.checkpoint import Checkpointer
-from titan_jepa.checkpoint.manager import check_initial_load
+from titan_jepa.checkpoint.weights import check_initial_load
 from titan_jepa.checkpoint.contract import make_contract
 from titan_jepa.checkpoint.run_folder import own_run_folder
 from titan_jepa.config import ConfigError, JobConfig, config_from_argv, write_config

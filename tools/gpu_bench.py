@@ -845,48 +845,56 @@ def section_cp_attention(ctx: Ctx, sec: dict, budget: Budget, report: Report) ->
             continue
         try:
             ctx.reset_peak()
-            meta = _documents_meta(seq, ctx.device)
-            g = torch.Generator(device=ctx.device).manual_seed(1)
-            q, k, v = (torch.randn(1, h, seq, hd, generator=g, device=ctx.device, dtype=dtype)
-                       for h in (hq, hkv, hkv))
-            sh = cpm.head_tail(seq, 1)
-            masks = {"reference": flex.build_mask(meta, 1, seq, ctx.device),
-                     "cp1_flex": cpm.flex_block_mask(meta, sh, 0, ctx.device),
-                     "cp1_sdpa": cpm.cp_mask(meta, sh, 0, ctx.device)}
-            group = ctx.mesh.get_group()
-
-            def run(kind, backward=ctx.cuda):
-                qq, kk, vv = (t.detach().requires_grad_(backward) for t in (q, k, v))
-                if kind == "reference":
-                    out = flex.attend(qq, kk, vv, masks[kind])
-                else:
-                    out = cpm.AllGatherAttention.apply(qq, kk, vv, masks[kind], group)
-                if not backward:
-                    return out.detach(), None
-                out.float().pow(2).sum().backward()
-                return out.detach(), [t.grad for t in (qq, kk, vv)]
-
-            results = {kind: run(kind) for kind in masks}
-            rec = {"config": name}
-            ref_out, ref_grads = results["reference"]
-            for kind in ("cp1_flex", "cp1_sdpa"):
-                out, grads = results[kind]
-                rel = lambda a, b: float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp(min=1e-30))  # noqa: E731
-                rec[f"{kind}_out_rel"] = rel(out, ref_out)
-                if grads is not None:
-                    rec[f"{kind}_grad_rel"] = max(rel(a, b) for a, b in zip(grads, ref_grads))
-            if ctx.cuda:
-                times = median_step_times({kind: (lambda kind=kind: run(kind)) for kind in masks}, 3, ctx.sync)
-                rec.update({f"{kind}_ms": round(1e3 * t, 2) for kind, t in times.items()})
-                rec.update({f"{kind}_vs_reference": round(times[kind] / times["reference"], 3)
-                            for kind in ("cp1_flex", "cp1_sdpa")})
+            rec = {"config": name, **_cp_attention_case(ctx, flex, seq, hq, hkv, hd, dtype)}
             rec["peak_mem_gib"] = ctx.peak_gib()
             sec["configs"].append(rec)
-            del q, k, v, masks, results
         except Exception as e:  # noqa: BLE001
             record_error(sec, name, e)
         free_memory(ctx.device)
         report.write()
+
+
+def _cp_attention_case(ctx: Ctx, flex, seq: int, hq: int, hkv: int, hd: int, dtype) -> dict:
+    """Section g at one length: the differences to the flex backend and, on CUDA, the times."""
+    from titan_jepa.parallel import context_parallel as cpm
+
+    meta = _documents_meta(seq, ctx.device)
+    g = torch.Generator(device=ctx.device).manual_seed(1)
+    q, k, v = (torch.randn(1, h, seq, hd, generator=g, device=ctx.device, dtype=dtype) for h in (hq, hkv, hkv))
+    sh = cpm.head_tail(seq, 1)
+    masks = {"reference": flex.build_mask(meta, 1, seq, ctx.device),
+             "cp1_flex": cpm.flex_block_mask(meta, sh, 0, ctx.device),
+             "cp1_sdpa": cpm.cp_mask(meta, sh, 0, ctx.device)}
+    group = ctx.mesh.get_group()
+
+    def run(kind, backward=ctx.cuda):
+        qq, kk, vv = (t.detach().requires_grad_(backward) for t in (q, k, v))
+        if kind == "reference":
+            out = flex.attend(qq, kk, vv, masks[kind])
+        else:
+            out = cpm.AllGatherAttention.apply(qq, kk, vv, masks[kind], group)
+        if not backward:
+            return out.detach(), None
+        out.float().pow(2).sum().backward()
+        return out.detach(), [t.grad for t in (qq, kk, vv)]
+
+    def rel(a, b):
+        return float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp(min=1e-30))
+
+    results = {kind: run(kind) for kind in masks}
+    rec = {}
+    ref_out, ref_grads = results["reference"]
+    for kind in ("cp1_flex", "cp1_sdpa"):
+        out, grads = results[kind]
+        rec[f"{kind}_out_rel"] = rel(out, ref_out)
+        if grads is not None:
+            rec[f"{kind}_grad_rel"] = max(rel(a, b) for a, b in zip(grads, ref_grads))
+    if ctx.cuda:
+        times = median_step_times({kind: (lambda kind=kind: run(kind)) for kind in masks}, 3, ctx.sync)
+        rec.update({f"{kind}_ms": round(1e3 * t, 2) for kind, t in times.items()})
+        rec.update({f"{kind}_vs_reference": round(times[kind] / times["reference"], 3)
+                    for kind in ("cp1_flex", "cp1_sdpa")})
+    return rec
 
 
 SECTION_FNS = {"env": section_env, "a_flex_vs_sdpa": section_flex_vs_sdpa, "b_throughput": section_throughput,

@@ -20,6 +20,7 @@ is untouched.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ import warnings
 import zlib
 from pathlib import Path
 
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 from titan_jepa.config import JobConfig
@@ -156,3 +158,32 @@ def remove_checkpoint(path: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
     os.rename(path, aside)
     shutil.rmtree(aside, ignore_errors=True)
+
+
+def save_failure(error: BaseException, folder: Path) -> tuple[str, str]:
+    """(what happened, the fix) of a failed save, by cause: a full disk or quota, a folder that
+    is not writable, a folder deleted under the run, a lost peer rank, or anything else."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    code = getattr(error, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT) or (code is None and "unexpected pos" in text and _nearly_full(folder)):
+        return ("the disk is full" if code != errno.EDQUOT else "the disk quota is exceeded",
+                "free space there or set --checkpoint.folder to another disk")
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"the folder is not writable ({'read-only filesystem' if code == errno.EROFS else 'permission denied'})",
+                "fix its permissions or set --checkpoint.folder")
+    if code == errno.ENOENT or not folder.is_dir():
+        return ("the checkpoint folder was removed while the run wrote into it",
+                "restore it (or set --checkpoint.folder) and relaunch: the run resumes from the last checkpoint")
+    if isinstance(error, (dist.DistBackendError, dist.DistNetworkError)) or "peer" in text.lower():
+        return (f"another rank was lost during the save ({type(error).__name__}: {text})",
+                "relaunch the run: it resumes from the last complete checkpoint")
+    return f"{type(error).__name__}: {text}", "check the checkpoint folder, or set --checkpoint.folder"
+
+
+def _nearly_full(folder: Path) -> bool:
+    """Whether the disk of ``folder`` has less than 1 % (or 64 MiB) free."""
+    try:
+        usage = shutil.disk_usage(folder if folder.exists() else folder.parent)
+    except OSError:
+        return False
+    return usage.free < max(usage.total // 100, 64 << 20)

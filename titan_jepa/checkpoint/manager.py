@@ -13,7 +13,6 @@ checkpoint/weights.py, the model-only export and seed checkpoints checkpoint/exp
 
 from __future__ import annotations
 
-import errno
 import io
 import json
 import logging
@@ -44,12 +43,12 @@ from titan_jepa.checkpoint.files import (
     move_aside,
     remove_unfinished,
     rename_into_place,
+    save_failure,
     verify_checkpoint,
     write_file,
     write_manifest,
 )
 from titan_jepa.checkpoint.contract import changes, check_contract
-from titan_jepa.checkpoint.hf import check_safetensors_headers
 from titan_jepa.config import JobConfig
 from titan_jepa.config.load import toml_text
 from titan_jepa.errors import CheckpointError
@@ -58,6 +57,7 @@ from titan_jepa.models.llama import clean_name
 from titan_jepa.checkpoint.weights import (
     STEP_RE,
     check_dcp,
+    check_initial_load,
     complete_checkpoints,
     load_dcp,
     load_weights,
@@ -83,51 +83,6 @@ def _optim_options(path: Path) -> StateDictOptions:
               if k.startswith("optimizer.param_groups.") and k.endswith(".lr")]
     positional = bool(groups) and all(g.isdigit() for g in groups)
     return StateDictOptions() if positional else OPTIM_OPTIONS
-
-
-def check_initial_load(cfg: JobConfig) -> None:
-    """checkpoint.initial_load_path exists, and a Hugging Face folder's weight files are whole
-    (their headers read, no tensor data): one line naming the file, before any heavy work."""
-    path = cfg.checkpoint.initial_load_path
-    if not path:
-        return
-    if not Path(path).exists():
-        raise CheckpointError(f"checkpoint.initial_load_path '{path}' does not exist; point it at a DCP folder or "
-                              f"a Hugging Face model folder")
-    if cfg.checkpoint.initial_load_format == "hf":
-        try:
-            check_safetensors_headers(path)
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"checkpoint.initial_load_path: {e}") from None
-
-
-def save_failure(error: BaseException, folder: Path) -> tuple[str, str]:
-    """(what happened, the fix) of a failed save, by cause: a full disk or quota, a folder that
-    is not writable, a folder deleted under the run, a lost peer rank, or anything else."""
-    text = str(error).splitlines()[0] if str(error) else type(error).__name__
-    code = getattr(error, "errno", None)
-    if code in (errno.ENOSPC, errno.EDQUOT) or (code is None and "unexpected pos" in text and _nearly_full(folder)):
-        return ("the disk is full" if code != errno.EDQUOT else "the disk quota is exceeded",
-                "free space there or set --checkpoint.folder to another disk")
-    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return (f"the folder is not writable ({'read-only filesystem' if code == errno.EROFS else 'permission denied'})",
-                "fix its permissions or set --checkpoint.folder")
-    if code == errno.ENOENT or not folder.is_dir():
-        return ("the checkpoint folder was removed while the run wrote into it",
-                "restore it (or set --checkpoint.folder) and relaunch: the run resumes from the last checkpoint")
-    if isinstance(error, (dist.DistBackendError, dist.DistNetworkError)) or "peer" in text.lower():
-        return (f"another rank was lost during the save ({type(error).__name__}: {text})",
-                "relaunch the run: it resumes from the last complete checkpoint")
-    return f"{type(error).__name__}: {text}", "check the checkpoint folder, or set --checkpoint.folder"
-
-
-def _nearly_full(folder: Path) -> bool:
-    """Whether the disk of ``folder`` has less than 1 % (or 64 MiB) free."""
-    try:
-        usage = shutil.disk_usage(folder if folder.exists() else folder.parent)
-    except OSError:
-        return False
-    return usage.free < max(usage.total // 100, 64 << 20)
 
 
 def trainable_keys(model: torch.nn.Module) -> set[str]:

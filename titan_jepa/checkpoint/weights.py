@@ -380,3 +380,19 @@ def load_model(cfg: JobConfig, checkpoint: str | Path, vocab_size: int, device: 
     for p in model.parameters():
         p.requires_grad_(False)
     return model, f"{kind}:{path}"
+
+
+def check_initial_load(cfg: JobConfig) -> None:
+    """checkpoint.initial_load_path exists, and a Hugging Face folder's weight files are whole
+    (their headers read, no tensor data): one line naming the file, before any heavy work."""
+    path = cfg.checkpoint.initial_load_path
+    if not path:
+        return
+    if not Path(path).exists():
+        raise CheckpointError(f"checkpoint.initial_load_path '{path}' does not exist; point it at a DCP folder or "
+                              f"a Hugging Face model folder")
+    if cfg.checkpoint.initial_load_format == "hf":
+        try:
+            hf_convert.check_safetensors_headers(path)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"checkpoint.initial_load_path: {e}") from None
