@@ -176,7 +176,7 @@ def _world_size(cfg):
     degrees given: their product)."""
     p = cfg.parallelism
     if p.dp_shard > 0:
-        return p.dp_replicate * p.dp_shard * p.tp * p.pp
+        return p.dp_replicate * p.dp_shard * p.cp * p.tp * p.pp
     per_node = 2 if cfg.training.device == "cpu" else 8
     return p.dp_replicate * per_node
 
