@@ -230,8 +230,8 @@ def test_lora_under_pp_equals_one_and_resumes_across_layouts(demo_dir, tmp_path)
     save_hf_checkpoint(base.state_dict(), args, tmp_path / "hf")
     lora = {"enable": True, "rank": 4, "alpha": 8.0, "target_modules": ["wq", "wv", "w2"]}
 
-    def cfg(name, parallelism, load_step=-1, link_from=None):
-        c = _cfg(tmp_path, demo_dir, lora=lora, parallelism=parallelism, optimizer={"lr": 1e-2},
+    def cfg(name, parallelism, load_step=-1, link_from=None, lr=3e-3):
+        c = _cfg(tmp_path, demo_dir, lora=lora, parallelism=parallelism, optimizer={"lr": lr},
                  checkpoint={"enable": True, "interval": 3, "load_step": load_step,
                              "initial_load_path": str(tmp_path / "hf"), "initial_load_format": "hf"})
         c["job"]["name"] = name
@@ -241,8 +241,9 @@ def test_lora_under_pp_equals_one_and_resumes_across_layouts(demo_dir, tmp_path)
         return c
 
     one = launch(1, cfg("one", {}), tmp_path)
+    frozen = launch(1, cfg("frozen", {}, lr=1e-12), tmp_path)  # the adapters do not move: the base alone
     pp = launch(2, cfg("pp", {"pp": 2}), tmp_path)
-    assert len(one) == 5 and one[-1] < one[0]
+    assert len(one) == 5 and one[0] == frozen[0] and all(abs(a - b) > 1e-4 for a, b in zip(one[1:], frozen[1:]))
     assert pp == pytest.approx(one, rel=1e-4)
     state = json.loads((tmp_path / "pp" / "checkpoint" / "step-3" / "train_state.json").read_text())
     assert state["model_keys"] == "trainable"  # the adapters alone; the base comes from initial_load_path

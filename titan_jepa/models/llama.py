@@ -266,6 +266,16 @@ def default_write(param: torch.Tensor, full: torch.Tensor) -> None:
     param.copy_(full)
 
 
+def trunc_normal_(t: torch.Tensor, std: float, generator: torch.Generator) -> torch.Tensor:
+    """Fill ``t`` from N(0, std^2) truncated to [-3 std, 3 std], by the inverse CDF of uniform
+    draws. The same values on every torch version: ``nn.init.trunc_normal_`` changed its
+    algorithm after 2.11, so the same seed gave other weights on 2.11 and 2.13 (this is the
+    2.11 algorithm, whose uniform and erfinv draws have not changed)."""
+    lo, hi = ((1 + math.erf(x / math.sqrt(2))) / 2 for x in (-3.0, 3.0))
+    t.uniform_(2 * lo - 1, 2 * hi - 1, generator=generator)
+    return t.erfinv_().mul_(std * math.sqrt(2)).clamp_(-3 * std, 3 * std)
+
+
 def seeded_generator(seed: int, name: str, device) -> torch.Generator:
     """The generator a parameter's init draws from: seeded by (seed, state-dict name), so
     a weight's values depend neither on the order of init nor on how it is sharded."""
@@ -374,8 +384,7 @@ class Transformer(nn.Module):
             elif kind == "normal":
                 nn.init.normal_(full, 0.0, std, generator=seeded_generator(seed, name, param.device))
             else:
-                nn.init.trunc_normal_(full, 0.0, std, -3 * std, 3 * std,
-                                      generator=seeded_generator(seed, name, param.device))
+                trunc_normal_(full, std, seeded_generator(seed, name, param.device))
             write(param, full.to(param.dtype))
         for prefix, module in self.named_modules():
             if module is not self and callable(getattr(type(module), "init_weights", None)):

@@ -180,6 +180,8 @@ def flex_block_mask(meta: MaskMeta, sharding: Sharding, rank: int, device=None, 
     the rule allows are skipped)."""
     from torch.nn.attention.flex_attention import create_block_mask
 
+    if device is None:  # (create_block_mask's own default is "cuda")
+        device = meta.segment_ids.device if meta.segment_ids is not None else torch.device("cpu")
     q_glob, k_glob = sharding.index[rank].to(device), sharding.key_order.to(device)
     seg, ctx_seg, ctx_len, pos = meta.segment_ids, meta.context_segment, meta.context_len, meta.positions
 

@@ -89,6 +89,19 @@ def mask_inputs(micro_batches: list) -> dict[str, torch.Tensor]:
     return out
 
 
+def _no_self_warmup(stage: PipelineStage) -> None:
+    """torch 2.11's schedules warm up each stage's links by a send and a receive with both
+    neighbour stages, also when the neighbour sits on this rank (ZBVZeroBubble's V: rank
+    pp - 1 holds two adjacent stages), and gloo cannot send to its own rank ("Pair is not
+    connected"). Those pairs are warm-ups alone (later torch versions warm up otherwise):
+    drop them."""
+    own = getattr(stage, "_get_init_p2p_neighbors_ops", None)
+    if own is None:
+        return
+    me = dist.get_rank()
+    stage._get_init_p2p_neighbors_ops = lambda: [op for op in own() if op.peer != me]
+
+
 class PipelineRunner:
     """This rank's stages and the schedule that runs a step's micro-batches through them.
     ``cp`` (a ``CPRunner`` of the cp group, its model unused): every stage attends through the
@@ -114,8 +127,9 @@ class PipelineRunner:
                 part.register_forward_hook(lambda module, args, out: tuple(out))
             inputs = examples["tokens"] if s == 0 else examples["residual"]
             outputs = (examples["logits"], examples["hidden"]) if s == num_stages - 1 else examples["residual"]
-            pipeline_stages.append(PipelineStage(part, s, num_stages, device, input_args=inputs,
-                                                 output_args=outputs, group=pp_group))
+            stage = PipelineStage(part, s, num_stages, device, input_args=inputs, output_args=outputs, group=pp_group)
+            _no_self_warmup(stage)
+            pipeline_stages.append(stage)
         cls = SCHEDULES[schedule]
         first = pipeline_stages[0] if schedule in SINGLE_STAGE else pipeline_stages
         self.schedule = cls(first, n_microbatches=n_microbatches, loss_fn=self._schedule_loss, scale_grads=False)
