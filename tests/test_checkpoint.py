@@ -18,7 +18,7 @@ from torch.distributed.checkpoint import FileSystemReader
 
 from torch.distributed.checkpoint import FileSystemWriter
 
-from helpers import ROOT, launch, tiny_config
+from helpers import ROOT, TP_DRIFTS, launch, tiny_config
 from titan_jepa.checkpoint import CheckpointError, complete_checkpoints
 from titan_jepa.checkpoint.files import MANIFEST, verify_checkpoint
 from titan_jepa.config import load_config, write_config
@@ -100,7 +100,8 @@ def test_resume_on_another_layout(fsdp_run, demo_dir, tmp_path, world, paralleli
     run, losses = fsdp_run
     copy_step(run, tmp_path, 5)
     cfg = config(tmp_path, demo_dir, checkpoint={"enable": True, "interval": 5}, parallelism=parallelism)
-    assert launch(world, cfg, tmp_path) == pytest.approx(losses[5:], rel=1e-4)
+    rel = 5e-4 if parallelism.get("tp", 1) > 1 and TP_DRIFTS else 1e-4  # helpers.TP_DRIFTS
+    assert launch(world, cfg, tmp_path) == pytest.approx(losses[5:], rel=rel)
 
 
 def test_killed_save_leaves_last_checkpoint(baseline, demo_dir, tmp_path):
