@@ -12,6 +12,8 @@
 #           (disjoint from the subset; never synth_test) -> sweeps/i22_lr
 # main:     the three arms x three seeds at the chosen lr (LR=... to override) -> sweeps/i22_main
 # zeroshot: the untouched model on synth_test -> sweeps/i22_main/zero_shot.json.gz
+# The config shuffles the samples by job.seed (data.shuffle_buffer); the first pass read them in
+# file order, which made every seed the same run (sweeps/i22_inorder, docs/results.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHAT=${1:-all}; [[ $# -gt 0 ]] && shift
