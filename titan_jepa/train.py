@@ -187,6 +187,10 @@ def setup(cfg: JobConfig, hooks: TrainHooks, objectives: list, rank: int, world:
 
     # ---- data: one loader per batch slot, so data order ignores the layout ------------
     loaders = build_loaders(cfg, tokenizer, objectives, dp, grad_accum, device, rank)
+    if cfg.data.shuffle_buffer <= 0 and cfg.checkpoint.initial_load_path:
+        # fine-tuning without dropout draws nothing else from the seed: say so once
+        logger.info("data.shuffle_buffer = 0: the samples are read in file order whatever job.seed is; set "
+                    "data.shuffle_buffer (e.g. the data set's size) for seeds that change the order")
     # [validation]: its own loaders over validation.path, checked here, before the model
     validator = (Validator(cfg, tokenizer, dp, model_args.max_seq_len, objectives,
                            eval_dp=dp_info(mesh["dp_cp"]) if dims.cp > 1 else None)
