@@ -440,6 +440,20 @@ def test_resume_equality(demo, tok, kind, shuffle):
         assert any(not torch.equal(a.tokens, b.tokens) for a, b in zip(full, plain))
 
 
+def test_the_seed_orders_the_data_only_through_the_shuffle_buffer(demo, tok):
+    """job.seed draws the order through data.shuffle_buffer; with none, every seed reads the file
+    in order (issue 22: fine-tuning runs of different seeds were then the same run)."""
+    def first(seed, shuffle):
+        cfg = make_cfg(demo / "regex_test.jsonl", "chat", seq_len=128, bs=3, shuffle_buffer=shuffle)
+        cfg.job.seed = seed
+        return take(build_dataloader(cfg, tok), 3)
+
+    assert all(torch.equal(a.tokens, b.tokens) for a, b in zip(first(82, 0), first(23, 0)))
+    a, b = first(82, 64), first(23, 64)
+    assert any(not torch.equal(x.tokens, y.tokens) for x, y in zip(a, b))
+    assert all(torch.equal(x.tokens, y.tokens) for x, y in zip(a, first(82, 64)))
+
+
 def test_resume_across_epochs_and_rank_mismatch(tmp_path, tok):
     p = tmp_path / "c.jsonl"
     p.write_text("".join(json.dumps({"text": f"doc {i} " * (i + 1)}) + "\n" for i in range(6)))
