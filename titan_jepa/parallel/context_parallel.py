@@ -358,6 +358,11 @@ class CPRunner:
         self.balancer, self.chunks_per_rank = balancer, chunks_per_rank
         self.loss_scale = cp
 
+    def local_step(self, mb):
+        """(this rank's view of micro-batch ``mb``, its mask on global indices, the sharding)."""
+        local, meta, sh = self.local_batch(mb)
+        return local, cp_mask(meta, sh, self.rank, mb.tokens.device), sh
+
     def local_batch(self, mb):
         """(this rank's view of micro-batch ``mb``, the whole rows' mask metadata, the sharding)."""
         from dataclasses import replace
@@ -375,8 +380,7 @@ class CPRunner:
     def run(self, micro_batches: list, loss_fn, backward: bool = True) -> list:
         results = []
         for mb in micro_batches:
-            local, meta, sh = self.local_batch(mb)
-            mask = cp_mask(meta, sh, self.rank, mb.tokens.device)
+            local, mask, sh = self.local_step(mb)
             with loss_context(self.model):  # loss parallel under TP (vocab-sharded logits)
                 outputs = self.model(local.tokens, positions=local.positions, prepared_mask=mask)
                 # the objectives read hidden states by global position, wherever they live
@@ -397,8 +401,7 @@ class CPRunner:
         shardings."""
         views, positions, masks, shardings = [], [], [], []
         for mb in micro_batches:
-            local, meta, sh = self.local_batch(mb)
-            mask = cp_mask(meta, sh, self.rank, mb.tokens.device)
+            local, mask, sh = self.local_step(mb)
             views.append(local)
             positions.append(local.positions)
             masks.append(mask.expand(local.tokens.shape[0], *mask.shape[1:]))

@@ -147,9 +147,10 @@ class PipelineRunner:
         """The step's micro-batches through the stages (forward and backward, or forward
         alone); ``loss_fn(outputs, micro_batch) -> (loss, result)`` runs on the last stage.
         Returns the results of this rank's last stage (none on the other ranks)."""
-        inputs = mask_inputs(micro_batches)
         if self.cp is not None:  # each micro-batch sharded over the cp ranks, its mask on global indices
             micro_batches, inputs, self._shardings = self.cp.shard_micro_batches(micro_batches)
+        else:
+            inputs = mask_inputs(micro_batches)
         self._loss_fn, self._batches, self._results = loss_fn, micro_batches, []
         tokens = torch.cat([mb.tokens for mb in micro_batches])
         target = torch.arange(len(micro_batches))  # stays on the CPU: read by _schedule_loss
