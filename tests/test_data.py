@@ -65,8 +65,10 @@ def check_row_invariants(b, r, seq_len):
     starts = torch.ones(seq_len, dtype=torch.bool)
     starts[1:] = seg[1:] != seg[:-1]
     assert (seg[starts] == torch.arange(int(starts.sum()), dtype=torch.int32)).all()  # 0, 1, 2, ...
-    for i in range(seq_len):  # positions restart at each segment start
-        assert pos[i] == (0 if starts[i] else pos[i - 1] + 1)
+    ctx = b.context_segment[r] if b.context_segment is not None else torch.full_like(seg, -1)
+    ctx_len = b.context_len[r] if b.context_len is not None else torch.zeros_like(seg)
+    for i in range(seq_len):  # positions restart at each segment start (after its context's prefix)
+        assert pos[i] == ((ctx_len[i] if ctx[i] >= 0 else 0) if starts[i] else pos[i - 1] + 1)
     for i in range(seq_len - 1):
         if lab[i] == IGNORE_INDEX:
             continue

@@ -99,10 +99,17 @@ def test_one_row_holds_several_samples_with_views(demo_dir, tmp_path):
     batch = next(build_dataloader(cfg, build_tokenizer(cfg.tokenizer)))
     rows = batch.samples.table[:, 0]
     assert torch.bincount(rows).max() >= 2
-    # three segments per sample: full, Text(+pred), Code; positions restart in each
+    # three segments per sample: full, Text(+pred), Code; positions restart in each, after
+    # the prefix a view reads from an earlier segment of the row (data.share_prefix)
     seg = batch.segment_ids[0]
     starts = torch.nonzero(torch.diff(seg) != 0).flatten() + 1
-    assert (batch.positions[0, starts] == 0).all()
+    shared = batch.context_segment[0, starts] >= 0
+    assert (batch.positions[0, starts][~shared] == 0).all()
+    assert shared.any() and (batch.positions[0, starts][shared] == batch.context_len[0, starts][shared]).all()
+    cfg.data.share_prefix = 0
+    batch = next(build_dataloader(cfg, build_tokenizer(cfg.tokenizer)))
+    starts = torch.nonzero(torch.diff(batch.segment_ids[0]) != 0).flatten() + 1
+    assert batch.context_segment is None and (batch.positions[0, starts] == 0).all()
 
 
 def test_reverse_and_front_pred_indices(demo_dir, tmp_path):

@@ -58,7 +58,7 @@ def packed_batch(records, cfg, tok, seq_len: int, jepa: bool):
     for o in objectives:
         encode = o.wrap_samples(encode, ctx)
     items = iter([encode(r, "bench") for r in records])
-    packer = SamplePacker(seq_len, tok.pad_id, lambda: next(items, None))
+    packer = SamplePacker(seq_len, tok.pad_id, lambda: next(items, None), cfg.data.share_prefix)
     rows = list(iter(packer.next_row, None))
     batch = with_chat_fields(collate(rows, len(rows), seq_len, tok.pad_id), rows)
     return add_records(batch, rows, objectives, ctx, 0)

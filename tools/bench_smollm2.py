@@ -10,7 +10,9 @@ differs) in the layouts of tools/real_model_pair.py, losses checked equal first:
 
   next-token    ours: packed rows of 512 (the loader's best-fit packing)
                 transformers: one row per sample, padded to the longest
-  LLM-JEPA      ours: separate views packed (full, Text+predictor, Code as segments of rows)
+  LLM-JEPA      ours: separate views packed (full, Text+predictor, Code as segments of rows),
+                      each view's template prefix (SmolLM2's default system prompt) read once
+                      a row (data.share_prefix, the default), and without that (share_prefix 0)
                 ours: shared-prefix views (a variant of the objective, not the same loss)
                 reference, 3 groups: transformers, full / Text / Code rows each padded to their
                 own longest, three forwards (the reference's layout at its tightest padding)
@@ -54,7 +56,14 @@ def main(argv: list[str] | None = None) -> None:
 
         steps["ours JEPA separate"], b = rmp.ours_step(pair, pair.cfg, True)
         shapes["ours JEPA separate"] = tuple(b.tokens.shape)
+        run = b.counts.full_tokens + b.counts.view_tokens
+        unshared = replace(pair.cfg, data=replace(pair.cfg.data, share_prefix=0))
+        steps["ours JEPA separate, share_prefix 0"], b = rmp.ours_step(pair, unshared, True)
+        shapes["ours JEPA separate, share_prefix 0"] = tuple(b.tokens.shape)
+        # tokens/s of every JEPA variant count the samples' tokens with their whole views
         real["jepa"] = b.counts.full_tokens + b.counts.view_tokens
+        print(f"data.share_prefix = {pair.cfg.data.share_prefix}: the views' shared prefixes read once a row, "
+              f"{run:,} tokens run instead of {real['jepa']:,} ({run / real['jepa']:.3f}x)")
         if "shared_prefix" not in a.skip:
             shared = replace(pair.cfg, jepa=replace(pair.cfg.jepa, views="shared_prefix"))
             steps["ours JEPA shared_prefix"], b = rmp.ours_step(pair, shared, True)
@@ -72,6 +81,8 @@ def main(argv: list[str] | None = None) -> None:
         d = abs(losses["ours next-token"] - losses["transformers next-token"]) / losses["transformers next-token"]
         print(f"  next-token loss ours vs transformers: rel. diff {d:.1e}")
     if "ours JEPA separate" in losses:
+        d = abs(losses["ours JEPA separate"] - losses["ours JEPA separate, share_prefix 0"])
+        print(f"  LLM-JEPA loss ours separate, share_prefix on vs off: rel. diff {d / losses['ours JEPA separate']:.1e}")
         for ref in [r for r in ("reference 3 groups", "reference 2 groups (4D mask)") if r in losses]:
             d = abs(losses["ours JEPA separate"] - losses[ref]) / losses[ref]
             print(f"  LLM-JEPA loss ours separate vs {ref}: rel. diff {d:.1e}")

@@ -242,6 +242,11 @@ class Data(Section):
     # chat/pairs: best-fit-decreasing packing over a look-ahead of this many samples (data/packing.py
     # BestFitPacker); 0 or 1: greedy, in stream order
     pack_buffer: int = 0
+    # chat/pairs: a view segment (LLM-JEPA's Text/Code views, STP's mask views) whose first N >=
+    # share_prefix unlabelled tokens repeat an earlier segment of its row (a template's header and
+    # system prompt) reads them from there instead of running them again: the same losses and
+    # gradients (float rounding aside), fewer tokens (data/packing.py add_sample). 0: off
+    share_prefix: int = 8
     # "record": slot r reads the records a fixed hash of their number gives it; "file": whole files per slot
     shard_by: Literal["record", "file"] = "record"
     num_epochs: int = -1  # -1: loop forever
@@ -249,6 +254,8 @@ class Data(Section):
     def check(self) -> None:
         if self.pack_buffer < 0:
             raise ConfigError(f"data.pack_buffer = {self.pack_buffer} must be >= 0 (0 or 1: greedy packing)")
+        if self.share_prefix < 0:
+            raise ConfigError(f"data.share_prefix = {self.share_prefix} must be >= 0 (0: off)")
         if self.pack_buffer > 1 and self.kind == "text":
             raise ConfigError("data.pack_buffer packs chat and pairs samples; text documents are cut at row "
                               "ends and never pad, so set data.pack_buffer = 0 for data.kind = 'text'")

@@ -70,8 +70,10 @@ class DataLoader:
                 wrapped = o.wrap_samples(self.encode, self.ctx)
                 if wrapped is not self.encode:
                     self.views, self.encode = wrapped, wrapped
-            self.packer = (BestFitPacker(t.seq_len, tokenizer.pad_id, self._next_item, d.pack_buffer)
-                           if d.pack_buffer > 1 else SamplePacker(t.seq_len, tokenizer.pad_id, self._next_item))
+            self.packer = (BestFitPacker(t.seq_len, tokenizer.pad_id, self._next_item, d.pack_buffer,
+                                         share_prefix=d.share_prefix)
+                           if d.pack_buffer > 1 else
+                           SamplePacker(t.seq_len, tokenizer.pad_id, self._next_item, d.share_prefix))
         self.batches = 0
         self._any_good = False  # whether this loader has accepted one record (or resumed past one)
 

@@ -20,13 +20,13 @@ with IGNORE_INDEX labels.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
 
 from titan_jepa.data.batch import IGNORE_INDEX, Batch, BatchCounts
-from titan_jepa.data.sample import Sample
+from titan_jepa.data.sample import Sample, Segment
 
 
 @dataclass
@@ -41,6 +41,9 @@ class Row:
     context_segment: list[int] | None = None
     context_len: list[int] | None = None
     content: int = -1  # tokens before the padding (set by pad_to; -1: not padded)
+    # (segment id, start) of the segments from position 0 with no context: what a later
+    # segment's shared prefix may be read from (add_sample's share_prefix)
+    anchors: list[tuple[int, int]] = field(default_factory=list)
 
     def add(self, tokens: list[int], labels: list[int], pos0: int = 0,
             context_segment: int = -1, context_len: int = 0) -> int:
@@ -52,6 +55,8 @@ class Row:
         self.labels += labels
         self.positions += range(pos0, pos0 + n)
         self.segment_ids += [self.num_segments] * n
+        if pos0 == 0 and context_segment < 0:
+            self.anchors.append((self.num_segments, start))
         self.num_segments += 1
         if context_segment >= 0 and self.context_segment is None:
             self.context_segment, self.context_len = [-1] * start, [0] * start
@@ -59,6 +64,18 @@ class Row:
             self.context_segment += [context_segment] * n
             self.context_len += [context_len] * n
         return start
+
+    def shared_prefix(self, ids: list[int], limit: int) -> tuple[int, int]:
+        """(L, segment id): the longest prefix of ``ids``, at most ``limit`` tokens, that an
+        anchor segment of the row starts with, and that segment (the first on ties); (0, -1)."""
+        best, best_seg = 0, -1
+        for seg, start in self.anchors:
+            n, end = 0, min(limit, len(self.tokens) - start)
+            while n < end and self.tokens[start + n] == ids[n] and self.segment_ids[start + n] == seg:
+                n += 1
+            if n > best:
+                best, best_seg = n, seg
+        return best, best_seg
 
     def pad_to(self, seq_len: int, pad_id: int) -> "Row":
         n = seq_len - len(self.tokens)
@@ -113,12 +130,13 @@ class SamplePacker:
     (first segment id, start, sample).
     """
 
-    def __init__(self, seq_len: int, pad_id: int, next_sample: Callable[[], dict | None]):
+    def __init__(self, seq_len: int, pad_id: int, next_sample: Callable[[], dict | None], share_prefix: int = 0):
         self.seq_len, self.pad_id, self.next_sample = seq_len, pad_id, next_sample
+        self.share_prefix = share_prefix  # see add_sample
         self.pending: dict | None = None
 
     def next_row(self) -> Row | None:
-        row = Row()
+        row, used = Row(), 0  # used: the samples' whole lengths (a shared prefix frees no room)
         while True:
             if self.pending is None:
                 self.pending = self.next_sample()
@@ -126,9 +144,10 @@ class SamplePacker:
                     break
             s = self.pending
             total = sample_len(s, self.seq_len)
-            if len(row.tokens) + total > self.seq_len:
+            if used + total > self.seq_len:
                 break
-            add_sample(row, s)
+            add_sample(row, s, self.share_prefix)
+            used += total
             self.pending = None
         if not row.tokens:
             return None
@@ -149,14 +168,47 @@ def sample_len(s: Sample, seq_len: int) -> int:
     return total
 
 
-def add_sample(row: Row, s: Sample) -> None:
-    """Append one sample's segments to ``row`` and record it in ``row.samples``."""
+def add_sample(row: Row, s: Sample, share_prefix: int = 0) -> None:
+    """Append one sample's segments to ``row`` and record it, as placed, in ``row.samples``.
+
+    ``share_prefix`` > 0: a view segment (one after the sample's full sequences, positions
+    from 0, no context of its own, no other segment's context) whose first L >= share_prefix
+    tokens repeat the first L tokens of an earlier segment of the row (the chat header and
+    system prompt every view of a template starts with) is placed without them: its own
+    tokens start at position L and attend to that earlier segment's first L tokens as their
+    context. Under a causal mask those tokens' states are the same in both copies (same
+    tokens, same positions), so the losses and gradients equal the untrimmed row's while the
+    model runs L fewer tokens. Only unlabelled tokens before every mark of the sample are
+    trimmed; the recorded sample has the trimmed segments (``pos0`` = L) and its marks moved
+    to match. The row keeps the untrimmed length free (padding the model skips), so which
+    samples share a row never depends on this.
+    """
     first, start = row.num_segments, len(row.tokens)
-    for seg in s.all_segments():
+    segs = s.all_segments()
+    marks = sorted(m for v in s.marks.values() for m in v)
+    contexts = {seg.context for seg in segs if seg.context >= 0}
+    placed, cuts, offset = [], [], 0  # cuts: (offset in the sample where tokens were removed, how many)
+    for i, seg in enumerate(segs):
+        at, n = offset, 0
+        offset += len(seg.ids)
         if seg.context >= 0:
             row.add(seg.ids, seg.labels, seg.pos0, first + seg.context, seg.context_len)
+            placed.append(seg)
+            continue
+        if share_prefix > 0 and i >= s.full_segments and seg.pos0 == 0 and i not in contexts:
+            unlabelled = next((j for j, y in enumerate(seg.labels) if y != IGNORE_INDEX), len(seg.labels))
+            limit = min([len(seg.ids) - 1, unlabelled] + [m - at for m in marks if m >= at])
+            n, anchor = row.shared_prefix(seg.ids, limit)
+        if n >= share_prefix > 0:
+            seg = Segment(seg.ids[n:], seg.labels[n:], n)
+            row.add(seg.ids, seg.labels, n, anchor, n)
+            cuts.append((at, n))
         else:
             row.add(seg.ids, seg.labels, seg.pos0)
+        placed.append(seg)
+    if cuts:
+        moved = {k: [m - sum(c for o, c in cuts if o < m) for m in v] for k, v in s.marks.items()}
+        s = replace(s, segments=placed, marks=moved)
     row.samples.append((first, start, s))
 
 
@@ -177,11 +229,12 @@ class BestFitPacker:
     """
 
     def __init__(self, seq_len: int, pad_id: int, next_sample: Callable[[], dict | None],
-                 buffer: int, keep_open: int = 4):
+                 buffer: int, keep_open: int = 4, share_prefix: int = 0):
         if buffer < 2:
             raise ValueError("BestFitPacker needs a buffer of at least 2 samples (1 or 0: SamplePacker)")
         self.seq_len, self.pad_id, self.next_sample = seq_len, pad_id, next_sample
         self.buffer, self.keep_open = buffer, keep_open
+        self.share_prefix = share_prefix  # see add_sample
         self.open: list[list[dict]] = []   # rows still filling
         self.done: list[list[dict]] = []   # finished rows, to emit first
         self.ended = False
@@ -223,7 +276,7 @@ class BestFitPacker:
             return None
         row = Row()
         for s in self.done.pop(0):
-            add_sample(row, s)
+            add_sample(row, s, self.share_prefix)
         return row.pad_to(self.seq_len, self.pad_id)
 
     def state_dict(self) -> dict:

@@ -113,6 +113,7 @@ def blocked_mask(meta: MaskMeta, seq_len: int, device: torch.device) -> BlockedM
     seg = meta.segment_ids.tolist()
     ctx = meta.context_segment.tolist() if meta.context_segment is not None else None
     ctx_len = meta.context_len.tolist() if meta.context_len is not None else None
+    pos = meta.positions.tolist() if ctx is not None else None
     runs = []
     for b, row in enumerate(seg):
         key = [(row[i], ctx[b][i] if ctx else None, ctx_len[b][i] if ctx else None) for i in range(seq_len)]
@@ -120,9 +121,11 @@ def blocked_mask(meta: MaskMeta, seq_len: int, device: torch.device) -> BlockedM
         for i in range(1, seq_len + 1):
             if i < seq_len and key[i] == key[start]:
                 continue
-            own, c = key[start][0], key[start][1]
-            # keys: the run's own segment up to its last query, and its context segment
-            keys = [j for j in range(i) if row[j] == own or (c is not None and c >= 0 and row[j] == c)]
+            own, c, c_len = key[start]
+            # keys: the run's own segment up to its last query, and its context segment's
+            # tokens at positions below the context length
+            keys = [j for j in range(i) if row[j] == own
+                    or (c is not None and c >= 0 and row[j] == c and pos[b][j] < c_len)]
             if keys == list(range(start, i)):  # a whole segment by itself: plain causal
                 runs.append(Run(b, start, i, slice(start, i), None))
             else:
