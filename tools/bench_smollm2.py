@@ -87,13 +87,11 @@ def main(argv: list[str] | None = None) -> None:
             d = abs(losses["ours JEPA separate"] - losses[ref]) / losses[ref]
             print(f"  LLM-JEPA loss ours separate vs {ref}: rel. diff {d:.1e}")
     times = median_step_times(steps, a.rounds)
-    memory = {} if a.no_memory else {name: peak_bytes(step) for name, step in steps.items()}
-    print(f"\n| variant | rows x length | s/step (median of {a.rounds}) | real tok/s | peak MiB |")
-    print("|---|---|---|---|---|")
+    print(f"\n| variant | rows x length | s/step (median of {a.rounds}) | real tok/s |")
+    print("|---|---|---|---|")
     for name, t in times.items():
         n = real["next-token" if "next-token" in name else "jepa"]
-        mem = f"{memory[name] / 2**20:,.0f}" if memory else "-"
-        print(f"| {name} | {shapes[name][0]} x {shapes[name][1]} | {t:.3f} | {n / t:,.0f} | {mem} |")
+        print(f"| {name} | {shapes[name][0]} x {shapes[name][1]} | {t:.3f} | {n / t:,.0f} |")
     print()
     if "ours next-token" in times:
         r = times["transformers next-token"] / times["ours next-token"]
@@ -107,10 +105,17 @@ def main(argv: list[str] | None = None) -> None:
         if "ours JEPA shared_prefix" in times and "reference 2 groups (4D mask)" in times:
             r = times["ours JEPA shared_prefix"] / times["reference 2 groups (4D mask)"]
             print(f"LLM-JEPA step ours shared_prefix / reference 2 groups: {r:.3f}x")
-    if memory and "ours next-token" in memory:
+    if a.no_memory:
+        return
+    # after the times (profiling a step's memory is slow and, at 64 samples, near the RAM's limit)
+    memory = {}
+    for name, step in steps.items():
+        memory[name] = peak_bytes(step)
+        print(f"peak memory {name}: {memory[name] / 2**20:,.0f} MiB", flush=True)
+    if "ours next-token" in memory:
         print(f"peak memory ours / transformers, next-token: "
               f"{memory['ours next-token'] / memory['transformers next-token']:.2f}")
-    if memory and "ours JEPA separate" in memory:
+    if "ours JEPA separate" in memory:
         print(f"peak memory ours separate / reference 3 groups: "
               f"{memory['ours JEPA separate'] / memory['reference 3 groups']:.2f}")
 
