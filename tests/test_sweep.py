@@ -188,6 +188,9 @@ def test_tiny_sweep_end_to_end(tmp_path, demo_dir):
     for r in data["runs"]:
         assert r["n"] == 4 and 0.0 <= r["accuracy"] <= 1.0 and r["final_step"] == 2
         assert math.isfinite(r["final_loss"]) and "model-only" in r["checkpoint"]
+        assert "skipped" not in r  # a property of one invocation, printed, not recorded
+        curve = [json.loads(x) for x in (out / "evals" / f"{r['run']}.metrics.jsonl").read_text().splitlines()]
+        assert r["train_seconds"] == round(sum(x["interval_s"] for x in curve if "interval_s" in x), 2) > 0
     assert (out / "evals" / "baseline_s82.metrics.jsonl").read_text() == \
         (out / "runs" / "baseline_s82" / "metrics.jsonl").read_text()  # the curve, committed with the eval
     # the JEPA arm trained with the JEPA loss on top: its logged loss is the larger one
@@ -206,6 +209,19 @@ def test_tiny_sweep_end_to_end(tmp_path, demo_dir):
     assert p.returncode == 0, p.stderr
     again = json.loads((out / "results.json").read_text())
     assert {r["run"]: r["final_loss"] for r in again["runs"]} == {r["run"]: r["final_loss"] for r in data["runs"]}
+    assert again["runs"] == data["runs"]  # the same record, whichever invocation reads it
+
+
+def test_training_seconds_sums_every_invocation_of_a_resumed_run(tmp_path):
+    m = tmp_path / "metrics.jsonl"
+    assert sweep.training_seconds(m) is None
+    rows = [{"step": 10, "loss": 1.0, "interval_s": 30.5}, {"step": 10, "val/loss": 0.9},
+            {"step": 20, "loss": 0.8, "interval_s": 20.0},
+            {"step": 30, "loss": 0.7, "interval_s": 41.25}]  # a resumed invocation appends its rows
+    m.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert sweep.training_seconds(m) == 91.75
+    m.write_text(json.dumps({"step": 10, "loss": 1.0}) + "\n")  # logged before interval_s existed
+    assert sweep.training_seconds(m) is None
 
 
 def test_make_subset_deterministic_and_nested(tmp_path):

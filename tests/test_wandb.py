@@ -124,6 +124,7 @@ def test_progress_line_has_steps_tokens_and_eta(tmp_path, caplog, monkeypatch):
     m.close()
     assert "eta_s" not in first and first["tokens_seen"] == 10 * 512
     assert second["eta_s"] == pytest.approx(80 * 4.0)
+    assert (first["interval_s"], second["interval_s"]) == (10.0, 40.0)  # their sum: the training's wall time
     line = caplog.records[-1].getMessage()
     assert line.startswith("step  20/100 (20%)") and "seen 10.2K tok" in line and "eta 5m20s" in line
     assert [format_duration(s) for s in (5, 65, 3 * 3600 + 420, 2 * 86400 + 3600 * 4)] == \

@@ -5,7 +5,9 @@ The console line reads ``step 120/1000 (12%)  loss ...  tok/s ...  seen 3.9M tok
 tokens seen are ``step * global_batch_size * seq_len`` (padding included; exact on every
 layout and across resumes), the ETA is the mean time per step since the first step this
 process logged (its warm-up left out; the first line has no ETA yet), times the steps left.
-``metrics.jsonl`` rows carry ``tokens_seen`` and ``eta_s``.
+``metrics.jsonl`` rows carry ``tokens_seen``, ``eta_s`` and ``interval_s`` (the wall seconds since
+the previous line, or since the logger started: their sum over a resumed run's rows is its
+training time across every invocation).
 
 ``tok/s`` (``tokens_per_s``) is per device, as in torchtitan: the tokens of this rank's batch
 slot per second, divided by the ranks that share the slot's work (``model_parallel_size`` =
@@ -167,7 +169,7 @@ class MetricsLogger:
         tps = self._tokens / elapsed / self.model_parallel_size  # per device
         mem, mem_unit = memory_gib(self.device)
         progress, progress_row = self.progress(step, now)
-        row = {"step": step, **values, "tokens_per_s": tps, "memory_gib": mem, **progress_row}
+        row = {"step": step, **values, "tokens_per_s": tps, "memory_gib": mem, "interval_s": elapsed, **progress_row}
         if self.peak:
             row["mfu"] = 100.0 * tps * self.flops_per_token / self.peak
         self._t0, self._tokens = now, 0

@@ -302,6 +302,16 @@ def _run_logged(cmd: list[str], log: Path, what: str, env: dict | None = None) -
 
 
 # ---- the sweep ----------------------------------------------------------------------------
+def training_seconds(metrics: Path) -> float | None:
+    """A run's training wall time over all its invocations: the sum of its metrics rows'
+    ``interval_s`` (None when the file or the field is missing, as in runs logged before it)."""
+    if not metrics.is_file():
+        return None
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    spans = [r["interval_s"] for r in rows if "interval_s" in r]
+    return sum(spans) if spans else None
+
+
 def run_one(a: argparse.Namespace, arm: Arm, seed: int, out: Path, env: dict | None = None) -> dict:
     name = run_name(arm, seed)
     runs, run_dir = out / "runs", out / "runs" / name
@@ -326,7 +336,8 @@ def run_one(a: argparse.Namespace, arm: Arm, seed: int, out: Path, env: dict | N
         if (run_dir / "metrics.jsonl").is_file():  # the training curve, kept (and committed) beside it
             shutil.copyfile(run_dir / "metrics.jsonl", out / "evals" / f"{name}.metrics.jsonl")
         loss, step = final_loss(run_dir)
-        timing = {"train_seconds": round(t1 - t0, 2), "eval_seconds": round(time.time() - t1, 2),
+        train_s = training_seconds(run_dir / "metrics.jsonl")  # every invocation of a resumed run
+        timing = {"train_seconds": round(t1 - t0 if train_s is None else train_s, 2), "eval_seconds": round(time.time() - t1, 2),
                   "checkpoint": str(ckpt), "final_loss": loss, "final_step": step}
         side.write_text(json.dumps(timing, indent=2) + "\n")
     res = read_eval(eval_json)
@@ -412,7 +423,7 @@ def sweep(a: argparse.Namespace, argv: list[str]) -> int:
         with lock:
             records.append(rec)
             records.sort(key=lambda r: order[(r["arm"], r["seed"])])
-            note = " (resumed: already evaluated)" if rec["skipped"] else ""
+            note = " (resumed: already evaluated)" if rec.pop("skipped") else ""  # this invocation only
             print(f"[{len(records)}/{total}] {arm.name} seed {seed}: accuracy {rec['accuracy']:.4f} "
                   f"({rec['correct']}/{rec['n']}), final loss {fmt_num(rec['final_loss'], '.4f')}, "
                   f"{time.time() - t0:.1f}s{note}", flush=True)
