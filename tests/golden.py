@@ -7,7 +7,15 @@ path's unpadded layers, 1.6e-7 at most; the version-independent truncated-normal
 template prefix once a row: LLM-JEPA's losses moved by at most 9.7e-8 relative in every
 layout, the others not at all). Since then the one-process, FSDP and PP
 losses are bit-identical on torch 2.11, 2.13 and 2.14; TP's drift on 2.11 (4e-4 relative by step 10).
-Re-record (only when a change is meant to alter the numbers, and say so in its commit):
+The last bits depend on the CPU's vector instructions (torch and its BLAS pick their kernels by
+them: an AVX2-only machine of the same kind gave losses 3e-8 relative away from the recorded
+ones), so golden_losses.json holds one set per ``torch.backends.cpu.get_cpu_capability()``:
+"AVX512" (recorded on the machines of 2026-12-05; taken to be AVX-512 ones, the only other
+capability torch dispatches on x86, as an AVX2 machine differs) and "AVX2" (2026-12-06, the
+same code). A machine whose capability has no set is held to rel 1e-6 of every set instead.
+Re-record (only when a change is meant to alter the numbers, and say so in its commit; it
+replaces this machine's set: re-record the other capability's set on such a machine too, or
+delete it, so that no stale set stays):
 
     python tests/golden.py --record
 """
@@ -74,6 +82,17 @@ def run_all(name: str, run_dir: Path, data_dir: Path) -> dict[str, list[float]]:
     return {**out, **dict(zip(two, got))}
 
 
+def cpu_capability() -> str:
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def recorded() -> dict[str, dict[str, list[float]]]:
+    """{capability: {"config/layout": losses}}."""
+    return json.loads(GOLDEN.read_text()) if GOLDEN.is_file() else {}
+
+
 def record() -> None:
     import tempfile
 
@@ -86,8 +105,11 @@ def record() -> None:
         data = demo_data(Path(tmp) / "demo")
         out = {f"{n}/{lay}": losses for n in CONFIGS
                for lay, losses in run_all(n, Path(tmp) / "runs", data).items()}
-    GOLDEN.write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {GOLDEN}: {len(out)} runs of {STEPS} steps")
+    sets = recorded()
+    sets[cpu_capability()] = out
+    GOLDEN.write_text(json.dumps(sets, indent=1) + "\n")
+    print(f"wrote {GOLDEN}: {len(out)} runs of {STEPS} steps for {cpu_capability()} "
+          f"(sets now: {', '.join(sets)})")
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--record"]:

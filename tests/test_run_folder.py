@@ -7,6 +7,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -121,13 +122,19 @@ def test_a_second_launch_leaves_the_first_untouched(demo_dir, tmp_path, world, m
     alone = _cli_run(tmp_path / "alone", demo_dir, STEPS, world=world)
     alone.communicate(timeout=300)
     first = _cli_run(tmp_path / "shared", demo_dir, STEPS, world=world)
-    if mode == "staggered":  # once the first run trains
-        metrics = tmp_path / "shared" / "t" / "metrics.jsonl"
-        while not (metrics.is_file() and metrics.read_text().count("\n") >= 3) and first.poll() is None:
-            time.sleep(0.2)
+    if mode == "staggered":  # once the first run trains, paused (alive, holding the folder) meanwhile:
+        metrics = tmp_path / "shared" / "t" / "metrics.jsonl"  # a loaded machine may start the second
+        while not (metrics.is_file() and metrics.read_text().count("\n") >= 1) and first.poll() is None:
+            time.sleep(0.2)  # slower than the first trains to its end
+        assert first.poll() is None, "the first run ended before it could be paused"
+        os.kill(first.pid, signal.SIGSTOP)
     t0 = time.time()
     second = _cli_run(tmp_path / "shared", demo_dir, STEPS, world=world)
-    out2, err2 = second.communicate(timeout=300)
+    try:
+        out2, err2 = second.communicate(timeout=300)
+    finally:
+        if mode == "staggered":
+            os.kill(first.pid, signal.SIGCONT)
     waited = time.time() - t0
     out1, err1 = first.communicate(timeout=300)
     if mode == "simultaneous" and first.returncode == 2:  # either may win the race
