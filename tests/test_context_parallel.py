@@ -279,48 +279,67 @@ def test_flex_form_of_the_all_gather_attention_equals_the_dense_one(tmp_path):
         assert err < 1e-5, (kind, err)
 
 
-@pytest.mark.parametrize("world,parallelism,data,objective", [
-    (2, {"cp": 2}, "text", None),
-    (2, {"cp": 2, "cp_balancer": "cost"}, "chat", None),
-    (4, {"cp": 2, "dp_shard": 2}, "chat", None),
-    (2, {"cp": 2}, "chat", {"jepa": {"k": 2}}),
-    (2, {"cp": 2, "cp_balancer": "cost"}, "chat", {"jepa": {"k": 1, "views": "shared_prefix"}}),
-    (4, {"cp": 2, "dp_shard": 2}, "chat", {"jepa": {"k": 1, "distance": "infonce"}}),  # vs dp_shard 2: its negatives
-    (4, {"cp": 4, "cp_balancer": "cost", "cp_chunks_per_rank": 2}, "chat", {"jepa": {"k": 1}}),
-    (2, {"cp": 2}, "text", {"stp": {"mode": "random_span", "spans_per_sample": 2, "linear_predictor": True,
-                                    "lambda": 0.5}}),
-    (4, {"cp": 4}, "chat", {"stp": {"mode": "random_span_mask", "lambda": 0.5}}),
-    (2, {"cp": 2, "cp_balancer": "cost"}, "text", {"stp": {"mode": "curvature", "lambda": 0.5}}),
-    (4, {"cp": 2, "tp": 2}, "chat", None),
-    (4, {"cp": 2, "tp": 2, "cp_balancer": "cost"}, "chat", {"jepa": {"k": 1}}),
-    (4, {"cp": 2, "pp": 2}, "chat", None),
-    (4, {"cp": 2, "pp": 2, "pp_schedule": "Interleaved1F1B", "pp_stages_per_rank": 2}, "chat", {"jepa": {"k": 1}}),
-], ids=["cp2-documents", "cp2-cost-chat", "dp_shard2-cp2-chat", "cp2-jepa-separate", "cp2-cost-jepa-shared_prefix",
-        "dp_shard2-cp2-jepa-infonce", "cp4-cost-jepa", "cp2-stp-random_span", "cp4-stp-random_span_mask",
-        "cp2-cost-stp-curvature", "cp2-tp2-chat", "cp2-tp2-cost-jepa",
-        "cp2-pp2-chat", "cp2-pp2-interleaved-jepa"])
-def test_training_under_cp_equals_one_process(demo_dir, tmp_path, world, parallelism, data, objective):
+TRAINING_CASES = {  # id: (world, [parallelism], data, objective sections)
+    "cp2-documents": (2, {"cp": 2}, "text", None),
+    "cp2-cost-chat": (2, {"cp": 2, "cp_balancer": "cost"}, "chat", None),
+    "dp_shard2-cp2-chat": (4, {"cp": 2, "dp_shard": 2}, "chat", None),
+    "cp2-jepa-separate": (2, {"cp": 2}, "chat", {"jepa": {"k": 2}}),
+    "cp2-cost-jepa-shared_prefix": (2, {"cp": 2, "cp_balancer": "cost"}, "chat",
+                                    {"jepa": {"k": 1, "views": "shared_prefix"}}),
+    # vs dp_shard 2: its negatives
+    "dp_shard2-cp2-jepa-infonce": (4, {"cp": 2, "dp_shard": 2}, "chat", {"jepa": {"k": 1, "distance": "infonce"}}),
+    "cp4-cost-jepa": (4, {"cp": 4, "cp_balancer": "cost", "cp_chunks_per_rank": 2}, "chat", {"jepa": {"k": 1}}),
+    "cp2-stp-random_span": (2, {"cp": 2}, "text", {"stp": {"mode": "random_span", "spans_per_sample": 2,
+                                                           "linear_predictor": True, "lambda": 0.5}}),
+    "cp4-stp-random_span_mask": (4, {"cp": 4}, "chat", {"stp": {"mode": "random_span_mask", "lambda": 0.5}}),
+    "cp2-cost-stp-curvature": (2, {"cp": 2, "cp_balancer": "cost"}, "text", {"stp": {"mode": "curvature",
+                                                                                     "lambda": 0.5}}),
+    "cp2-tp2-chat": (4, {"cp": 2, "tp": 2}, "chat", None),
+    "cp2-tp2-cost-jepa": (4, {"cp": 2, "tp": 2, "cp_balancer": "cost"}, "chat", {"jepa": {"k": 1}}),
+    "cp2-pp2-chat": (4, {"cp": 2, "pp": 2}, "chat", None),
+    "cp2-pp2-interleaved-jepa": (4, {"cp": 2, "pp": 2, "pp_schedule": "Interleaved1F1B", "pp_stages_per_rank": 2},
+                                 "chat", {"jepa": {"k": 1}}),
+}
+
+
+def _train_each(cases: dict) -> list[list[float]]:
+    """Several runs one after the other in the same processes (one process group, a mesh each)."""
+    from helpers import run_train
+
+    return [run_train(c) for c in cases["runs"]]
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_training_under_cp_equals_one_process(demo_dir, tmp_path, world):
     """[parallelism] cp in the training loop: 5 AdamW steps of next-token, next-token +
     LLM-JEPA (separate views with 2 predictor tokens, shared-prefix, InfoNCE over dp x cp) or
     next-token + STP (spans and their masked views crossing the chunk boundaries, the linear
     predictor, curvature triples), on packed documents or chat rows (per-document positions,
     padding, views split across ranks), the losses equal one process's (InfoNCE: dp_shard
     2's, whose negatives span the two dp ranks' samples where one process sees one
-    micro-batch's)."""
+    micro-batch's). Every case of a world size runs in one launch (process start-up is most
+    of a case's time on 2 cores); a failure names its case."""
     from helpers import tiny_config
 
-    sections = {"training": {"seq_len": 128}}
-    if data == "chat":
-        sections["data"] = {"kind": "chat", "path": str(demo_dir / "regex_train.jsonl")}
-    for name, keys in (objective or {}).items():
-        sections[name] = {"enable": True, **keys}
-    if objective and objective.get("jepa", {}).get("distance") == "infonce":
-        one = launch(2, tiny_config(tmp_path / "one", demo_dir, parallelism={"dp_shard": 2}, **sections), tmp_path)
-    else:
-        one = launch(1, tiny_config(tmp_path / "one", demo_dir, **sections), tmp_path)
-    got = launch(world, tiny_config(tmp_path / "cp", demo_dir, parallelism=parallelism, **sections), tmp_path)
-    assert len(got) == 5 and got[-1] < got[0]
-    assert got == pytest.approx(one, rel=2e-5), (got, one)
+    def config(name, folder, parallelism):
+        _, _, data, objective = TRAINING_CASES[name]
+        sections = {"training": {"seq_len": 128}}
+        if data == "chat":
+            sections["data"] = {"kind": "chat", "path": str(demo_dir / "regex_train.jsonl")}
+        for section, keys in (objective or {}).items():
+            sections[section] = {"enable": True, **keys}
+        return tiny_config(tmp_path / name / folder, demo_dir, parallelism=parallelism, **sections)
+
+    names = [n for n, case in TRAINING_CASES.items() if case[0] == world]
+    infonce = [n for n in names if (TRAINING_CASES[n][3] or {}).get("jepa", {}).get("distance") == "infonce"]
+    one = {n: launch(1, config(n, "one", {}), tmp_path) for n in names if n not in infonce}
+    if infonce:
+        runs = [config(n, "one", {"dp_shard": 2}) for n in infonce]
+        one.update(zip(infonce, launch(2, {"runs": runs}, tmp_path, fn=_train_each)))
+    got = launch(world, {"runs": [config(n, "cp", TRAINING_CASES[n][1]) for n in names]}, tmp_path, fn=_train_each)
+    for name, losses in zip(names, got):
+        assert len(losses) == 5 and losses[-1] < losses[0], name
+        assert losses == pytest.approx(one[name], rel=2e-5), (name, losses, one[name])
 
 
 def test_cp_refuses_what_it_does_not_run_yet_in_one_line(demo_dir, tmp_path):

@@ -43,18 +43,32 @@ def test_pp2_1f1b_equals_one_with_grad_norm_and_clipping(single, demo_dir, tmp_p
     assert min(single[1]) > 0.5  # clipped at every step
 
 
-@pytest.mark.parametrize("world,parallelism", [
-    (2, {"pp": 2, "pp_schedule": "Interleaved1F1B", "pp_stages_per_rank": 2}),  # 4 stages of 1 layer
-    (2, {"pp": 2, "pp_schedule": "ZBVZeroBubble", "pp_stages_per_rank": 2}),  # zero bubble, a V of stages
-    (2, {"pp": 2, "pp_schedule": "InterleavedZeroBubble", "pp_stages_per_rank": 2}),  # zero bubble, looped
-    (2, {"pp": 2, "pp_schedule": "GPipe", "pp_layers_per_stage": [1, 3]}),  # an uneven split
-    (4, {"pp": 2, "dp_shard": 2}),
-    (4, {"pp": 2, "tp": 2}),
-], ids=["interleaved-v2", "zbv", "interleaved-zb", "gpipe-uneven", "pp2-fsdp2", "pp2-tp2"])
-def test_layouts_equal_one(single, demo_dir, tmp_path, world, parallelism):
-    losses = launch(world, _cfg(tmp_path, demo_dir, parallelism=parallelism), tmp_path)
-    assert losses == pytest.approx(single[0], rel=1e-4)
-    assert _grad_norms(tmp_path) == pytest.approx(single[1], rel=1e-4)
+LAYOUTS = {  # id: (world, [parallelism])
+    "interleaved-v2": (2, {"pp": 2, "pp_schedule": "Interleaved1F1B", "pp_stages_per_rank": 2}),  # 4 stages of 1 layer
+    "zbv": (2, {"pp": 2, "pp_schedule": "ZBVZeroBubble", "pp_stages_per_rank": 2}),  # zero bubble, a V of stages
+    "interleaved-zb": (2, {"pp": 2, "pp_schedule": "InterleavedZeroBubble", "pp_stages_per_rank": 2}),  # looped
+    "gpipe-uneven": (2, {"pp": 2, "pp_schedule": "GPipe", "pp_layers_per_stage": [1, 3]}),  # an uneven split
+    "pp2-fsdp2": (4, {"pp": 2, "dp_shard": 2}),
+    "pp2-tp2": (4, {"pp": 2, "tp": 2}),
+}
+
+
+def _train_each(cases: dict) -> list[list[float]]:
+    """Several runs one after the other in the same processes (one process group, a mesh each)."""
+    from helpers import run_train
+
+    return [run_train(c) for c in cases["runs"]]
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_layouts_equal_one(single, demo_dir, tmp_path, world):
+    """Every layout of a world size in one launch (process start-up is most of a layout's
+    time on 2 cores); a failure names its layout."""
+    names = [n for n, (w, _) in LAYOUTS.items() if w == world]
+    runs = [_cfg(tmp_path / n, demo_dir, parallelism=LAYOUTS[n][1]) for n in names]
+    for name, losses in zip(names, launch(world, {"runs": runs}, tmp_path, fn=_train_each)):
+        assert losses == pytest.approx(single[0], rel=1e-4), name
+        assert _grad_norms(tmp_path / name) == pytest.approx(single[1], rel=1e-4), name
 
 
 CHAT = {"kind": "chat", "loss_on": "all"}
