@@ -317,17 +317,23 @@ def _train_float8_anywhere(cfg: dict) -> list[float]:
     return run_train(cfg)
 
 
+def _train_each_float8(cases: dict) -> list[list[float]]:
+    """Several float8 runs one after the other in the same processes (one launch)."""
+    return [_train_float8_anywhere(c) for c in cases["runs"]]
+
+
 @pytest.fixture(scope="module")
 def float8_runs(demo_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("float8")
     base = {"training": {"local_batch_size": 2, "steps": 4}}
     f8 = {"enable": True, "recipe": "tensorwise"}
+    two = [tiny_config(tmp / "fsdp", demo_dir, **base, float8=f8),
+           tiny_config(tmp / "tp", demo_dir, **base, float8=f8, parallelism={"tp": 2})]
+    fsdp, tp = launch(2, {"runs": two}, tmp, fn=_train_each_float8)  # one launch for both layouts
     return {
         "fp32": launch(1, tiny_config(tmp / "fp32", demo_dir, **base), tmp),
         "one": launch(1, tiny_config(tmp / "one", demo_dir, **base, float8=f8), tmp, fn=_train_float8_anywhere),
-        "fsdp": launch(2, tiny_config(tmp / "fsdp", demo_dir, **base, float8=f8), tmp, fn=_train_float8_anywhere),
-        "tp": launch(2, tiny_config(tmp / "tp", demo_dir, **base, float8=f8, parallelism={"tp": 2}), tmp,
-                     fn=_train_float8_anywhere),
+        "fsdp": fsdp, "tp": tp,
     }
 
 
