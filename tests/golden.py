@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from helpers import ROOT, launch  # noqa: E402
+from helpers import ROOT, launch, train_each  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parent / "golden_losses.json"
 STEPS = 10
@@ -65,13 +65,6 @@ def config(name: str, layout: str, run_dir: Path, data_dir: Path) -> dict:
 
 def run(name: str, layout: str, run_dir: Path, data_dir: Path) -> list[float]:
     return launch(LAYOUTS[layout][0], config(name, layout, run_dir, data_dir), run_dir)
-
-
-def train_each(cases: dict) -> list[list[float]]:
-    """Several runs one after the other in the same processes (one process group)."""
-    from helpers import run_train
-
-    return [run_train(c) for c in cases["runs"]]
 
 
 def run_all(name: str, run_dir: Path, data_dir: Path) -> dict[str, list[float]]:

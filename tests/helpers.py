@@ -102,6 +102,12 @@ def run_train(cfg_dict: dict) -> list[float]:
     return train(load_config(extra=cfg_dict))
 
 
+def train_each(cases: dict) -> list[list[float]]:
+    """``launch`` fn: several runs (``cases["runs"]``) one after the other in the same processes
+    (one process group, a mesh each): process start-up, most of a tiny run on 2 cores, once."""
+    return [run_train(c) for c in cases["runs"]]
+
+
 def launch(world: int, cfg_dict: dict, tmp: Path, fn=run_train):
     """Run ``fn(cfg_dict)`` on ``world`` gloo processes; returns rank 0's (JSON) result."""
     out = tmp / f"result_{world}_{os.getpid()}_{free_port()}.json"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import launch
+from helpers import launch, train_each
 from titan_jepa.models.attention import MaskMeta, dense_mask
 from titan_jepa.parallel.context_parallel import (CPShapeError, Sharding, balance, check_seq_len, cost_balanced,
                                                   head_tail, shard)
@@ -302,13 +302,6 @@ TRAINING_CASES = {  # id: (world, [parallelism], data, objective sections)
 }
 
 
-def _train_each(cases: dict) -> list[list[float]]:
-    """Several runs one after the other in the same processes (one process group, a mesh each)."""
-    from helpers import run_train
-
-    return [run_train(c) for c in cases["runs"]]
-
-
 @pytest.mark.parametrize("world", [2, 4])
 def test_training_under_cp_equals_one_process(demo_dir, tmp_path, world):
     """[parallelism] cp in the training loop: 5 AdamW steps of next-token, next-token +
@@ -335,8 +328,8 @@ def test_training_under_cp_equals_one_process(demo_dir, tmp_path, world):
     one = {n: launch(1, config(n, "one", {}), tmp_path) for n in names if n not in infonce}
     if infonce:
         runs = [config(n, "one", {"dp_shard": 2}) for n in infonce]
-        one.update(zip(infonce, launch(2, {"runs": runs}, tmp_path, fn=_train_each)))
-    got = launch(world, {"runs": [config(n, "cp", TRAINING_CASES[n][1]) for n in names]}, tmp_path, fn=_train_each)
+        one.update(zip(infonce, launch(2, {"runs": runs}, tmp_path, fn=train_each)))
+    got = launch(world, {"runs": [config(n, "cp", TRAINING_CASES[n][1]) for n in names]}, tmp_path, fn=train_each)
     for name, losses in zip(names, got):
         assert len(losses) == 5 and losses[-1] < losses[0], name
         assert losses == pytest.approx(one[name], rel=2e-5), (name, losses, one[name])

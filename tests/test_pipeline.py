@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from helpers import launch, tiny_config
+from helpers import launch, tiny_config, train_each
 from titan_jepa.config import ConfigError, load_config
 from titan_jepa.models.llama import Transformer, build_model, model_args_for
 from titan_jepa.parallel.mesh import ParallelDims
@@ -53,20 +53,13 @@ LAYOUTS = {  # id: (world, [parallelism])
 }
 
 
-def _train_each(cases: dict) -> list[list[float]]:
-    """Several runs one after the other in the same processes (one process group, a mesh each)."""
-    from helpers import run_train
-
-    return [run_train(c) for c in cases["runs"]]
-
-
 @pytest.mark.parametrize("world", [2, 4])
 def test_layouts_equal_one(single, demo_dir, tmp_path, world):
     """Every layout of a world size in one launch (process start-up is most of a layout's
     time on 2 cores); a failure names its layout."""
     names = [n for n, (w, _) in LAYOUTS.items() if w == world]
     runs = [_cfg(tmp_path / n, demo_dir, parallelism=LAYOUTS[n][1]) for n in names]
-    for name, losses in zip(names, launch(world, {"runs": runs}, tmp_path, fn=_train_each)):
+    for name, losses in zip(names, launch(world, {"runs": runs}, tmp_path, fn=train_each)):
         assert losses == pytest.approx(single[0], rel=1e-4), name
         assert _grad_norms(tmp_path / name) == pytest.approx(single[1], rel=1e-4), name
 
