@@ -67,12 +67,15 @@ def run(name: str, layout: str, run_dir: Path, data_dir: Path) -> list[float]:
     return launch(LAYOUTS[layout][0], config(name, layout, run_dir, data_dir), run_dir)
 
 
-def run_all(name: str, run_dir: Path, data_dir: Path) -> dict[str, list[float]]:
-    """Every layout of config ``name``: one process, then the 2-process layouts in one launch."""
-    out = {"1proc": run(name, "1proc", run_dir, data_dir)}
-    two = [lay for lay, (world, _) in LAYOUTS.items() if world == 2]
-    got = launch(2, {"runs": [config(name, lay, run_dir, data_dir) for lay in two]}, run_dir, fn=train_each)
-    return {**out, **dict(zip(two, got))}
+def run_all(run_dir: Path, data_dir: Path) -> dict[str, dict[str, list[float]]]:
+    """{config: {layout: losses}} for every config and layout: the one-process runs in this
+    process, then every 2-process run in one launch (start-up is much of a run's time)."""
+    out = {name: {"1proc": run(name, "1proc", run_dir, data_dir)} for name in CONFIGS}
+    two = [(name, lay) for name in CONFIGS for lay, (world, _) in LAYOUTS.items() if world == 2]
+    got = launch(2, {"runs": [config(name, lay, run_dir, data_dir) for name, lay in two]}, run_dir, fn=train_each)
+    for (name, lay), losses in zip(two, got):
+        out[name][lay] = losses
+    return out
 
 
 def cpu_capability() -> str:
@@ -96,8 +99,8 @@ def record() -> None:
     torch.set_num_threads(1)  # as tests/conftest.py
     with tempfile.TemporaryDirectory() as tmp:
         data = demo_data(Path(tmp) / "demo")
-        out = {f"{n}/{lay}": losses for n in CONFIGS
-               for lay, losses in run_all(n, Path(tmp) / "runs", data).items()}
+        out = {f"{n}/{lay}": losses for n, layouts in run_all(Path(tmp) / "runs", data).items()
+               for lay, losses in layouts.items()}
     sets = recorded()
     sets[cpu_capability()] = out
     GOLDEN.write_text(json.dumps(sets, indent=1) + "\n")

@@ -18,9 +18,15 @@ def test_every_recorded_set_covers_every_config_and_layout():
     assert SETS and all(set(runs) == want for runs in SETS.values()), {c: sorted(want ^ set(r)) for c, r in SETS.items()}
 
 
+@pytest.fixture(scope="module")
+def every_run(demo_dir, tmp_path_factory):
+    """Every config on every layout, run once for the module (two launches in all)."""
+    return run_all(tmp_path_factory.mktemp("golden"), demo_dir)
+
+
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_losses_are_bit_identical_to_the_recorded_ones(name, demo_dir, tmp_path):
-    got = run_all(name, tmp_path, demo_dir)
+def test_losses_are_bit_identical_to_the_recorded_ones(name, every_run):
+    got = every_run[name]
     assert set(got) == set(LAYOUTS)
     for layout, losses in got.items():
         key = f"{name}/{layout}"

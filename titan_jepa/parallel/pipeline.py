@@ -34,14 +34,6 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.pipelining import (
-    PipelineStage,
-    Schedule1F1B,
-    ScheduleGPipe,
-    ScheduleInterleaved1F1B,
-    ScheduleInterleavedZeroBubble,
-    ScheduleZBVZeroBubble,
-)
 
 from titan_jepa.config import JobConfig
 from titan_jepa.config.dtypes import DTYPES
@@ -51,8 +43,10 @@ from titan_jepa.parallel.loss_parallel import loss_context
 from titan_jepa.parallel.mesh import ParallelDims
 from titan_jepa.parallel.parallelize import parallelize
 
-SCHEDULES = {"1F1B": Schedule1F1B, "GPipe": ScheduleGPipe, "Interleaved1F1B": ScheduleInterleaved1F1B,
-             "InterleavedZeroBubble": ScheduleInterleavedZeroBubble, "ZBVZeroBubble": ScheduleZBVZeroBubble}
+# torch.distributed.pipelining is imported when a pipeline is built: it imports torch._dynamo,
+# 0.6 s of start-up for every process that never pipelines
+SCHEDULES = {"1F1B": "Schedule1F1B", "GPipe": "ScheduleGPipe", "Interleaved1F1B": "ScheduleInterleaved1F1B",
+             "InterleavedZeroBubble": "ScheduleInterleavedZeroBubble", "ZBVZeroBubble": "ScheduleZBVZeroBubble"}
 SINGLE_STAGE = ("1F1B", "GPipe")  # one stage per rank; the others take a list of stages
 MASK_KEYS = ("positions", "segment_ids", "context_segment", "context_len")
 
@@ -89,7 +83,7 @@ def mask_inputs(micro_batches: list) -> dict[str, torch.Tensor]:
     return out
 
 
-def _no_self_warmup(stage: PipelineStage) -> None:
+def _no_self_warmup(stage) -> None:
     """torch 2.11's schedules warm up each stage's links by a send and a receive with both
     neighbour stages, also when the neighbour sits on this rank (ZBVZeroBubble's V: rank
     pp - 1 holds two adjacent stages), and gloo cannot send to its own rank ("Pair is not
@@ -121,16 +115,18 @@ class PipelineRunner:
         self._loss_fn: Callable | None = None
         self._batches: list = []
         self._results: list = []
+        import torch.distributed.pipelining as pipelining
+
         pipeline_stages = []
         for s, part in stages:
             if s == num_stages - 1:  # PipelineStage handles plain tuples of tensors, not NamedTuples
                 part.register_forward_hook(lambda module, args, out: tuple(out))
             inputs = examples["tokens"] if s == 0 else examples["residual"]
             outputs = (examples["logits"], examples["hidden"]) if s == num_stages - 1 else examples["residual"]
-            stage = PipelineStage(part, s, num_stages, device, input_args=inputs, output_args=outputs, group=pp_group)
+            stage = pipelining.PipelineStage(part, s, num_stages, device, input_args=inputs, output_args=outputs, group=pp_group)
             _no_self_warmup(stage)
             pipeline_stages.append(stage)
-        cls = SCHEDULES[schedule]
+        cls = getattr(pipelining, SCHEDULES[schedule])
         first = pipeline_stages[0] if schedule in SINGLE_STAGE else pipeline_stages
         self.schedule = cls(first, n_microbatches=n_microbatches, loss_fn=self._schedule_loss, scale_grads=False)
 
