@@ -364,21 +364,22 @@ def test_cp_checkpoint_resumes_on_another_cp_degree(demo_dir, tmp_path):
     save resumes at cp 2: the losses after the resumed step equal the uninterrupted run's."""
     from helpers import tiny_config
 
-    def run(world, name, parallelism, load_step=-1, link_from=None):
-        cfg = tiny_config(tmp_path, demo_dir, training={"seq_len": 128}, parallelism=parallelism,
-                          checkpoint={"enable": True, "interval": 3, "load_step": load_step})
-        cfg["job"]["name"] = name
+    def cfg(name, parallelism, load_step=-1, link_from=None):
+        c = tiny_config(tmp_path, demo_dir, training={"seq_len": 128}, parallelism=parallelism,
+                        checkpoint={"enable": True, "interval": 3, "load_step": load_step})
+        c["job"]["name"] = name
         if link_from:
             (tmp_path / name / "checkpoint").mkdir(parents=True)
             (tmp_path / name / "checkpoint" / "step-3").symlink_to(tmp_path / link_from / "checkpoint" / "step-3")
-        return launch(world, cfg, tmp_path)
+        return c
 
-    cp_full = run(2, "cp", {"cp": 2})
-    one_full = run(1, "one", {})
+    one_full = launch(1, cfg("one", {}), tmp_path)
+    cp_full, one_to_cp = launch(2, {"runs": [cfg("cp", {"cp": 2}), cfg("one-to-cp", {"cp": 2}, 3, "one")]},
+                                tmp_path, fn=train_each)
     assert cp_full == pytest.approx(one_full, rel=2e-5)
-    assert run(1, "cp-to-one", {}, 3, "cp") == pytest.approx(cp_full[3:], rel=2e-5)
-    assert run(4, "cp-to-dp2cp2", {"cp": 2, "dp_shard": 2}, 3, "cp") == pytest.approx(cp_full[3:], rel=2e-5)
-    assert run(2, "one-to-cp", {"cp": 2}, 3, "one") == pytest.approx(one_full[3:], rel=2e-5)
+    assert one_to_cp == pytest.approx(one_full[3:], rel=2e-5)
+    assert launch(1, cfg("cp-to-one", {}, 3, "cp"), tmp_path) == pytest.approx(cp_full[3:], rel=2e-5)
+    assert launch(4, cfg("cp-to-dp2cp2", {"cp": 2, "dp_shard": 2}, 3, "cp"), tmp_path) == pytest.approx(cp_full[3:], rel=2e-5)
 
 
 def test_validation_under_cp_equals_one_process(demo_dir, tmp_path):

@@ -108,29 +108,27 @@ def test_pruned_stages_initialise_as_one_process():
 
 def test_checkpoints_across_layouts(demo_dir, tmp_path):
     """A PP=2 save resumes exactly at PP=2, at one process and at FSDP 2; an FSDP 2 save
-    resumes at PP=2 (the 5-step losses after the resumed step equal the uninterrupted run's)."""
-    ckpt = {"enable": True, "interval": 3}
+    resumes at PP=2 (the 5-step losses after the resumed step equal the uninterrupted run's).
+    The 2-rank runs go in two launches: the full runs, then the resumed ones."""
+    pp, fsdp = {"pp": 2}, {"dp_shard": 2}
 
-    def run(world, name, parallelism=None, load_step=-1):
-        cfg = _cfg(tmp_path, demo_dir, checkpoint={**ckpt, "load_step": load_step},
-                   parallelism=parallelism or {})
-        cfg["job"]["name"] = name
-        return launch(world, cfg, tmp_path)
+    def cfg(name, parallelism, load_step=-1, source=None):
+        c = _cfg(tmp_path, demo_dir, checkpoint={"enable": True, "interval": 3, "load_step": load_step},
+                 parallelism=parallelism)
+        c["job"]["name"] = name
+        if source:  # resume from the source run's step 3
+            (tmp_path / name / "checkpoint").mkdir(parents=True)
+            (tmp_path / name / "checkpoint" / "step-3").symlink_to(tmp_path / source / "checkpoint" / "step-3")
+        return c
 
-    pp = {"pp": 2}
-    full = run(2, "pp", pp)  # saves steps 3 and 5
-    for name, world, layout in (("one", 1, {}), ("fsdp2", 2, {"dp_shard": 2}), ("pp2", 2, pp)):
-        name = f"from-pp-to-{name}"
-        (tmp_path / name / "checkpoint").mkdir(parents=True)
-        (tmp_path / name / "checkpoint" / "step-3").symlink_to(tmp_path / "pp" / "checkpoint" / "step-3")
-        resumed = run(world, name, layout, load_step=3)
-        assert resumed == pytest.approx(full[3:], rel=1e-4), layout
-        if layout == pp:
-            assert resumed == full[3:]  # the same layout resumes bit-identically
-    fsdp = run(2, "fsdp", {"dp_shard": 2})
-    (tmp_path / "from-fsdp" / "checkpoint").mkdir(parents=True)
-    (tmp_path / "from-fsdp" / "checkpoint" / "step-3").symlink_to(tmp_path / "fsdp" / "checkpoint" / "step-3")
-    assert run(2, "from-fsdp", pp, load_step=3) == pytest.approx(fsdp[3:], rel=1e-4)
+    full, fsdp_full = launch(2, {"runs": [cfg("pp", pp), cfg("fsdp", fsdp)]}, tmp_path, fn=train_each)  # save 3, 5
+    resumed = {"one": launch(1, cfg("from-pp-to-one", {}, 3, "pp"), tmp_path)}
+    runs = [cfg("from-pp-to-fsdp2", fsdp, 3, "pp"), cfg("from-pp-to-pp2", pp, 3, "pp"), cfg("from-fsdp", pp, 3, "fsdp")]
+    resumed.update(zip(("fsdp2", "pp2", "from-fsdp"), launch(2, {"runs": runs}, tmp_path, fn=train_each)))
+    for name in ("one", "fsdp2", "pp2"):
+        assert resumed[name] == pytest.approx(full[3:], rel=1e-4), name
+    assert resumed["pp2"] == full[3:]  # the same layout resumes bit-identically
+    assert resumed["from-fsdp"] == pytest.approx(fsdp_full[3:], rel=1e-4)
 
 
 @pytest.mark.parametrize("parallelism,world,match", [
