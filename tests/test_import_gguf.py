@@ -33,6 +33,9 @@ def test_folder_holds_a_complete_hf_model(smollm2_hf):
                  "generation_config.json"):
         assert (smollm2_hf / name).is_file(), name
     assert not smollm2_hf.with_name(smollm2_hf.name + ".tmp").exists()
+    import gguf  # the tool's parse-once readers are gone after the import
+
+    assert gguf.GGUFReader.__name__ == "GGUFReader" and gguf.get_tensor_name_map.__name__ == "get_tensor_name_map"
     assert all(f.stat().st_mode & 0o044 == 0o044 for f in smollm2_hf.iterdir())  # readable by others
     cfg = json.loads((smollm2_hf / "config.json").read_text())
     assert cfg["model_type"] == "llama" and cfg["architectures"] == ["LlamaForCausalLM"]

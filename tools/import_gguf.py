@@ -18,6 +18,7 @@ transformers, gguf and accelerate: pip install 'titan-jepa[gguf]'.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import shutil
 import sys
@@ -127,6 +128,36 @@ def _first_line(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 
+@contextlib.contextmanager
+def gguf_parsed_once():
+    """transformers reads the GGUF three times (tokenizer, config, weights), each time with a new
+    ``gguf.GGUFReader``, whose metadata parse is pure Python (~6 s for SmolLM2's 49k-token
+    vocabulary), and builds gguf's tensor-name map once per module of the model (~400 times,
+    the same map). While loading, both are made once per distinct arguments and reused
+    (read-only); the written folder is byte-identical."""
+    import gguf
+
+    real = {name: getattr(gguf, name) for name in ("GGUFReader", "get_tensor_name_map")}
+
+    def once(make):
+        made = {}
+
+        def get(*args, **kwargs):
+            key = (tuple(str(a) for a in args), tuple(sorted(kwargs.items())))
+            if key not in made:
+                made[key] = make(*args, **kwargs)
+            return made[key]
+        return get
+
+    for name, make in real.items():
+        setattr(gguf, name, once(make))
+    try:
+        yield
+    finally:
+        for name, make in real.items():
+            setattr(gguf, name, make)
+
+
 def load_gguf(path: Path):
     """(model, tokenizer) of a GGUF file, dequantised to float32 by transformers."""
     import torch
@@ -134,8 +165,9 @@ def load_gguf(path: Path):
 
     folder, name = str(path.parent), path.name
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        with gguf_parsed_once():
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     except Exception as e:  # an unsupported quantisation or tokenizer: say what transformers said
         fail(f"transformers cannot load '{path}': {type(e).__name__}: {_first_line(e)}")
     return model, tokenizer
