@@ -34,3 +34,16 @@ def smollm2_hf(tmp_path_factory):
     with open(root / "smollm2_hf.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         return convert_smollm2(root / "smollm2_hf")
+
+
+# The longest files first (their test time under `pytest -n 2 --dist loadfile` on the 2-core CI
+# machine, 2026-12-07): the two workers take files in collection order, so a long file collected
+# last (alphabetically, the walkthroughs) would leave one worker alone at the end.
+LONGEST_FIRST = ("test_context_parallel", "test_golden", "test_smollm2", "test_walkthrough_smollm2",
+                 "test_sweep", "test_pipeline", "test_grown_vocab", "test_fault_tolerance", "test_run_folder",
+                 "test_ops", "test_checkpoint", "test_walkthrough", "test_gpu_bench", "test_signal_trials")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: files keep their order

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import ROOT, launch, tiny_config
+from helpers import ROOT, launch, tiny_config, train_each
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json")
 
@@ -60,26 +60,36 @@ def one_process(tiny_chatml, demo_dir, tmp_path_factory):
     return launch(1, jepa_config(tmp, demo_dir, tiny_chatml), tmp), tmp
 
 
-@pytest.mark.parametrize("parallelism", [{"dp_shard": 2}, {"tp": 2}], ids=["fsdp2", "tp2"])
-def test_grown_vocabulary_trains_the_same_on_two_ranks(one_process, tiny_chatml, demo_dir, tmp_path, parallelism):
+@pytest.fixture(scope="module")
+def two_ranks(tiny_chatml, demo_dir, tmp_path_factory):
+    """The 2-rank runs, in one launch: FSDP 2 and TP 2 for 4 steps; FSDP 2 for 2 steps, then
+    resumed under TP 2 with a model-only export. {name: (losses, run folder)}."""
+    tmp = {name: tmp_path_factory.mktemp(name) for name in ("fsdp2", "tp2", "resume")}
+    runs = {name: jepa_config(tmp[name], demo_dir, tiny_chatml, parallelism=par)
+            for name, par in (("fsdp2", {"dp_shard": 2}), ("tp2", {"tp": 2}))}
+    cfg = jepa_config(tmp["resume"], demo_dir, tiny_chatml, parallelism={"dp_shard": 2})
+    runs["first"] = dict(cfg, training={**cfg["training"], "steps": 2})
+    runs["resumed"] = dict(cfg, parallelism={"tp": 2}, checkpoint={**cfg["checkpoint"], "model_only_export": True})
+    got = launch(2, {"runs": list(runs.values())}, tmp["resume"], fn=train_each)
+    return {name: (losses, tmp.get(name, tmp["resume"])) for name, losses in zip(runs, got)}
+
+
+@pytest.mark.parametrize("layout", ["fsdp2", "tp2"])
+def test_grown_vocabulary_trains_the_same_on_two_ranks(one_process, two_ranks, layout):
     single, run = one_process
     tokens = json.loads((run / "t" / "checkpoint" / "step-4" / "tokens.json").read_text())
     assert tokens["added"] == {"<|predictor_1|>": 49152, "<|pad|>": 49153} and tokens["pad_id"] == 49153
     args = json.loads((run / "t" / "checkpoint" / "step-4" / "model_args.json").read_text())
     assert args["vocab_size"] == 49216 and args["tie_embeddings"]
-    losses = launch(2, jepa_config(tmp_path, demo_dir, tiny_chatml, parallelism=parallelism), tmp_path)
-    assert losses == pytest.approx(single, rel=1e-5)
+    assert two_ranks[layout][0] == pytest.approx(single, rel=1e-5)
 
 
-def test_fsdp_checkpoint_resumes_under_tp_and_exports(one_process, tiny_chatml, demo_dir, tmp_path):
+def test_fsdp_checkpoint_resumes_under_tp_and_exports(one_process, two_ranks, tmp_path):
     single, _ = one_process
-    cfg = jepa_config(tmp_path, demo_dir, tiny_chatml, parallelism={"dp_shard": 2})
-    first = launch(2, dict(cfg, training={**cfg["training"], "steps": 2}), tmp_path)
-    resumed = launch(2, dict(cfg, parallelism={"tp": 2}, checkpoint={**cfg["checkpoint"], "model_only_export": True}),
-                     tmp_path)
-    assert first + resumed == pytest.approx(single, rel=1e-5)
+    (first, _), (resumed, folder) = two_ranks["first"], two_ranks["resumed"]
+    assert len(first) == 2 and first + resumed == pytest.approx(single, rel=1e-5)
     # the model-only export -> a Hugging Face folder with the grown vocabulary and its tokenizer
-    export = tmp_path / "t" / "checkpoint" / "model-only" / "step-4"
+    export = folder / "t" / "checkpoint" / "model-only" / "step-4"
     out = tmp_path / "hf"
     proc = subprocess.run([sys.executable, "tools/convert_hf.py", "--to-hf", "--src", str(export), "--dst", str(out)],
                           cwd=ROOT, capture_output=True, text=True)
