@@ -2,12 +2,13 @@
 
 import math
 import random
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import launch, tiny_config
+from helpers import launch, tiny_config, train_each
 from titan_jepa.config import load_config
 from titan_jepa.data.loader import build_dataloader
 from titan_jepa.data.spans import StpSpans
@@ -169,14 +170,28 @@ def test_chat_mask_views_are_packed_in_the_row(demo_dir, tmp_path):
     assert (seg[target] == seg[pred] + 1).all()
 
 
-@pytest.mark.parametrize("mode,extra,parallelism", [
-    ("random_span", {"linear_predictor": True, "weighting": "cosine_like"}, {}),
-    ("curvature", {}, {}),
-    ("random_span", {"linear_predictor": True}, {"tp": 2}),  # the predictor is whole on each tp rank
-], ids=["random_span-fsdp", "curvature-fsdp", "random_span-tp"])
-def test_two_ranks_equal_one(demo_dir, tmp_path, mode, extra, parallelism):
-    cfg = tiny_config(tmp_path, demo_dir, training={"local_batch_size": 2, "steps": 3},
-                      stp={"enable": True, "mode": mode, "lambda": 0.5, **extra})
-    single = launch(1, cfg, tmp_path)
-    double = launch(2, dict(cfg, parallelism=parallelism), tmp_path)
+TWO_RANK_CASES = {
+    "random_span-fsdp": ("random_span", {"linear_predictor": True, "weighting": "cosine_like"}, {}),
+    "curvature-fsdp": ("curvature", {}, {}),
+    "random_span-tp": ("random_span", {"linear_predictor": True}, {"tp": 2}),  # the predictor is whole on each tp rank
+}
+
+
+@pytest.fixture(scope="module")
+def two_rank_runs(demo_dir, tmp_path_factory):
+    """{case: (one process's losses, 2 ranks' losses)}; every 2-rank run in one launch."""
+    cfgs = {}
+    for case, (mode, extra, _) in TWO_RANK_CASES.items():
+        cfgs[case] = tiny_config(tmp_path_factory.mktemp(case), demo_dir, training={"local_batch_size": 2, "steps": 3},
+                                 stp={"enable": True, "mode": mode, "lambda": 0.5, **extra})
+    single = {case: launch(1, cfg, Path(cfg["job"]["dump_folder"])) for case, cfg in cfgs.items()}
+    runs = [dict(cfg, parallelism=TWO_RANK_CASES[case][2], job={**cfg["job"], "name": "two"})
+            for case, cfg in cfgs.items()]
+    double = launch(2, {"runs": runs}, tmp_path_factory.mktemp("launch"), fn=train_each)
+    return {case: (single[case], d) for case, d in zip(cfgs, double)}
+
+
+@pytest.mark.parametrize("case", list(TWO_RANK_CASES))
+def test_two_ranks_equal_one(two_rank_runs, case):
+    single, double = two_rank_runs[case]
     assert double == pytest.approx(single, rel=1e-4)
