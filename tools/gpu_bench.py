@@ -31,7 +31,7 @@ DIR defaults to $OUT, else outputs/gpu_bench. Sections, each with its own time b
        8 and 64 synth samples, with ours on flex and on sdpa: ours packed vs transformers
        padded to the longest (next-token), ours LLM-JEPA separate views vs the reference's
        3-group and 2-group (4D mask) layouts with transformers' model (tools/bench_smollm2.py
-       on the GPU, in bf16).
+       on the GPU, in bf16; the smoke: 2 samples, sdpa, the shape cut to 2 layers).
 
   g    context parallelism's all-gather attention at cp = 1 (a one-rank group) against the
        model's own attention on packed documents (32/8 heads of 128, the 8B's attention shape),
