@@ -212,6 +212,21 @@ def test_tiny_sweep_end_to_end(tmp_path, demo_dir):
     assert again["runs"] == data["runs"]  # the same record, whichever invocation reads it
 
 
+def test_a_run_stopped_early_is_not_evaluated_as_finished(tmp_path, demo_dir):
+    """A trainer stopped by SIGTERM saves its step and exits 0; the sweep must not take that
+    checkpoint for the run's final one (here: a 4-step run whose last save is step 2)."""
+    from helpers import launch, tiny_config
+
+    launch(1, tiny_config(tmp_path, demo_dir, training={"steps": 4},
+                          checkpoint={"enable": True, "interval": 2, "model_only_export": True}), tmp_path)
+    run, folder = tmp_path / "t", tmp_path / "t" / "checkpoint"
+    assert sweep.final_checkpoint(run) == folder / "model-only" / "step-4"
+    shutil.rmtree(folder / "model-only")
+    shutil.rmtree(folder / "step-4")  # what a run preempted after step 2 leaves
+    with pytest.raises(sweep.SweepError, match=r"^t stopped after step 2 of 4 \(preempted\?\); rerun with --resume"):
+        sweep.final_checkpoint(run)
+
+
 def test_training_seconds_sums_every_invocation_of_a_resumed_run(tmp_path):
     m = tmp_path / "metrics.jsonl"
     assert sweep.training_seconds(m) is None

@@ -216,14 +216,19 @@ def check_configs(a: argparse.Namespace, arms: list[Arm], runs: Path) -> None:
 
 
 def final_checkpoint(run_dir: Path) -> Path:
-    """The run's final model-only export (else its latest full checkpoint)."""
+    """The run's final model-only export (else its latest full checkpoint), which must be of
+    its last step: a run stopped early (SIGTERM to the trainer saves its step and exits 0) is
+    not evaluated as if it had finished."""
     from titan_jepa.checkpoint import checkpoint_folder, complete_checkpoints
 
-    cfg = load_config(run_dir / "config.toml")
+    cfg = load_config(run_dir / "config.toml")  # the run's own: training.steps resolved
     folder = checkpoint_folder(cfg)
     for where in (folder / "model-only", folder):
         found = complete_checkpoints(where)
         if found:
+            if max(found) < cfg.training.steps:
+                raise SweepError(f"{run_dir.name} stopped after step {max(found)} of {cfg.training.steps} "
+                                 f"(preempted?); rerun with --resume to continue it from that checkpoint")
             return found[max(found)]
     raise SweepError(f"{run_dir}: the run left no checkpoint under {folder}")
 
