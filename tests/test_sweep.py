@@ -265,7 +265,7 @@ def test_flips_report_counts_items_each_way(tmp_path):
         with gzip.open(tmp_path / "evals" / f"{name}.json.gz", "wt") as f:
             json.dump({"accuracy": len(right) / 6, "predictions": preds}, f)
         return {"arm": name.rsplit("_s", 1)[0], "seed": int(name.rsplit("_s", 1)[1]), "run": name,
-                "eval_json": f"x/evals/{name}.json.gz"}
+                "eval_json": f"x/evals/{name}.json.gz", "accuracy": len(right) / 6}
 
     (tmp_path / "evals").mkdir()
     runs = [evals("baseline_s1", {0, 1, 2}), evals("jepa_s1", {1, 2, 3, 4}), evals("jepa_s2", {0})]
@@ -273,6 +273,22 @@ def test_flips_report_counts_items_each_way(tmp_path):
     rows = flips_report.flips(tmp_path)
     assert rows == [{"arm": "jepa", "seed": 1, "n": 6, "gained": 2, "lost": 1, "net": 1}]  # seed 2: no baseline
     assert "| jepa | 1 | 6 | 2 | 1 | +1 |" in flips_report.markdown(rows, "baseline")
+
+    # the paired accuracy test against any arm, here a control that gets one more item per seed
+    runs += [evals("baseline_s2", {0, 1}), evals("ctl_s1", {0, 1, 2, 3}), evals("ctl_s2", {0, 1, 2}),
+             evals("ctl_s3", {0})]
+    (tmp_path / "results.json").write_text(json.dumps({"runs": runs}))
+    (row,) = [r for r in flips_report.paired(tmp_path, "ctl") if r["arm"] == "baseline"]
+    assert row["seeds"] == [1, 2] and row["diffs"] == pytest.approx([-100 / 6] * 2)
+    assert row["p"] == 1.0  # a constant loss is no evidence for "better"
+    (row,) = [r for r in flips_report.paired(tmp_path, "baseline") if r["arm"] == "jepa"]
+    diffs = [100 * (4 - 3) / 6, 100 * (1 - 2) / 6]
+    assert row["diffs"] == pytest.approx(diffs) and row["mean_diff"] == pytest.approx(0.0, abs=1e-12)
+    assert row["t"] == pytest.approx(0.0, abs=1e-12) and row["p"] == pytest.approx(0.5)
+    assert "| jepa | 1 2 | +16.67, -16.67 | +0.00 ± 23.57 | 0.000 | 0.5 |" in flips_report.paired_markdown(
+        flips_report.paired(tmp_path, "baseline"), "baseline")
+    with pytest.raises(SystemExit, match=r"no arm named 'nope' .*; arms: baseline, ctl, jepa$"):
+        flips_report.paired(tmp_path, "nope")
 
 
 def test_resumed_runs_keep_the_final_loss_recorded_before_the_sweep_rewrote_its_report(tmp_path):
