@@ -11,7 +11,7 @@
 #           1 epoch of the subset, exact match on a 200-sample held-out slice of synth_train
 #           (disjoint from the subset; never synth_test) -> sweeps/i22_lr
 # main:     the three arms x three seeds at the chosen lr (LR=... to override) -> sweeps/i22_main,
-#           then next-token with LLM-JEPA's step count (next-token-steps, a control) on the same seeds
+#           with next-token at LLM-JEPA's step count (next-token-steps, a control) beside them
 # zeroshot: the untouched model on synth_test -> sweeps/i22_main/zero_shot.json.gz
 # The config shuffles the samples by job.seed (data.shuffle_buffer); the first pass read them in
 # file order, which made every seed the same run (sweeps/i22_inorder, docs/results.md).
@@ -54,25 +54,18 @@ PY
 if [[ $WHAT == main || $WHAT == all ]]; then
   LR=${LR:-$(best_lr 2>/dev/null || echo "<the best lr of sweeps/i22_lr>")}
   echo "learning rate: $LR"
-  # shellcheck disable=SC2086
-  python tools/sweep.py --config "$CONFIG" --seeds "${SEEDS[@]}" \
-    --baseline jepa.enable=false $NTP_ROWS \
-    --arm "llm-jepa jepa.enable=true jepa.lambda=1 jepa.k=1" \
-    --arm "stp jepa.enable=false stp.enable=true stp.mode=random_span stp.linear_predictor=true stp.lambda=0.02 $NTP_ROWS" \
-    --set optimizer.lr="$LR" data.path="$SUBSET" data.num_epochs=4 \
-    --eval-data "$TEST" "${EVAL[@]}" --resume --out sweeps/i22_main "${EXTRA[@]}"
-  # then a control for the step count: LLM-JEPA's rows hold fewer samples (its views), so its
-  # 4 epochs take 246-247 optimizer steps of ~16 samples against next-token's 221 of ~18, on
-  # the same lr schedule. next-token-steps packs next-token into rows of 460 tokens: 246 steps
-  # of ~16 samples on every seed (count_batches), the same data, epochs and lr. Run second
-  # (the sweep goes seed by seed) so the three arms' seeds finish first; compare with
+  # next-token-steps is a control for the step count: LLM-JEPA's rows hold fewer samples (its
+  # views), so its 4 epochs take 246-247 optimizer steps of ~16 samples against next-token's 221
+  # of ~18, on the same lr schedule. next-token-steps packs next-token into rows of 460 tokens:
+  # 246 steps of ~16 samples on every seed (count_batches), the same data, epochs and lr. The
+  # sweep goes seed by seed, each seed's arms in this order; compare with
   # python tools/flips_report.py sweeps/i22_main --baseline next-token-steps
   # shellcheck disable=SC2086
   python tools/sweep.py --config "$CONFIG" --seeds "${SEEDS[@]}" \
     --baseline jepa.enable=false $NTP_ROWS \
+    --arm "next-token-steps jepa.enable=false $NTP_ROWS training.seq_len=460" \
     --arm "llm-jepa jepa.enable=true jepa.lambda=1 jepa.k=1" \
     --arm "stp jepa.enable=false stp.enable=true stp.mode=random_span stp.linear_predictor=true stp.lambda=0.02 $NTP_ROWS" \
-    --arm "next-token-steps jepa.enable=false $NTP_ROWS training.seq_len=460" \
     --set optimizer.lr="$LR" data.path="$SUBSET" data.num_epochs=4 \
     --eval-data "$TEST" "${EVAL[@]}" --resume --out sweeps/i22_main "${EXTRA[@]}"
 fi
