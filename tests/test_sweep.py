@@ -291,6 +291,28 @@ def test_flips_report_counts_items_each_way(tmp_path):
         flips_report.paired(tmp_path, "nope")
 
 
+def test_collapse_report_picks_the_steps_and_the_last_and_names_runs_without_jepa(tmp_path):
+    import collapse_report
+    rows = [{"step": s, "loss": 1.0, "jepa_cos": 0.9 + s / 1000, "jepa_pred_erank": 3.0 - s / 100,
+             "jepa_target_erank": 4.0 - s / 100} for s in (10, 20, 40, 60, 77)]
+    jepa = tmp_path / "llm-jepa_s1.metrics.jsonl"
+    jepa.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    ntp = tmp_path / "baseline_s1.metrics.jsonl"
+    ntp.write_text(json.dumps({"step": 10, "loss": 1.0}) + "\n")
+    rep = collapse_report.collapse(jepa, [10, 50])
+    # 50 was not logged: the first step after it (60); the last step (77) is added
+    assert rep["run"] == "llm-jepa_s1" and [p[0] for p in rep["points"]] == [10, 60, 77]
+    assert rep["points"][1] == pytest.approx((60, 0.96, 2.4, 3.4))
+    md = collapse_report.markdown([rep, collapse_report.collapse(ntp, [10])])
+    assert "| llm-jepa_s1 | 77 | 0.9770 | 2.23 | 3.23 |" in md
+    assert "| baseline_s1 | — | no JEPA metrics | | |" in md
+    with pytest.raises(SystemExit, match="does not exist"):
+        collapse_report.collapse(tmp_path / "missing.jsonl", [10])
+    jepa.write_text("{not json\n")
+    with pytest.raises(SystemExit, match=r"llm-jepa_s1.metrics.jsonl:1 is not JSON"):
+        collapse_report.collapse(jepa, [10])
+
+
 def test_resumed_runs_keep_the_final_loss_recorded_before_the_sweep_rewrote_its_report(tmp_path):
     """A resumed sweep whose run folders are gone takes each run's final loss from the
     results.json as it was when the sweep started, though it rewrites that file after
