@@ -29,6 +29,47 @@ def test_debug_model_loss_goes_down(demo_dir, tmp_path):
     assert load_config(run / "config.toml").training.steps == 30
 
 
+def test_one_rank_bfloat16_computes_under_autocast_with_float32_parameters(demo_dir, tmp_path, caplog):
+    """mixed_precision_param = "bfloat16" on one process (no FSDP to apply it) used to be
+    ignored; now the forward and the loss run under torch.autocast(bfloat16), the rest fp32."""
+    import logging
+    from types import SimpleNamespace
+
+    import torch
+
+    from titan_jepa.parallel.mesh import ParallelDims
+    from titan_jepa.parallel.parallelize import autocast_dtype
+    from titan_jepa.parallel.schedule import LocalRunner
+
+    lin = torch.nn.Linear(4, 4)
+    mb = SimpleNamespace(tokens=torch.randn(2, 4), mask_inputs=dict, targets_at=None, tokens_at=None)
+    seen = []
+
+    def loss_fn(out, _):
+        seen.append(out.dtype)
+        return out.float().sum(), None
+
+    LocalRunner(lin, autocast=torch.bfloat16).run([mb], loss_fn)
+    LocalRunner(lin).run([mb], loss_fn)
+    assert seen == [torch.bfloat16, torch.float32]
+    assert lin.weight.dtype == torch.float32 and lin.weight.grad.dtype == torch.float32
+
+    cfg = load_config(extra=tiny_config(tmp_path, demo_dir, training={"mixed_precision_param": "bfloat16"}))
+    assert autocast_dtype(ParallelDims(1, 1, 1, 1), cfg) == torch.bfloat16
+    assert autocast_dtype(ParallelDims(1, 2, 1, 2), cfg) is None  # FSDP casts the parameters itself
+    with caplog.at_level(logging.WARNING, logger="titan_jepa"):
+        assert autocast_dtype(ParallelDims(1, 1, 2, 2), cfg) is None
+    assert "no FSDP" in caplog.text and "dp_shard >= 2" in caplog.text
+
+    fp32 = launch(1, tiny_config(tmp_path / "a", demo_dir, training={"steps": 4}), tmp_path)
+    bf16 = [launch(1, tiny_config(tmp_path / d, demo_dir, training={"steps": 4, "mixed_precision_param": "bfloat16"}),
+                   tmp_path) for d in ("b", "c")]
+    assert bf16[0] == bf16[1]  # deterministic
+    diffs = [abs(a - b) for a, b in zip(fp32, bf16[0])]
+    assert 1e-5 < diffs[0] < 2e-2, diffs  # the first forward already computes in bfloat16
+    assert max(diffs) < 5e-2, diffs
+
+
 @pytest.mark.parametrize("sections", [
     {"activation_checkpoint": {"mode": "selective", "selective_every": 2}},
     {"activation_checkpoint": {"mode": "full"}},

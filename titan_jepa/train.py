@@ -51,7 +51,8 @@ from titan_jepa.objectives.heads import build_heads
 from titan_jepa.optim import build_lr_scheduler, build_optimizer
 from titan_jepa.parallel.collectives import make_all_gather, rank_world
 from titan_jepa.parallel.mesh import ParallelDims, build_mesh, dp_info, init_distributed
-from titan_jepa.parallel.parallelize import clip_grad_norm_, parallelize, parallelize_heads, write_sharded
+from titan_jepa.parallel.parallelize import (autocast_dtype, clip_grad_norm_, parallelize, parallelize_heads,
+                                             write_sharded)
 from titan_jepa.parallel.pipeline import build_pipeline
 from titan_jepa.parallel.context_parallel import CPRunner, apply_cp
 from titan_jepa.parallel.schedule import LocalRunner
@@ -205,6 +206,7 @@ def setup(cfg: JobConfig, hooks: TrainHooks, objectives: list, rank: int, world:
     a = model_args
     logger.info(f"model {cfg.model.flavor or 'from [model]'} (dim {a.dim}, {a.n_layers} layers, {a.n_heads}/"
                 f"{a.n_kv_heads} heads, vocab {a.vocab_size}): {a.num_params() / 1e6:,.1f}M parameters")
+    amp = autocast_dtype(dims, cfg)  # mixed precision where FSDP does not apply it (one dp rank)
     if dims.pp > 1:  # [parallelism] pp: this rank's stages, each parallelised like a whole model
         model, runner = build_pipeline(make_model, dims, mesh, cfg, device)
     elif dims.cp > 1:  # [parallelism] cp: each row split over the cp ranks, K/V all-gathered
@@ -218,7 +220,8 @@ def setup(cfg: JobConfig, hooks: TrainHooks, objectives: list, rank: int, world:
         model = parallelize(make_model(), dims, mesh, cfg)
         runner = LocalRunner(model, head_on_targets=dims.tp == 1,
                              drop_padding=device.type == "cpu" and dims.tp == 1 and not cfg.compile.enable
-                             and model_args.attn_backend == "sdpa")
+                             and model_args.attn_backend == "sdpa",
+                             autocast=amp)
     # the objectives' trainable heads (e.g. STP's linear predictor), on the rank with the model's head
     heads = build_heads(objectives, model_args.dim) if model.output is not None else None
     model.to_empty(device=device)

@@ -3,6 +3,8 @@ plain Transformer from outside, in that order (as torchtitan's parallelize does)
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -25,6 +27,8 @@ from titan_jepa.parallel.float8 import apply_float8
 from titan_jepa.parallel.mesh import ParallelDims, device_type_for
 
 from titan_jepa.config.dtypes import DTYPES
+
+logger = logging.getLogger("titan_jepa")
 
 
 def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
@@ -183,6 +187,29 @@ def parallelize(model: nn.Module, dims: ParallelDims, mesh: DeviceMesh | None, c
                    DTYPES[cfg.training.mixed_precision_reduce],
                    cfg.parallelism.fsdp_reshard_after_forward, pipeline=dims.pp > 1)
     return model
+
+
+def autocast_dtype(dims: ParallelDims, cfg: JobConfig) -> torch.dtype | None:
+    """The dtype ``torch.autocast`` computes in when FSDP does not apply the mixed precision.
+
+    ``training.mixed_precision_param`` is FSDP2's param dtype: with dp_shard x dp_replicate x
+    cp > 1 FSDP casts the parameters for the forward and backward. On one data-parallel rank
+    there is no FSDP, and the setting used to be ignored (a one-GPU bf16 run trained in fp32):
+    then the forward and the loss run under torch.autocast in that dtype, with fp32 parameters,
+    gradients and optimizer state (torchtitan's one-device AMP). With tp or pp > 1 and no FSDP
+    the run stays in fp32, with a warning naming the fix."""
+    dtype = DTYPES[cfg.training.mixed_precision_param]
+    if dtype == torch.float32 or dims.fsdp_enabled:
+        return None
+    if dims.tp > 1 or dims.pp > 1:
+        logger.warning(f"training.mixed_precision_param = '{cfg.training.mixed_precision_param}' is FSDP's param "
+                       f"dtype and this layout has no FSDP (one data-parallel rank with tp {dims.tp} x pp "
+                       f"{dims.pp}): training in float32; give FSDP a dimension (parallelism.dp_shard >= 2) for "
+                       f"mixed precision, or set mixed_precision_param = 'float32' to silence this")
+        return None
+    logger.info(f"mixed precision on one data-parallel rank: torch.autocast({dtype}) over the forward and the "
+                f"loss, float32 parameters, gradients and optimizer state")
+    return dtype
 
 
 def _fsdp_mesh(dims: ParallelDims, mesh: DeviceMesh) -> DeviceMesh:

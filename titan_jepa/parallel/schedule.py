@@ -5,7 +5,9 @@
 ``loss_fn(outputs, micro_batch) -> (loss, result)`` gets the model's ModelOutputs of one
 micro-batch; ``loss`` is backpropagated (``backward``) and ``result`` collected. Without
 pipeline parallelism (``LocalRunner``) every micro-batch is one forward and one backward of
-the model, inside ``loss_context`` (loss parallel under TP); with it, ``PipelineRunner``
+the model, inside ``loss_context`` (loss parallel under TP), the forward and the loss under
+``torch.autocast`` when ``autocast`` names a dtype (mixed precision without FSDP, which
+otherwise casts the parameters itself; ``parallelize.autocast_dtype``); with it, ``PipelineRunner``
 (parallel/pipeline.py) runs the schedule and returns the results of its last stage. The
 training loop and validation call ``run``, ``share`` (the step's sums from the last stage
 to every stage: an all-reduce over the pp group) and ``grad_group`` (the group the gradient
@@ -14,8 +16,10 @@ norm is summed over), whatever the layout.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
+import torch
 from torch import nn
 
 from titan_jepa.parallel.loss_parallel import loss_context
@@ -24,8 +28,10 @@ from titan_jepa.parallel.loss_parallel import loss_context
 class LocalRunner:
     """The whole model on this rank: each micro-batch's forward and backward in turn."""
 
-    def __init__(self, model: nn.Module, head_on_targets: bool = False, drop_padding: bool = False):
+    def __init__(self, model: nn.Module, head_on_targets: bool = False, drop_padding: bool = False,
+                 autocast: torch.dtype | None = None):
         self.model = model
+        self.autocast = autocast  # the compute dtype of the forward and the loss (None: the parameters')
         # the head and the loss on the labelled tokens alone (Batch.targets_at); not under TP,
         # whose vocab-sharded head and loss parallel keep the (B, S) layout
         self.head_on_targets = head_on_targets
@@ -42,7 +48,10 @@ class LocalRunner:
                     extra["logits_at"] = mb.targets_at
                 if self.drop_padding and mb.tokens_at is not None:
                     extra["tokens_at"] = mb.tokens_at
-                loss, result = loss_fn(self.model(mb.tokens, **mb.mask_inputs(), **extra), mb)
+                amp = (torch.autocast(mb.tokens.device.type, dtype=self.autocast) if self.autocast is not None
+                       else contextlib.nullcontext())
+                with amp:  # torch.autocast covers the forward and the loss, never the backward
+                    loss, result = loss_fn(self.model(mb.tokens, **mb.mask_inputs(), **extra), mb)
                 if backward:
                     loss.backward()
             results.append(result)
