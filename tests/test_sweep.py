@@ -211,6 +211,25 @@ def test_tiny_sweep_end_to_end(tmp_path, demo_dir):
     assert {r["run"]: r["final_loss"] for r in again["runs"]} == {r["run"]: r["final_loss"] for r in data["runs"]}
     assert again["runs"] == data["runs"]  # the same record, whichever invocation reads it
 
+    # an evaluation file lost with its machine: --report-only keeps the recorded result, marked,
+    # trains nothing, and flips_report leaves that pair out
+    (out / "evals" / "baseline_s23.json.gz").unlink()
+    p = _sweep(*args, "--report-only", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert not (out / "runs").exists() and "baseline_s23.json.gz" not in os.listdir(out / "evals")
+    kept = json.loads((out / "results.json").read_text())
+    assert kept["command"] == again["command"]  # the sweep's command, not the report's
+    (lost,) = [r for r in kept["runs"] if r.get("evaluation_missing")]
+    assert lost["run"] == "baseline_s23" and lost["accuracy"] == \
+        next(r["accuracy"] for r in data["runs"] if r["run"] == "baseline_s23")
+    assert [s["n"] for s in kept["summary"]] == [2, 2]
+    md = (out / "results.md").read_text()
+    assert "evaluation file (the per-item predictions) is missing" in md and "*" in md.split("## Per seed")[1]
+    assert "baseline_s23: accuracy" in p.stdout and "missing" in p.stdout
+    sys.path.insert(0, str(ROOT / "tools"))
+    import flips_report
+    assert [r["seed"] for r in flips_report.flips(out)] == [82]  # seed 23's pair has no predictions
+
 
 def test_a_run_stopped_early_is_not_evaluated_as_finished(tmp_path, demo_dir):
     """A trainer stopped by SIGTERM saves its step and exits 0; the sweep must not take that

@@ -38,6 +38,8 @@ def flips(sweep: Path, baseline: str = "baseline") -> list[dict]:
     for r in runs:
         if r["arm"] == baseline or r["seed"] not in base:
             continue
+        if r.get("evaluation_missing") or base[r["seed"]].get("evaluation_missing"):
+            continue  # the per-item predictions are gone: no flips for this pair (sweep.py --resume reruns it)
         a = correct_items(sweep / "evals" / Path(r["eval_json"]).name)
         b = correct_items(sweep / "evals" / Path(base[r["seed"]]["eval_json"]).name)
         if a.keys() != b.keys():

@@ -31,6 +31,9 @@ After every run the reports are rewritten: ``<out>/results.json`` (every number)
 final loss mean, paired one-tailed t-test p of arm > baseline over the seeds both have,
 and the command line) and ``<out>/results.png`` (per-seed accuracies with mean +- std).
 
+``--report-only`` trains nothing and rewrites the reports from what is there. The reports never
+drop a result: a run recorded in results.json whose evaluation file is gone (a machine that
+ended before it was committed) stays in them, marked, until a ``--resume`` reruns it.
 ``--resume`` skips the runs whose evaluation JSON (``.json.gz``, or ``.json`` of older sweeps) exists; a run that was interrupted
 resumes its training from its latest checkpoint. Without it, an existing run folder stops
 the sweep (nothing is overwritten). ``--dry-run`` prints the arms and the commands only.
@@ -103,6 +106,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "several runs on one GPU keep it busier than one)")
     p.add_argument("--out", help="sweep folder (default: sweeps/<config name>)")
     p.add_argument("--resume", action="store_true", help="skip runs whose evaluation JSON exists")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: rewrite results.json/.md/.png from the evaluations in <out>/evals and "
+                        "the results recorded earlier (e.g. after joining the evals of two machines)")
     p.add_argument("--dry-run", action="store_true", help="print the arms and commands, run nothing")
     return p.parse_args(argv)
 
@@ -273,6 +279,29 @@ def earlier_runs(out: Path) -> dict[str, dict]:
         return {}
 
 
+def earlier_command(out: Path) -> str | None:
+    try:
+        return json.loads((out / "results.json").read_text()).get("command")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def evaluation_file(out: Path, name: str) -> Path | None:
+    """The run's evaluation JSON (gzipped, or plain in older sweeps), if it exists."""
+    for path in (out / "evals" / f"{name}.json.gz", out / "evals" / f"{name}.json"):
+        if path.is_file():
+            return path
+    return None
+
+
+def recorded_without_evaluation(earlier: dict[str, dict], out: Path, name: str) -> dict | None:
+    """The earlier record of run ``name`` when its evaluation file is gone, marked so."""
+    rec = earlier.get(name)
+    if rec is None or "accuracy" not in rec or evaluation_file(out, name) is not None:
+        return None
+    return {**{k: v for k, v in rec.items() if k != "skipped"}, "evaluation_missing": True}
+
+
 def _recorded_loss(earlier: dict[str, dict], name: str) -> tuple[float, int]:
     """(final loss, step) of run ``name`` in the sweep's earlier results; (nan, -1) if none."""
     rec = earlier.get(name, {})
@@ -421,6 +450,9 @@ def sweep(a: argparse.Namespace, argv: list[str]) -> int:
         print(shlex.join(eval_command(a, runs / "<run>", runs / "<run>/checkpoint/model-only/step-N",
                                       out / "evals" / "<run>.json")))
         return 0
+    if a.report_only:
+        a.resume = True
+        meta["command"] = earlier_command(out) or command
     if not a.resume:
         existing = [run_name(arm, s) for arm in arms for s in a.seeds if (runs / run_name(arm, s)).exists()]
         if existing:
@@ -432,6 +464,15 @@ def sweep(a: argparse.Namespace, argv: list[str]) -> int:
     todo = [(arm, seed) for seed in a.seeds for arm in arms]
     order = {(arm.name, seed): i for i, (arm, seed) in enumerate(todo)}
     records, t_start = [], time.time()
+    # results recorded earlier whose evaluation file is gone: kept in the reports until rerun
+    kept = {(arm.name, seed): rec for arm, seed in todo
+            if (rec := recorded_without_evaluation(a.earlier, out, run_name(arm, seed))) is not None}
+    if a.report_only:
+        todo = [(arm, seed) for arm, seed in todo if evaluation_file(out, run_name(arm, seed)) is not None]
+
+    def reported() -> list[dict]:
+        return sorted(records + list(kept.values()), key=lambda r: order[(r["arm"], r["seed"])])
+
     lock, slots, failed = threading.Lock(), queue.Queue(), []
     for k in range(len(envs)):
         slots.put(k)
@@ -449,13 +490,14 @@ def sweep(a: argparse.Namespace, argv: list[str]) -> int:
         finally:
             slots.put(slot)
         with lock:
+            kept.pop((arm.name, seed), None)
             records.append(rec)
             records.sort(key=lambda r: order[(r["arm"], r["seed"])])
             note = " (resumed: already evaluated)" if rec.pop("skipped") else ""  # this invocation only
             print(f"[{len(records)}/{total}] {arm.name} seed {seed}: accuracy {rec['accuracy']:.4f} "
                   f"({rec['correct']}/{rec['n']}), final loss {fmt_num(rec['final_loss'], '.4f')}, "
                   f"{time.time() - t0:.1f}s{note}", flush=True)
-            write_reports(out, arms, records, meta)
+            write_reports(out, arms, reported(), meta)
 
     if a.jobs == 1:
         for arm, seed in todo:
@@ -465,7 +507,10 @@ def sweep(a: argparse.Namespace, argv: list[str]) -> int:
             list(pool.map(lambda x: work(*x), todo))
     if failed:
         raise failed[0] if isinstance(failed[0], UserError) else SweepError(repr(failed[0]))
-    summary = write_reports(out, arms, records, meta)
+    for rec in kept.values():
+        print(f"  {rec['run']}: accuracy {rec['accuracy']:.4f} as recorded earlier; its evaluation file is "
+              f"missing (--resume reruns it)", flush=True)
+    summary = write_reports(out, arms, reported(), meta)
     print(f"done in {time.time() - t_start:.0f}s: {out / 'results.md'}, {out / 'results.json'}, "
           f"{out / 'results.png'}", flush=True)
     for s in summary:

@@ -84,8 +84,12 @@ def markdown_table(summary: list[dict], records: list[dict], meta: dict) -> str:
                   "| --- |" + " ---: |" * len(seeds)]
         for s in summary:
             acc = {r["seed"]: r["accuracy"] for r in records if r["arm"] == s["arm"]}
+            missing = {r["seed"] for r in records if r["arm"] == s["arm"] and r.get("evaluation_missing")}
             lines.append(f"| {s['arm']} | " + " | ".join(
-                f"{100 * acc[x]:.2f}" if x in acc else "—" for x in seeds) + " |")
+                (f"{100 * acc[x]:.2f}" + ("*" if x in missing else "")) if x in acc else "—" for x in seeds) + " |")
+        if any(r.get("evaluation_missing") for r in records):
+            lines += ["", "\\* recorded by an earlier invocation; its evaluation file (the per-item predictions) "
+                      "is missing: `--resume` reruns the run."]
     lines += ["", "## Command", "", "```", meta.get("command", ""), "```", ""]
     return "\n".join(lines)
 
