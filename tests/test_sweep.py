@@ -111,8 +111,9 @@ def test_grid_makes_the_cartesian_product_and_bad_overrides_are_one_line():
 
 def _fake_records():
     acc = {"baseline": [0.50, 0.55, 0.52], "jepa.lambda=1": [0.60, 0.62, 0.58], "jepa.lambda=2": [0.51]}
-    return [{"arm": arm, "seed": seed, "accuracy": a, "final_loss": 1.0 + a, "correct": 0, "n": 10}
-            for arm, accs in acc.items() for seed, a in zip((82, 23, 37), accs)]
+    steps = {"baseline": [221, 221, 221], "jepa.lambda=1": [247, 246, 246], "jepa.lambda=2": [-1]}
+    return [{"arm": arm, "seed": seed, "accuracy": a, "final_loss": 1.0 + a, "correct": 0, "n": 10, "final_step": st}
+            for arm, accs in acc.items() for seed, a, st in zip((82, 23, 37), accs, steps[arm])]
 
 
 def test_report_writers_on_fake_results(tmp_path):
@@ -133,6 +134,7 @@ def test_report_writers_on_fake_results(tmp_path):
     rows = [line for line in md.splitlines() if line.startswith("| ") and "`" in line]
     assert [r.split("|")[1].strip() for r in rows] == ["baseline", "jepa.lambda=1", "jepa.lambda=2"]
     assert "52.33 ± 2.52" in rows[0] and "60.00 ± 2.00" in rows[1] and f"{p:.4g}" in rows[1]
+    assert "| 3 | 221 | 52.33" in rows[0] and "| 3 | 246-247 | 60.00" in rows[1] and "| 1 | — | 51.00" in rows[2]
     assert "python tools/sweep.py --config x.toml" in md
     data = json.loads((tmp_path / "results.json").read_text())
     assert len(data["runs"]) == 7 and data["summary"][2]["p"] is None  # nan -> null

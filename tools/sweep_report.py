@@ -26,7 +26,8 @@ def summarize(arms: list, records: list[dict]) -> list[dict]:
         losses = [runs[s]["final_loss"] for s in sorted(runs)
                   if runs[s].get("final_loss") is not None and math.isfinite(runs[s]["final_loss"])]
         mean, std = mean_std(accs)
-        s = {"arm": arm.name, "overrides": arm.label, "baseline": arm.baseline, "n": len(accs),
+        steps = sorted({int(runs[x]["final_step"]) for x in runs if int(runs[x].get("final_step", -1) or -1) > 0})
+        s = {"arm": arm.name, "overrides": arm.label, "baseline": arm.baseline, "n": len(accs), "steps": steps,
              "seeds": sorted(runs), "accuracy_mean": mean, "accuracy_std": std,
              "final_loss_mean": mean_std(losses)[0], "t": None, "p": None, "n_pairs": 0}
         if base is not None and not arm.baseline:
@@ -60,9 +61,9 @@ def markdown_table(summary: list[dict], records: list[dict], meta: dict) -> str:
               + (f", first {meta['eval_limit']} samples" if meta.get("eval_limit", -1) >= 0 else "") + ")",
               ""]
     has_base = any(s["baseline"] for s in summary)
-    lines += ["| arm | overrides | seeds | accuracy % (mean ± std) | final loss (mean) | "
+    lines += ["| arm | overrides | seeds | optimizer steps | accuracy % (mean ± std) | final loss (mean) | "
               "p (arm > baseline) | t |",
-              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for s in summary:
         acc = "—" if s["n"] == 0 else (f"{100 * s['accuracy_mean']:.2f} ± "
                                         f"{fmt_num(100 * s['accuracy_std'] if s['n'] > 1 else None, '.2f')}")
@@ -72,11 +73,16 @@ def markdown_table(summary: list[dict], records: list[dict], meta: dict) -> str:
             p = fmt_num(s["p"], ".4g") + (f" ({s['n_pairs']} pairs)" if s["n_pairs"] != s["n"] else "")
             t = fmt_num(s["t"], ".3f")
         ovr = s["overrides"].replace("|", "\\|")
-        lines.append(f"| {s['arm']} | `{ovr}` | {s['n']} | {acc} | {fmt_num(s['final_loss_mean'], '.4f')} | {p} | {t} |")
+        st = s.get("steps") or []
+        steps = "—" if not st else str(st[0]) if len(st) == 1 else f"{st[0]}-{st[-1]}"
+        lines.append(f"| {s['arm']} | `{ovr}` | {s['n']} | {steps} | {acc} | {fmt_num(s['final_loss_mean'], '.4f')} "
+                     f"| {p} | {t} |")
     lines += ["", "Accuracy: mean over seeds ± sample standard deviation (n - 1). p: paired one-tailed "
               "t-test over the seeds both the arm and the baseline have (H1: the arm's accuracy is "
               "higher; scipy.stats.ttest_rel(arm, baseline, alternative='greater')); if every paired "
-              "difference is the same, p = 0 when it is positive and 1 otherwise; fewer than 2 pairs: —."]
+              "difference is the same, p = 0 when it is positive and 1 otherwise; fewer than 2 pairs: —. "
+              "Optimizer steps: the runs' final steps (min-max). Arms that differ in steps differ in "
+              "more than their objective: compare them at equal steps too."]
     if records:
         seeds = sorted({r["seed"] for r in records})
         lines += ["", "## Per seed (accuracy %)", "",
