@@ -371,9 +371,9 @@ def run_one(a: argparse.Namespace, arm: Arm, seed: int, out: Path, env: dict | N
     name = run_name(arm, seed)
     runs, run_dir = out / "runs", out / "runs" / name
     eval_json, side = out / "evals" / f"{name}.json.gz", out / "evals" / f"{name}.run.json"
-    old = out / "evals" / f"{name}.json"  # sweeps before the evaluations were gzipped
-    if a.resume and not eval_json.is_file() and old.is_file():
-        eval_json = old
+    found = evaluation_file(out, name)  # .json.gz, or .json of sweeps before they were gzipped
+    if a.resume and found is not None:
+        eval_json = found
     t0 = time.time()
     skipped = a.resume and eval_json.is_file()
     if not skipped:
@@ -491,8 +491,7 @@ def sweep(a: argparse.Namespace, argv: list[str]) -> int:
             slots.put(slot)
         with lock:
             kept.pop((arm.name, seed), None)
-            records.append(rec)
-            records.sort(key=lambda r: order[(r["arm"], r["seed"])])
+            records.append(rec)  # reported() orders them
             note = " (resumed: already evaluated)" if rec.pop("skipped") else ""  # this invocation only
             print(f"[{len(records)}/{total}] {arm.name} seed {seed}: accuracy {rec['accuracy']:.4f} "
                   f"({rec['correct']}/{rec['n']}), final loss {fmt_num(rec['final_loss'], '.4f')}, "

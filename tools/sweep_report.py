@@ -26,7 +26,7 @@ def summarize(arms: list, records: list[dict]) -> list[dict]:
         losses = [runs[s]["final_loss"] for s in sorted(runs)
                   if runs[s].get("final_loss") is not None and math.isfinite(runs[s]["final_loss"])]
         mean, std = mean_std(accs)
-        steps = sorted({int(runs[x]["final_step"]) for x in runs if int(runs[x].get("final_step", -1) or -1) > 0})
+        steps = sorted({st for st in (int(r.get("final_step") or -1) for r in runs.values()) if st > 0})
         s = {"arm": arm.name, "overrides": arm.label, "baseline": arm.baseline, "n": len(accs), "steps": steps,
              "seeds": sorted(runs), "accuracy_mean": mean, "accuracy_std": std,
              "final_loss_mean": mean_std(losses)[0], "t": None, "p": None, "n_pairs": 0}
